@@ -87,7 +87,11 @@ mod tests {
         assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"hi")));
         assert_eq!(dropped.load(Ordering::SeqCst), 0, "held while data flows");
         assert!(body.frame().await.is_none());
-        assert_eq!(dropped.load(Ordering::SeqCst), 1, "released at end of stream");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "released at end of stream"
+        );
         drop(body);
         assert_eq!(dropped.load(Ordering::SeqCst), 1, "released once");
     }
@@ -95,7 +99,9 @@ mod tests {
     #[tokio::test]
     async fn guard_drops_on_error_and_on_drop() {
         let dropped = Arc::new(AtomicUsize::new(0));
-        let stream = futures_util::stream::iter(vec![Err::<Frame<Bytes>, _>(std::io::Error::other("reset"))]);
+        let stream = futures_util::stream::iter(vec![Err::<Frame<Bytes>, _>(
+            std::io::Error::other("reset"),
+        )]);
         let mut body = GuardedBody::new(StreamBody::new(stream), Count(Arc::clone(&dropped)));
         assert!(body.frame().await.expect("frame").is_err());
         assert_eq!(dropped.load(Ordering::SeqCst), 1);

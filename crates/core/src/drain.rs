@@ -153,6 +153,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(100)).await;
         let start = Instant::now();
         assert_eq!(d.drain().await, DrainOutcome::Drained);
-        assert_eq!(Instant::now() - start, QUIET, "quiet period counts from drain start");
+        assert_eq!(
+            Instant::now() - start,
+            QUIET,
+            "quiet period counts from drain start"
+        );
     }
 }

@@ -82,10 +82,19 @@ mod tests {
     #[test]
     fn health_checks_are_known_user_agents() {
         assert!(is_health_check(&with(USER_AGENT, "kube-probe/1.29")));
-        assert!(is_health_check(&with(USER_AGENT, "Knative-Activator-Probe")));
-        assert!(is_health_check(&with(USER_AGENT, "Knative-Autoscaling-Probe")));
+        assert!(is_health_check(&with(
+            USER_AGENT,
+            "Knative-Activator-Probe"
+        )));
+        assert!(is_health_check(&with(
+            USER_AGENT,
+            "Knative-Autoscaling-Probe"
+        )));
         assert!(!is_health_check(&with(USER_AGENT, "curl/8")));
-        assert!(!is_health_check(&with(KUBELET_PROBE, "queue")), "header alone is not a health check");
+        assert!(
+            !is_health_check(&with(KUBELET_PROBE, "queue")),
+            "header alone is not a health check"
+        );
         assert!(!is_health_check(&HeaderMap::new()));
     }
 

@@ -19,7 +19,11 @@ pub fn encode_text(registry: &Registry) -> Vec<u8> {
 /// Whether a scraper's `Accept` asks for Prometheus text rather than protobuf.
 pub fn wants_text(accept: Option<&[u8]>) -> bool {
     let Some(accept) = accept else { return false };
-    let has = |needle: &[u8]| accept.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    let has = |needle: &[u8]| {
+        accept
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
     (has(b"text/plain") || has(b"openmetrics-text")) && !has(b"application/protobuf")
 }
 
@@ -44,7 +48,9 @@ mod tests {
         assert!(!wants_text(None));
         assert!(!wants_text(Some(b"application/protobuf")));
         assert!(!wants_text(Some(b"*/*")));
-        assert!(wants_text(Some(b"text/plain;version=0.0.4;q=0.9,*/*;q=0.1")));
+        assert!(wants_text(Some(
+            b"text/plain;version=0.0.4;q=0.9,*/*;q=0.1"
+        )));
         assert!(wants_text(Some(
             b"application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
         )));

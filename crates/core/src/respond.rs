@@ -12,7 +12,8 @@ pub fn text<B: From<Bytes>>(status: StatusCode, body: impl Into<Bytes>) -> Respo
     let mut rsp = Response::new(B::from(body.clone()));
     *rsp.status_mut() = status;
     rsp.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
-    rsp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    rsp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     rsp
 }
 
@@ -34,8 +35,17 @@ mod tests {
         let rsp: Response<Full<Bytes>> = text(StatusCode::SERVICE_UNAVAILABLE, "queue full");
         assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(rsp.headers()[CONTENT_LENGTH], "10");
-        assert!(rsp.headers()[CONTENT_TYPE].to_str().is_ok_and(|t| t.starts_with("text/plain")));
-        let body = rsp.into_body().collect().await.expect("full body").to_bytes();
+        assert!(
+            rsp.headers()[CONTENT_TYPE]
+                .to_str()
+                .is_ok_and(|t| t.starts_with("text/plain"))
+        );
+        let body = rsp
+            .into_body()
+            .collect()
+            .await
+            .expect("full body")
+            .to_bytes();
         assert_eq!(body, "queue full");
     }
 }

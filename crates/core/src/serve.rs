@@ -136,7 +136,11 @@ pub async fn serve<M, S, B>(
         .await
         .is_err()
     {
-        tracing::warn!(server = name, ?grace, "connections still open after the grace period");
+        tracing::warn!(
+            server = name,
+            ?grace,
+            "connections still open after the grace period"
+        );
     }
 }
 
@@ -147,7 +151,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn upgrade_tracker_waits_for_the_last_guard() {
         let tracker = Arc::new(UpgradeTracker::default());
-        assert_eq!(tracker.wait(Duration::from_secs(1)).await, 0, "nothing to wait for");
+        assert_eq!(
+            tracker.wait(Duration::from_secs(1)).await,
+            0,
+            "nothing to wait for"
+        );
         let g1 = tracker.track();
         let g2 = tracker.track();
         let t = Arc::clone(&tracker);

@@ -3,7 +3,12 @@
 //!
 //! Module paths mirror the protobuf packages, which generated code relies on.
 
-#![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 
 /// Knative's `autoscaler` protobuf package.
 pub mod autoscaler {

@@ -16,14 +16,20 @@ fn breaker(queue_depth: usize, max: usize, initial: usize) -> Arc<Breaker> {
 #[test]
 fn b1_container_concurrency_params_admit_eleven_times_cc() {
     let p = BreakerParams::for_container_concurrency(5);
-    assert_eq!((p.queue_depth, p.max_concurrency, p.initial_capacity), (50, 5, 5));
+    assert_eq!(
+        (p.queue_depth, p.max_concurrency, p.initial_capacity),
+        (50, 5, 5)
+    );
 }
 
 #[test]
 fn b4_reserve_overload() {
     let b = breaker(1, 1, 1);
     let first = b.reserve().expect("free slot");
-    assert!(b.reserve().is_none(), "second reserve must fail while the slot is held");
+    assert!(
+        b.reserve().is_none(),
+        "second reserve must fail while the slot is held"
+    );
     drop(first);
     assert!(b.reserve().is_some(), "slot is free again");
     assert_eq!(b.in_flight(), 0);
@@ -86,7 +92,10 @@ async fn a_cancelled_waiter_gives_its_place_back() {
     let b2 = Arc::clone(&b);
     let again = tokio::spawn(async move { b2.acquire().await.map(drop) });
     tokio::task::yield_now().await;
-    assert!(!again.is_finished(), "a new waiter is admitted, not refused");
+    assert!(
+        !again.is_finished(),
+        "a new waiter is admitted, not refused"
+    );
     again.abort();
 }
 

@@ -72,8 +72,14 @@ fn s6_request_spanning_two_reports() {
     let r1 = s.report(at(t0, 1000));
     s.handle(ReqEvent::Out, at(t0, 1500));
     let r2 = s.report(at(t0, 2000));
-    assert!(approx(r1.average_concurrency, 1.0) && r1.request_count == 1, "{r1:?}");
-    assert!(approx(r2.average_concurrency, 0.5) && r2.request_count == 0, "{r2:?}");
+    assert!(
+        approx(r1.average_concurrency, 1.0) && r1.request_count == 1,
+        "{r1:?}"
+    );
+    assert!(
+        approx(r2.average_concurrency, 0.5) && r2.request_count == 0,
+        "{r2:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,175 @@
+//! The response body the queue-proxy sends: either a short local answer, or the app's
+//! body carrying the request's guard (slot, in-flight count, pooled connection) until it
+//! ends, with Knative's total and idle timeouts applied while it streams.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::guard::RequestGuard;
+
+/// What a timed-out streaming response ends with (Knative's timeout handler message).
+pub(crate) const TIMEOUT_MESSAGE: &str = "request timeout";
+
+#[derive(Debug)]
+pub(crate) struct ProxyBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Upstream),
+}
+
+#[derive(Debug)]
+struct Upstream {
+    inner: Option<Incoming>,
+    guard: Option<RequestGuard>,
+    deadline: Instant,
+    idle: Option<Duration>,
+    last_write: Instant,
+    /// Created only once the body has to wait, so short bodies never arm a timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+// === impl ProxyBody ===
+
+impl ProxyBody {
+    pub(crate) fn upstream(
+        inner: Incoming,
+        guard: RequestGuard,
+        deadline: Instant,
+        idle: Option<Duration>,
+    ) -> Self {
+        Self {
+            kind: Kind::Upstream(Upstream {
+                inner: Some(inner),
+                guard: Some(guard),
+                deadline,
+                idle,
+                last_write: Instant::now(),
+                sleep: None,
+            }),
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+        }
+    }
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(b: Bytes) -> Self {
+        Self {
+            kind: Kind::Full((!b.is_empty()).then_some(b)),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream(up) => up.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(data) => data.is_none(),
+            Kind::Upstream(up) => up.inner.as_ref().is_none_or(Body::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream(up) => up
+                .inner
+                .as_ref()
+                .map_or_else(SizeHint::default, Body::size_hint),
+        }
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if self.idle.is_some() {
+                    self.last_write = Instant::now();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                self.inner = None;
+                if let Some(mut guard) = self.guard.take() {
+                    guard.mark_clean();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.inner = None;
+                self.guard = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => self.poll_timeout(cx),
+        }
+    }
+
+    /// Pending on the app: returns `Ready` with the timeout message once the total or
+    /// idle timer has passed.
+    fn poll_timeout(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            let next = match self.idle {
+                Some(idle) => self.deadline.min(self.last_write + idle),
+                None => self.deadline,
+            };
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next)));
+            if sleep.deadline() != next {
+                sleep.as_mut().reset(next);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            let idle_passed = self.idle.is_some_and(|idle| now >= self.last_write + idle);
+            if now >= self.deadline || idle_passed {
+                // Dropping the app's body aborts its connection; the guard frees the slot.
+                self.inner = None;
+                self.guard = None;
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                    TIMEOUT_MESSAGE.as_bytes(),
+                )))));
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The queue-proxy's request path, outermost first (Knative's handler chain, §1.3):
+//!
+//! 1. drainer: health checks and network probes are answered here, whatever the path,
+//!    before anything is counted; every other request restarts a drain's quiet period;
+//! 2. stats: the request is counted in (direct or proxied) *before* the breaker, so
+//!    requests waiting in the queue count as concurrency, and out when its body ends;
+//! 3. timeouts: the total, response-start and idle timers cover the breaker wait too;
+//! 4. breaker: `containerConcurrency` slots, 10×CC queued, 503 past that (probes skip it);
+//! 5. reverse proxy: Knative's header rules, then the app over a pooled connection,
+//!    HTTP/2 when the request came as HTTP/2, a tunnel when it asks for an upgrade.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sluice_core::headers as kh;
+use sluice_core::respond;
+use tokio::time::Instant;
+
+use crate::State;
+use crate::body::ProxyBody;
+use crate::guard::RequestGuard;
+use crate::headers::{self, is_upgrade};
+use crate::upstream::UpstreamError;
+
+/// Why a request got no answer from the app. Mapped to a response in one place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("pending request queue full")]
+    QueueFull,
+    #[error("request timeout")]
+    Timeout,
+    #[error("error reaching the app: {0}")]
+    Upstream(#[from] UpstreamError),
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    fn into_response(self) -> Response<ProxyBody> {
+        let status = match self {
+            Self::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+        };
+        respond::text(status, self.to_string())
+    }
+}
+
+/// One request, from the serving port. `peer_ip` is the connection's peer, rendered once
+/// per connection for `X-Forwarded-For`.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    peer_ip: HeaderValue,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let headers = req.headers();
+    if kh::is_health_check(headers) {
+        return Ok(health(&state, headers).await);
+    }
+    if kh::is_network_probe(headers) {
+        return Ok(network_probe(&state, headers));
+    }
+    state.drainer.touch();
+    Ok(proxy(state, peer_ip, req).await)
+}
+
+/// Knative's health handler: only `K-Network-Probe: queue` is a question it answers.
+async fn health(state: &Arc<State>, headers: &HeaderMap) -> Response<ProxyBody> {
+    if state.drainer.is_draining() {
+        return respond::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match headers.get(kh::PROBE) {
+        Some(v) if v.as_bytes() == kh::QUEUE.as_bytes() => {}
+        other => {
+            let value = other.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return respond::text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unexpected probe header value: {}",
+                    value.unwrap_or_default()
+                ),
+            );
+        }
+    }
+    if state.prober.probe().await {
+        respond::text(StatusCode::OK, kh::QUEUE)
+    } else {
+        respond::empty(StatusCode::SERVICE_UNAVAILABLE)
+    }
+}
+
+/// The ingress's reachability probe: echoes `K-Network-Hash`.
+fn network_probe(state: &State, headers: &HeaderMap) -> Response<ProxyBody> {
+    if state.drainer.is_draining() {
+        return respond::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match headers.get(kh::HASH) {
+        None => respond::text(StatusCode::BAD_REQUEST, "no K-Network-Hash header"),
+        Some(hash) => {
+            let mut rsp = respond::empty(StatusCode::OK);
+            rsp.headers_mut().insert(kh::HASH, hash.clone());
+            rsp
+        }
+    }
+}
+
+async fn proxy(
+    state: Arc<State>,
+    peer_ip: HeaderValue,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    // Kubelet probes sent with K-Kubelet-Probe go to the app untouched by stats or breaker.
+    let probe = kh::is_kubelet_probe(req.headers());
+    let mut guard = RequestGuard::enter(Arc::clone(&state), !probe, kh::is_proxied(req.headers()));
+    let start = guard.start();
+    headers::rewrite_original_host(&mut req);
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let timeouts = state.timeouts;
+    let mut first_byte_deadline = start + timeouts.total;
+    for t in [timeouts.response_start, timeouts.idle]
+        .into_iter()
+        .flatten()
+    {
+        first_byte_deadline = first_byte_deadline.min(start + t);
+    }
+    let sent = tokio::time::timeout_at(first_byte_deadline, async {
+        if let Some(breaker) = state.breaker.as_ref().filter(|_| !probe) {
+            guard.permit = Some(breaker.acquire().await.map_err(|_| ProxyError::QueueFull)?);
+            guard.app_start = Some(Instant::now());
+        } else {
+            guard.app_start = Some(start);
+        }
+        headers::prepare_request(&mut req, &peer_ip, &state.default_host, upgrade);
+        let rsp = if upgrade {
+            state.upstream.send_upgrade(req).await?
+        } else if req.version() == Version::HTTP_2 {
+            state.upstream.send_http2(req).await?
+        } else {
+            let (rsp, lease) = state.upstream.send_http1(req).await?;
+            guard.lease = Some(lease);
+            rsp
+        };
+        Ok::<_, ProxyError>(rsp)
+    })
+    .await
+    .unwrap_or(Err(ProxyError::Timeout));
+
+    let mut rsp = match sent {
+        Ok(rsp) => rsp,
+        Err(error) => {
+            if let ProxyError::Upstream(e) = &error {
+                tracing::warn!(error = %e, "app unreachable");
+            }
+            let rsp = error.into_response();
+            guard.status = rsp.status().as_u16();
+            if guard.permit.is_none() && state.breaker.is_some() {
+                guard.app_start = None; // never reached the app
+            }
+            return rsp;
+        }
+    };
+    guard.status = rsp.status().as_u16();
+
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (rsp.status(), client_upgrade) {
+        let app = hyper::upgrade::on(&mut rsp);
+        tunnel(&state, guard, client, app, start + timeouts.total);
+        let (parts, _) = rsp.into_parts();
+        return Response::from_parts(parts, ProxyBody::empty());
+    }
+    headers::remove_hop_by_hop(rsp.headers_mut());
+    let (parts, body) = rsp.into_parts();
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, guard, start + timeouts.total, timeouts.idle),
+    )
+}
+
+/// Splices an upgraded connection to the app's, holding the request's slot and count for
+/// the tunnel's whole life, and cutting it at the revision timeout as Knative does.
+fn tunnel(
+    state: &Arc<State>,
+    guard: RequestGuard,
+    client: hyper::upgrade::OnUpgrade,
+    app: hyper::upgrade::OnUpgrade,
+    deadline: Instant,
+) {
+    let tracked = state.upgrades.track();
+    tokio::spawn(async move {
+        let _held = (guard, tracked);
+        let splice = async {
+            let (client, app) = tokio::try_join!(client, app)?;
+            let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+            tokio::io::copy_bidirectional(&mut client, &mut app).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        match tokio::time::timeout_at(deadline, splice).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "upgraded connection ended with error"),
+            Err(_) => tracing::debug!("upgraded connection cut at the revision timeout"),
+        }
+    });
+}

@@ -1,0 +1,228 @@
+//! Knative's header rules on the way to the app (§1.3, §1.10): the forwarded shim,
+//! `K-Original-Host`, Knative's routing headers removed, hop-by-hop headers removed,
+//! the peer appended to `X-Forwarded-For`. Upgrade headers survive on upgrade requests.
+
+use http::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Version};
+use sluice_core::headers as kh;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+
+/// Whether the request asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && has_token(req.headers(), CONNECTION, "upgrade")
+}
+
+/// Knative's `RewriteHostOut`: `K-Original-Host` becomes the Host the app sees.
+pub(crate) fn rewrite_original_host<B>(req: &mut Request<B>) {
+    if let Some(host) = req.headers_mut().remove(kh::ORIGINAL_HOST) {
+        if req.version() >= Version::HTTP_2 {
+            if let Ok(authority) = Authority::try_from(host.as_bytes()) {
+                let mut parts = req.uri().clone().into_parts();
+                parts.authority = Some(authority);
+                parts.scheme.get_or_insert(Scheme::HTTP);
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+            req.headers_mut().remove(HOST);
+        } else {
+            req.headers_mut().insert(HOST, host);
+        }
+    }
+}
+
+/// Everything the reverse proxy changes before the request leaves for the app.
+pub(crate) fn prepare_request<B>(
+    req: &mut Request<B>,
+    peer_ip: &HeaderValue,
+    default_host: &HeaderValue,
+    upgrade: bool,
+) {
+    let headers = req.headers_mut();
+    forwarded_shim(headers);
+    headers.remove(kh::REVISION);
+    headers.remove(kh::NAMESPACE);
+    let upgrade_to = if upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_hop_by_hop(headers);
+    if let Some(proto) = upgrade_to {
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(UPGRADE, proto);
+    }
+    append_forwarded_for(headers, peer_ip);
+
+    if req.version() >= Version::HTTP_2 {
+        // h2 upstream: the URI keeps the original authority (it becomes :authority);
+        // the connection itself goes to the app's port.
+        if req.uri().scheme().is_none() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(Scheme::HTTP);
+            if parts.authority.is_none() {
+                parts.authority = Authority::try_from(default_host.as_bytes()).ok();
+            }
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    } else {
+        // h1 upstream: origin-form target; the Host header carries the authority.
+        if req.uri().authority().is_some() {
+            if !req.headers().contains_key(HOST) {
+                if let Some(a) = req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                {
+                    req.headers_mut().insert(HOST, a);
+                }
+            }
+            let pq = req.uri().path_and_query().cloned();
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = pq.or(Some(http::uri::PathAndQuery::from_static("/")));
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        if !req.headers().contains_key(HOST) {
+            req.headers_mut().insert(HOST, default_host.clone());
+        }
+        *req.version_mut() = Version::HTTP_11;
+    }
+}
+
+/// Hop-by-hop headers are for one connection only; the app's response loses them too
+/// (except on a 101, where they carry the protocol switch).
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.remove(CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    // `TE: trailers` is end-to-end in practice: gRPC requires it.
+    let te_trailers = has_token(headers, TE, "trailers");
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+    let prior: Vec<&[u8]> = headers
+        .get_all(kh::X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if prior.is_empty() {
+        headers.insert(kh::X_FORWARDED_FOR, peer_ip.clone());
+        return;
+    }
+    let mut joined = prior.join(&b", "[..]);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(peer_ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(kh::X_FORWARDED_FOR, v);
+    }
+}
+
+/// Builds `Forwarded` from the `X-Forwarded-*` headers when it is absent, before this
+/// hop is appended to `X-Forwarded-For`.
+pub(crate) fn forwarded_shim(headers: &mut HeaderMap) {
+    if headers.contains_key(kh::FORWARDED) {
+        return;
+    }
+    let get = |name: HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let (xff, xfh, xfp) = (
+        get(kh::X_FORWARDED_FOR),
+        get(kh::X_FORWARDED_HOST),
+        get(kh::X_FORWARDED_PROTO),
+    );
+    if xff.is_empty() && xfh.is_empty() && xfp.is_empty() {
+        return;
+    }
+    let mut fwd = String::new();
+    if xff.is_empty() {
+        if !xfh.is_empty() {
+            fwd.push_str("host=");
+            fwd.push_str(xfh);
+        }
+        if !xfp.is_empty() {
+            if !fwd.is_empty() {
+                fwd.push(';');
+            }
+            fwd.push_str("proto=");
+            fwd.push_str(xfp);
+        }
+    } else {
+        for (i, node) in xff.split(',').map(str::trim).enumerate() {
+            if i > 0 {
+                fwd.push_str(", ");
+            }
+            fwd.push_str("for=");
+            if node.contains(':') {
+                fwd.push_str("\"[");
+                fwd.push_str(node);
+                fwd.push_str("]\"");
+            } else {
+                fwd.push_str(node);
+            }
+            if i == 0 {
+                if !xfh.is_empty() {
+                    fwd.push_str(";host=");
+                    fwd.push_str(xfh);
+                }
+                if !xfp.is_empty() {
+                    fwd.push_str(";proto=");
+                    fwd.push_str(xfp);
+                }
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(kh::FORWARDED, v);
+    }
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+#[cfg(test)]
+mod tests;

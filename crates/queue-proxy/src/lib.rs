@@ -1,0 +1,247 @@
+//! Sluice's queue-proxy: the sidecar in front of every app container. It enforces
+//! `containerConcurrency`, measures concurrency for the autoscaler, answers probes and
+//! drains on shutdown, as Knative's queue-proxy does (and with its env vars and ports).
+//!
+//! [`QueueProxy::bind`] binds every port (so tests read back ephemeral ones), then
+//! [`QueueProxy::run`] serves until the shutdown future resolves and drains.
+
+mod admin;
+mod body;
+pub mod config;
+mod guard;
+mod handler;
+mod headers;
+pub mod metrics;
+pub mod readiness;
+mod reporter;
+mod upstream;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use hyper::service::service_fn;
+use parking_lot::Mutex;
+use sluice_core::breaker::{Breaker, BreakerParams};
+use sluice_core::drain::{DrainOutcome, Drainer};
+use sluice_core::serve::{UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, serve};
+use sluice_core::stats::RequestStats;
+use sluice_proto::Stat;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+pub use config::{Config, ConfigError};
+
+use crate::config::{Identity, Timeouts};
+use crate::metrics::RequestMetrics;
+use crate::readiness::Prober;
+use crate::upstream::Upstream;
+
+/// Idle connections kept to the app when there is no concurrency limit (Knative's).
+const UNLIMITED_IDLE_CONNS: usize = 1000;
+
+/// Failing to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({port}): {source}")]
+    Bind {
+        port: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid breaker: {0}")]
+    Breaker(#[from] sluice_core::breaker::InvalidBreaker),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Shared by every request and side port.
+#[derive(Debug)]
+pub(crate) struct State {
+    identity: Identity,
+    started: Instant,
+    stats: Mutex<RequestStats>,
+    breaker: Option<Arc<Breaker>>,
+    drainer: Drainer,
+    prober: Arc<Prober>,
+    upstream: Arc<Upstream>,
+    metrics: RequestMetrics,
+    upgrades: Arc<UpgradeTracker>,
+    timeouts: Timeouts,
+    /// `Host` for requests that came without one.
+    default_host: HeaderValue,
+    /// Set once the shutdown signal arrived (distinguishes a real stop from a preStop
+    /// hook sent because only the app container restarts).
+    sigterm: AtomicBool,
+    latest_stat: ArcSwap<Stat>,
+}
+
+/// A queue-proxy with its ports bound, ready to serve.
+#[derive(Debug)]
+pub struct QueueProxy {
+    state: Arc<State>,
+    autoscaler: Option<http::Uri>,
+    serving: TcpListener,
+    admin: TcpListener,
+    metrics: TcpListener,
+    user_metrics: TcpListener,
+}
+
+// === impl QueueProxy ===
+
+impl QueueProxy {
+    /// Builds the state and binds every port; fails before serving anything.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let cc = config.container_concurrency;
+        let breaker = (cc > 0)
+            .then(|| Breaker::new(BreakerParams::for_container_concurrency(cc)))
+            .transpose()?;
+        let user_addr = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), config.user_port);
+        let max_idle = if cc > 0 { cc } else { UNLIMITED_IDLE_CONNS };
+        let now = Instant::now();
+        let state = Arc::new(State {
+            metrics: RequestMetrics::new(&config.identity)?,
+            latest_stat: ArcSwap::from_pointee(Stat {
+                pod_name: config.identity.pod.clone(),
+                ..Stat::default()
+            }),
+            identity: config.identity,
+            started: now,
+            stats: Mutex::new(RequestStats::new(now)),
+            breaker,
+            drainer: Drainer::new(config.drain_quiet_period),
+            prober: Prober::new(config.readiness_probes),
+            upstream: Upstream::new(user_addr, max_idle),
+            upgrades: Arc::new(UpgradeTracker::default()),
+            timeouts: config.timeouts,
+            default_host: HeaderValue::from_str(&user_addr.to_string())
+                .expect("a socket address is a valid header value"),
+            sigterm: AtomicBool::new(false),
+        });
+        Ok(Self {
+            state,
+            autoscaler: config.autoscaler,
+            serving: listen("serving", config.serving_addr).await?,
+            admin: listen("admin", config.admin_addr).await?,
+            metrics: listen("metrics", config.metrics_addr).await?,
+            user_metrics: listen("user metrics", config.user_metrics_addr).await?,
+        })
+    }
+
+    pub fn serving_addr(&self) -> SocketAddr {
+        local_addr(&self.serving)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        local_addr(&self.admin)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        local_addr(&self.metrics)
+    }
+
+    pub fn user_metrics_addr(&self) -> SocketAddr {
+        local_addr(&self.user_metrics)
+    }
+
+    /// Serves until `shutdown` resolves, then drains as Knative does: probes fail at once,
+    /// requests keep being served until a quiet period passes with none, then the ports
+    /// close, connections finish, and upgraded connections get up to a minute.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            state,
+            autoscaler,
+            serving,
+            admin,
+            metrics,
+            user_metrics,
+        } = self;
+        tracing::info!(
+            revision = %state.identity.revision,
+            pod = %state.identity.pod,
+            serving = %local_addr(&serving),
+            app = %state.upstream.addr(),
+            container_concurrency = state.breaker.as_ref().map_or(0, |b| b.capacity()),
+            "queue-proxy serving"
+        );
+        let push = reporter::spawn_pusher(autoscaler);
+        let reporter = tokio::spawn(
+            reporter::report_loop(Arc::clone(&state), push)
+                .instrument(tracing::debug_span!("reporter")),
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let grace = state.timeouts.total;
+        let mut servers = Vec::new();
+        {
+            let st = Arc::clone(&state);
+            servers.push(tokio::spawn(serve(
+                "serving",
+                serving,
+                move |peer: SocketAddr| {
+                    let st = Arc::clone(&st);
+                    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+                        .expect("an IP address is a valid header value");
+                    service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
+                },
+                stopped(),
+                grace,
+            )));
+        }
+        macro_rules! side_port {
+            ($name:literal, $listener:expr, $handler:path) => {{
+                let st = Arc::clone(&state);
+                servers.push(tokio::spawn(serve(
+                    $name,
+                    $listener,
+                    move |_| {
+                        let st = Arc::clone(&st);
+                        service_fn(move |req| $handler(Arc::clone(&st), req))
+                    },
+                    stopped(),
+                    grace,
+                )));
+            }};
+        }
+        side_port!("admin", admin, admin::admin);
+        side_port!("metrics", metrics, admin::autoscaling_metrics);
+        side_port!("user-metrics", user_metrics, admin::request_metrics);
+
+        shutdown.await;
+        state.sigterm.store(true, Ordering::Release);
+        tracing::info!(quiet_period = ?state.drainer.quiet_period(), "shutdown requested; draining");
+        while state.drainer.drain().await == DrainOutcome::Reset {}
+        let _ = stop_tx.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+        let left = state.upgrades.wait(UPGRADE_DRAIN_TIMEOUT).await;
+        if left > 0 {
+            tracing::warn!(left, "upgraded connections still open at exit");
+        }
+        reporter.abort();
+        tracing::info!("queue-proxy stopped");
+    }
+}
+
+async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { port, addr, source })
+}
+
+fn local_addr(l: &TcpListener) -> SocketAddr {
+    l.local_addr()
+        .expect("a bound listener has a local address")
+}

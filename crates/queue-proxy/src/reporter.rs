@@ -1,0 +1,132 @@
+//! The stats loop: every second, close the period in `RequestStats`, keep the result as
+//! Knative's protobuf `Stat` for scrapers, and push it to the autoscaler over the gRPC
+//! stream. The push never touches the request path: a full or disconnected stream drops
+//! reports, it does not slow requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::Stat;
+use sluice_proto::v1::stats_service_client::StatsServiceClient;
+use sluice_proto::v1::{Source, StatReport};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use crate::State;
+use crate::config::REPORTING_PERIOD;
+
+/// Reports buffered for the pusher; beyond this, reports are dropped (they are stale by
+/// the time a reconnect could send them).
+const PUSH_BUFFER: usize = 4;
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Runs until the task is dropped.
+pub(crate) async fn report_loop(state: Arc<State>, push: Option<mpsc::Sender<StatReport>>) {
+    let started = state.started;
+    let mut ticker = tokio::time::interval_at(started + REPORTING_PERIOD, REPORTING_PERIOD);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let stat = report_once(&state, Instant::now());
+        if let Some(push) = &push {
+            let report = StatReport {
+                namespace: state.identity.namespace.clone(),
+                revision: state.identity.revision.clone(),
+                source: Source::QueueProxy.into(),
+                stat: Some(stat),
+                poke: false,
+            };
+            if push.try_send(report).is_err() {
+                tracing::trace!("stats push backlogged; report dropped");
+            }
+        }
+    }
+}
+
+/// Closes one period and publishes it as the latest `Stat`.
+pub(crate) fn report_once(state: &State, now: Instant) -> Stat {
+    let r = state.stats.lock().report(now);
+    let period = REPORTING_PERIOD.as_secs_f64();
+    let stat = Stat {
+        pod_name: state.identity.pod.clone(),
+        average_concurrent_requests: r.average_concurrency,
+        average_proxied_concurrent_requests: r.average_proxied_concurrency,
+        request_count: r.request_count as f64 / period,
+        proxied_request_count: r.proxied_request_count as f64 / period,
+        process_uptime: now.saturating_duration_since(state.started).as_secs_f64(),
+        timestamp: 0,
+    };
+    state.latest_stat.store(Arc::new(stat.clone()));
+    stat
+}
+
+/// Keeps one client stream open to the autoscaler, reconnecting with backoff.
+pub(crate) async fn push_loop(endpoint: http::Uri, mut reports: mpsc::Receiver<StatReport>) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let connected = tonic::transport::Endpoint::from(endpoint.clone())
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await;
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::debug!(%error, ?backoff, "autoscaler unreachable");
+                if !sleep_dropping(&mut reports, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        tracing::info!(autoscaler = %endpoint, "stats stream connected");
+        // Reports queued while disconnected describe the past; start fresh.
+        while reports.try_recv().is_ok() {}
+        let (tx, rx) = mpsc::channel(PUSH_BUFFER);
+        let mut client = StatsServiceClient::new(channel);
+        let mut call = std::pin::pin!(client.report(ReceiverStream::new(rx)));
+        let ended = loop {
+            tokio::select! {
+                result = &mut call => break result.err(),
+                next = reports.recv() => match next {
+                    None => return,
+                    Some(report) => {
+                        if tx.send(report).await.is_err() {
+                            break None;
+                        }
+                        backoff = RECONNECT_MIN;
+                    }
+                },
+            }
+        };
+        tracing::warn!(error = ?ended.map(|s| s.message().to_owned()), "stats stream ended; reconnecting");
+        if !sleep_dropping(&mut reports, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Sleeps while discarding reports; false once the reporter is gone.
+async fn sleep_dropping(reports: &mut mpsc::Receiver<StatReport>, pause: Duration) -> bool {
+    let deadline = tokio::time::sleep(pause);
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return true,
+            next = reports.recv() => if next.is_none() { return false },
+        }
+    }
+}
+
+/// Spawns the pusher when an autoscaler address is configured.
+pub(crate) fn spawn_pusher(endpoint: Option<http::Uri>) -> Option<mpsc::Sender<StatReport>> {
+    let endpoint = endpoint?;
+    let (tx, rx) = mpsc::channel(PUSH_BUFFER);
+    let span = tracing::info_span!("stats_push", autoscaler = %endpoint);
+    tokio::spawn(push_loop(endpoint, rx).instrument(span));
+    Some(tx)
+}

@@ -1,0 +1,189 @@
+//! Connections to the app on 127.0.0.1:USER_PORT: a stack of idle HTTP/1.1 connections
+//! (reused only after a response body ended cleanly), one shared HTTP/2 connection for
+//! requests that arrived as HTTP/2, and dedicated connections for upgrades.
+//!
+//! A hand-rolled pool rather than hyper-util's client: there is exactly one origin, so
+//! keying, URI parsing and per-checkout bookkeeping are pure overhead on the hot path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+/// Knative's dial backoff: the first connect attempt may take 50 ms, each retry 1.4×
+/// longer, 15 attempts in all. Only timeouts are retried: a refusal fails at once.
+const DIAL_FIRST_TIMEOUT: Duration = Duration::from_millis(50);
+const DIAL_ATTEMPTS: u32 = 15;
+
+/// Failing to get an answer from the app.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("dial tcp {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("dial tcp {0}: i/o timeout")]
+    ConnectTimeout(SocketAddr),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    addr: SocketAddr,
+    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    max_idle: usize,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
+}
+
+/// An HTTP/1.1 connection lent to one request. It goes back to the pool only if the
+/// response body ended cleanly (`release(true)`); otherwise it is dropped and closes.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    upstream: Arc<Upstream>,
+    sender: http1::SendRequest<Incoming>,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// `max_idle`: Knative keeps CC idle connections, or 1000 when CC is 0.
+    pub(crate) fn new(addr: SocketAddr, max_idle: usize) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
+            max_idle,
+            h2: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends an HTTP/1.1 request on a pooled connection.
+    pub(crate) async fn send_http1(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let mut sender = self.checkout().await?;
+        let rsp = sender.send_request(req).await?;
+        Ok((
+            rsp,
+            Lease {
+                upstream: Arc::clone(self),
+                sender,
+            },
+        ))
+    }
+
+    /// Sends a request on the shared HTTP/2 connection, opening it if needed.
+    pub(crate) async fn send_http2(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = {
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => s.clone(),
+                None => {
+                    let io = TokioIo::new(self.connect().await?);
+                    let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+                    tokio::spawn(drive("h2", conn));
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// Sends an `Upgrade` request on a connection of its own, which hyper hands over
+    /// to the caller if the app answers 101.
+    pub(crate) async fn send_upgrade(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let io = TokioIo::new(self.connect().await?);
+        let (mut sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(drive("upgrade", conn.with_upgrades()));
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn checkout(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        loop {
+            let Some(mut sender) = self.idle.lock().pop() else {
+                break;
+            };
+            // A lease comes back right after its body ends; the connection task may not
+            // have marked it idle yet, so wait for readiness rather than test it.
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        let io = TokioIo::new(self.connect().await?);
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(drive("h1", conn));
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+        let mut limit = DIAL_FIRST_TIMEOUT;
+        for _ in 0..DIAL_ATTEMPTS {
+            match tokio::time::timeout(limit, TcpStream::connect(self.addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Ok(Err(source)) => {
+                    return Err(UpstreamError::Connect {
+                        addr: self.addr,
+                        source,
+                    });
+                }
+                Err(_elapsed) => limit = limit.mul_f64(1.4),
+            }
+        }
+        Err(UpstreamError::ConnectTimeout(self.addr))
+    }
+
+    fn put(&self, sender: http1::SendRequest<Incoming>) {
+        let mut idle = self.idle.lock();
+        if idle.len() < self.max_idle {
+            idle.push(sender);
+        }
+    }
+}
+
+// === impl Lease ===
+
+impl Lease {
+    /// Ends the lease; `clean`: the response body reached its end without error.
+    pub(crate) fn release(self, clean: bool) {
+        if clean && !self.sender.is_closed() {
+            self.upstream.put(self.sender);
+        }
+    }
+}
+
+async fn drive<F, E>(kind: &'static str, conn: F)
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(error) = conn
+        .instrument(tracing::debug_span!("upstream", kind))
+        .await
+    {
+        tracing::debug!(kind, %error, "upstream connection ended with error");
+    }
+}
