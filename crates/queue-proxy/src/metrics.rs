@@ -36,10 +36,13 @@ pub struct RequestMetrics {
 
 #[derive(Debug)]
 struct StatusMetrics {
+    code: String,
+    class: String,
     count: IntCounter,
     latency: Histogram,
-    app_count: IntCounter,
-    app_latency: Histogram,
+    /// Resolved on first use: a status the app never produced (a 503 from the queue)
+    /// must not show up as an app series.
+    app: OnceLock<(IntCounter, Histogram)>,
 }
 
 // === impl RequestMetrics ===
@@ -134,15 +137,23 @@ impl RequestMetrics {
             StatusMetrics {
                 count: self.request_count.with_label_values(&values),
                 latency: self.request_latencies.with_label_values(&values),
-                app_count: self.app_request_count.with_label_values(&values),
-                app_latency: self.app_request_latencies.with_label_values(&values),
+                code,
+                class,
+                app: OnceLock::new(),
             }
         });
         m.count.inc();
         m.latency.observe(latency.as_secs_f64() * 1000.0);
         if let Some(app) = app {
-            m.app_count.inc();
-            m.app_latency.observe(app.as_secs_f64() * 1000.0);
+            let (count, hist) = m.app.get_or_init(|| {
+                let values = [m.code.as_str(), m.class.as_str()];
+                (
+                    self.app_request_count.with_label_values(&values),
+                    self.app_request_latencies.with_label_values(&values),
+                )
+            });
+            count.inc();
+            hist.observe(app.as_secs_f64() * 1000.0);
         }
     }
 }

@@ -1,0 +1,96 @@
+//! Small HTTP clients for tests: HTTP/1.1 with keep-alive, h2c prior knowledge.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn http1() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+    let rsp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = rsp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `GET url` with extra headers, on a fresh HTTP/1.1 client.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(&http1(), req.body(Full::default()).expect("request"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub async fn get(url: &str) -> Reply {
+    get_with(url, &[]).await
+}
+
+/// The sample app's view: (in flight now, most at once, requests seen).
+pub async fn app_stats(app: SocketAddr) -> (u64, u64, u64) {
+    let reply = get(&format!("http://{app}/stats")).await;
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("stats JSON");
+    let n = |k: &str| v[k].as_u64().expect("a number");
+    (n("in_flight"), n("max_in_flight"), n("requests"))
+}
+
+pub async fn reset_app_stats(app: SocketAddr) {
+    get(&format!("http://{app}/stats/reset")).await;
+}
+
+/// `GET url`, returning the response with its body still streaming.
+pub async fn http1_streaming(url: &str) -> http::Response<hyper::body::Incoming> {
+    http1()
+        .request(Request::get(url).body(Full::default()).expect("request"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"))
+}
+
+/// A client whose request bodies are streams, for uploads that are never held whole.
+pub fn streaming_client<B>() -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Client::builder(TokioExecutor::new()).build_http()
+}
