@@ -82,14 +82,10 @@ pub(crate) fn prepare_request<B>(
     } else {
         // h1 upstream: origin-form target; the Host header carries the authority.
         if req.uri().authority().is_some() {
-            if !req.headers().contains_key(HOST) {
-                if let Some(a) = req
-                    .uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                {
-                    req.headers_mut().insert(HOST, a);
-                }
+            if !req.headers().contains_key(HOST)
+                && let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(HOST, a);
             }
             let pq = req.uri().path_and_query().cloned();
             let mut parts = http::uri::Parts::default();
@@ -108,12 +104,12 @@ pub(crate) fn prepare_request<B>(
 /// Hop-by-hop headers are for one connection only; the app's response loses them too
 /// (except on a 101, where they carry the protocol switch).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.remove(CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.remove(name);
-                }
+    if let Some(conn) = headers.remove(CONNECTION)
+        && let Ok(list) = conn.to_str()
+    {
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(name);
             }
         }
     }

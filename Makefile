@@ -1,0 +1,40 @@
+# Every check CI runs, and the commands the README gives. `make ci` is what .ci/run calls.
+CARGO ?= cargo
+export CARGO_INCREMENTAL ?= 0
+LOCKED := --locked
+
+.PHONY: ci fmt lint test deny build release run bench clean
+
+## ci: formatting, lints, every test (what CI runs)
+ci: fmt lint test deny
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets $(LOCKED) -- -D warnings
+
+test:
+	$(CARGO) nextest run --workspace $(LOCKED)
+	$(CARGO) test --doc --workspace $(LOCKED)
+
+deny:
+	@if command -v cargo-deny >/dev/null 2>&1; then $(CARGO) deny check; else echo "cargo-deny: skipped (not installed)"; fi
+
+build:
+	$(CARGO) build --workspace $(LOCKED)
+
+release:
+	$(CARGO) build --release $(LOCKED) -p sluice-queue-proxy -p sluice-sample-app
+
+## run: the sample app behind a queue-proxy on this machine (Ctrl-C stops both)
+run: release
+	./scripts/run-local.sh
+
+## bench: load benchmarks (hey, pinned) and criterion micro-benchmarks; figures to stdout
+bench: release
+	./benches/queue-proxy.sh
+	$(CARGO) bench $(LOCKED) -p sluice-benches
+
+clean:
+	$(CARGO) clean
