@@ -117,18 +117,20 @@ impl Upstream {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if self.idle.is_some() {
                     self.last_write = Instant::now();
                 }
+                // hyper stops polling a body of known length once it reports its end,
+                // so the end is seen here, not as a final `None`.
+                if inner.is_end_stream() {
+                    self.finish();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                self.inner = None;
-                if let Some(mut guard) = self.guard.take() {
-                    guard.mark_clean();
-                }
+                self.finish();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
@@ -137,6 +139,15 @@ impl Upstream {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => self.poll_timeout(cx),
+        }
+    }
+
+    /// The app's body ended cleanly: its connection can be reused and the request's
+    /// slot and count are released now.
+    fn finish(&mut self) {
+        self.inner = None;
+        if let Some(mut guard) = self.guard.take() {
+            guard.mark_clean();
         }
     }
 
@@ -170,6 +181,15 @@ impl Upstream {
                     TIMEOUT_MESSAGE.as_bytes(),
                 )))));
             }
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // A body that was complete from the start (no content) is never polled.
+        if self.inner.as_ref().is_some_and(Body::is_end_stream) {
+            self.finish();
         }
     }
 }

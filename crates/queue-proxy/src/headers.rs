@@ -83,7 +83,10 @@ pub(crate) fn prepare_request<B>(
         // h1 upstream: origin-form target; the Host header carries the authority.
         if req.uri().authority().is_some() {
             if !req.headers().contains_key(HOST)
-                && let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                && let Some(a) = req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
                 req.headers_mut().insert(HOST, a);
             }

@@ -64,7 +64,10 @@ async fn wait_listening(addr: SocketAddr) {
 
 fn signal(child: &Child, sig: &str) {
     let pid = child.id().unwrap().to_string();
-    let ok = std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -78,7 +81,10 @@ async fn bad_env_exits_64_naming_every_bad_variable_before_binding() {
         ("SERVING_POD_IP", String::new()),
         ("USER_PORT", "eighty".into()),
         ("CONTAINER_CONCURRENCY", "-3".into()),
-        ("QUEUE_SERVING_PORT", held.local_addr().unwrap().port().to_string()),
+        (
+            "QUEUE_SERVING_PORT",
+            held.local_addr().unwrap().port().to_string(),
+        ),
         ("SERVING_READINESS_PROBE", "{\"exec\":{}}".into()),
     ];
     let out = spawn(&env).wait_with_output().await.unwrap();
@@ -95,7 +101,10 @@ async fn bad_env_exits_64_naming_every_bad_variable_before_binding() {
     ] {
         assert!(stderr.contains(var), "{var} not in:\n{stderr}");
     }
-    assert!(!stderr.contains("SERVING_POD_IP"), "an empty required value is allowed:\n{stderr}");
+    assert!(
+        !stderr.contains("SERVING_POD_IP"),
+        "an empty required value is allowed:\n{stderr}"
+    );
     assert!(stderr.contains("7 problems"), "{stderr}");
 }
 
@@ -106,16 +115,31 @@ async fn sigterm_under_load_loses_nothing_and_exits_cleanly() {
     let mut qp = spawn(&env);
     wait_listening(serving).await;
     let url = format!("http://{serving}/?sleep=20");
-    let loader = tokio::spawn(async move { load::run(&url, 16, None, Duration::from_millis(1500)).await });
+    let loader =
+        tokio::spawn(async move { load::run(&url, 16, None, Duration::from_millis(1500)).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
     signal(&qp, "-TERM");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let probe = get_with(&format!("http://{serving}/"), &[("user-agent", "kube-probe/1.30"), ("k-network-probe", "queue")]).await;
+    let probe = get_with(
+        &format!("http://{serving}/"),
+        &[
+            ("user-agent", "kube-probe/1.30"),
+            ("k-network-probe", "queue"),
+        ],
+    )
+    .await;
     assert_eq!(probe.status, 503, "not ready once SIGTERM arrived");
     let report = loader.await.unwrap();
     assert!(report.total() > 100, "{report:?}");
-    assert_eq!(report.count(200), report.total(), "no request lost: {report:?}");
-    let status = tokio::time::timeout(Duration::from_secs(5), qp.wait()).await.expect("exits after the quiet period").unwrap();
+    assert_eq!(
+        report.count(200),
+        report.total(),
+        "no request lost: {report:?}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(5), qp.wait())
+        .await
+        .expect("exits after the quiet period")
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -135,7 +159,9 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
     assert_eq!(get(&format!("http://{serving}/")).await.status, 200);
     let before = peak_rss_kib(&qp);
 
-    let mut body = http1_streaming(&format!("http://{serving}/stream?mb=100")).await.into_body();
+    let mut body = http1_streaming(&format!("http://{serving}/stream?mb=100"))
+        .await
+        .into_body();
     let mut down = 0usize;
     while let Some(frame) = body.frame().await {
         down += frame.unwrap().into_data().map_or(0, |d| d.len());
@@ -144,8 +170,14 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
 
     let chunk = bytes::Bytes::from(vec![b'u'; 1 << 20]);
     let frames = futures_util_iter(chunk);
-    let req = http::Request::post(format!("http://{serving}/echo")).body(frames).unwrap();
-    let mut body = sluice_test_support::client::streaming_client().request(req).await.unwrap().into_body();
+    let req = http::Request::post(format!("http://{serving}/echo"))
+        .body(frames)
+        .unwrap();
+    let mut body = sluice_test_support::client::streaming_client()
+        .request(req)
+        .await
+        .unwrap()
+        .into_body();
     let mut up = 0usize;
     while let Some(frame) = body.frame().await {
         up += frame.unwrap().into_data().map_or(0, |d| d.len());
@@ -161,7 +193,9 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
 
 fn futures_util_iter(
     chunk: bytes::Bytes,
-) -> http_body_util::StreamBody<impl futures_util::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>> + Unpin> {
+) -> http_body_util::StreamBody<
+    impl futures_util::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>> + Unpin,
+> {
     http_body_util::StreamBody::new(futures_util::stream::iter(
         (0..100).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))),
     ))

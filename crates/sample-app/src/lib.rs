@@ -5,7 +5,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/` | `Hello {TARGET}!`, or autoscale-go's report when `sleep`, `prime` or `bloat` is given |
-//! | `/stats` | JSON: requests in flight now, the most ever in flight at once, requests seen |
+//! | `/stats` | JSON: requests in flight now, the most ever in flight at once, requests and connections seen |
 //! | `/stats/reset` | zeroes the maximum and the count |
 //! | `/echo` | streams the request body back |
 //! | `/stream?mb=N` | streams N MiB |
@@ -58,6 +58,7 @@ pub struct Args {
 /// What the app has seen.
 #[derive(Debug, Default)]
 pub struct AppStats {
+    connections: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     requests: AtomicU64,
@@ -80,16 +81,18 @@ impl AppStats {
 
     fn json(&self) -> String {
         format!(
-            "{{\"in_flight\":{},\"max_in_flight\":{},\"requests\":{}}}\n",
+            "{{\"in_flight\":{},\"max_in_flight\":{},\"requests\":{},\"connections\":{}}}\n",
             self.in_flight.load(Ordering::Acquire),
             self.max_in_flight.load(Ordering::Acquire),
-            self.requests.load(Ordering::Acquire)
+            self.requests.load(Ordering::Acquire),
+            self.connections.load(Ordering::Acquire)
         )
     }
 
     fn reset(&self) {
         self.max_in_flight.store(0, Ordering::Release);
         self.requests.store(0, Ordering::Release);
+        self.connections.store(0, Ordering::Release);
     }
 }
 
@@ -107,6 +110,7 @@ pub async fn serve(listener: TcpListener, target: String, shutdown: impl Future<
         "sample-app",
         listener,
         move |_peer: SocketAddr| {
+            stats.connections.fetch_add(1, Ordering::Relaxed);
             let (target, stats) = (Arc::clone(&target), Arc::clone(&stats));
             service_fn(move |req| handle(Arc::clone(&target), Arc::clone(&stats), req))
         },

@@ -67,10 +67,21 @@ pub async fn get(url: &str) -> Reply {
 
 /// The sample app's view: (in flight now, most at once, requests seen).
 pub async fn app_stats(app: SocketAddr) -> (u64, u64, u64) {
-    let reply = get(&format!("http://{app}/stats")).await;
-    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("stats JSON");
+    let v = app_stats_json(app).await;
     let n = |k: &str| v[k].as_u64().expect("a number");
     (n("in_flight"), n("max_in_flight"), n("requests"))
+}
+
+/// Connections the sample app has accepted (its own `/stats` call included).
+pub async fn app_connections(app: SocketAddr) -> u64 {
+    app_stats_json(app).await["connections"]
+        .as_u64()
+        .expect("a number")
+}
+
+async fn app_stats_json(app: SocketAddr) -> serde_json::Value {
+    let reply = get(&format!("http://{app}/stats")).await;
+    serde_json::from_slice(&reply.body).expect("stats JSON")
 }
 
 pub async fn reset_app_stats(app: SocketAddr) {

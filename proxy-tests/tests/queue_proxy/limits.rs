@@ -127,3 +127,25 @@ async fn hey_100k_requests_at_50_concurrent_with_cc5_all_200() {
     assert!(max_in_flight <= 5, "app saw {max_in_flight} at once");
     assert_eq!(seen, 100_000);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (app, qp) = start_pod(0, &[]).await;
+    let client = sluice_test_support::client::http1();
+    for path in ["/", "/status/204", "/stream?mb=1", "/?sleep=1"] {
+        for _ in 0..50 {
+            let req = http::Request::get(qp.url(path))
+                .body(http_body_util::Full::default())
+                .unwrap();
+            let reply = sluice_test_support::client::send(&client, req)
+                .await
+                .unwrap();
+            assert!(reply.status.is_success(), "{path}: {}", reply.status);
+        }
+    }
+    // One connection for 200 sequential requests, plus the one this check opens.
+    assert_eq!(
+        sluice_test_support::client::app_connections(app.addr).await,
+        2
+    );
+}
