@@ -29,42 +29,67 @@ pub const KUBE_PROBE_UA_PREFIX: &str = "kube-probe/";
 pub const ACTIVATOR_UA: &str = "Knative-Activator-Probe";
 pub const AUTOSCALING_UA: &str = "Knative-Autoscaling-Probe";
 
-fn user_agent(headers: &HeaderMap) -> &[u8] {
-    headers.get(USER_AGENT).map_or(&[], |v| v.as_bytes())
+/// What the request path needs to know about a request's Knative headers, found in one
+/// pass over the header names (a handful per request) instead of a hash lookup per question.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestKind {
+    /// Kubelet, activator or autoscaler probe User-Agent: the drainer answers it.
+    pub health_check: bool,
+    /// `K-Network-Probe: probe`.
+    pub network_probe: bool,
+    /// networking's `IsKubeletProbe`: kubelet UA or any `K-Kubelet-Probe` header. Such
+    /// requests skip stats and the breaker.
+    pub kubelet_probe: bool,
+    /// Any `K-Network-Probe` value or a kubelet probe: left out of request metrics.
+    pub any_probe: bool,
+    /// `K-Proxy-Request: activator`.
+    pub proxied: bool,
 }
 
-/// A health check the drainer answers itself (kubelet, activator or autoscaler probe UA).
+pub fn classify(headers: &HeaderMap) -> RequestKind {
+    let mut kind = RequestKind::default();
+    for (name, value) in headers {
+        let v = value.as_bytes();
+        if *name == USER_AGENT {
+            let kube = v.starts_with(KUBE_PROBE_UA_PREFIX.as_bytes());
+            kind.kubelet_probe |= kube;
+            kind.health_check |= kube
+                || v.starts_with(ACTIVATOR_UA.as_bytes())
+                || v.starts_with(AUTOSCALING_UA.as_bytes());
+            continue;
+        }
+        match name.as_str() {
+            "k-network-probe" => {
+                kind.any_probe = true;
+                kind.network_probe |= v == NETWORK_PROBE.as_bytes();
+            }
+            "k-kubelet-probe" => kind.kubelet_probe = true,
+            "k-proxy-request" => kind.proxied |= v == ACTIVATOR.as_bytes(),
+            _ => {}
+        }
+    }
+    kind.any_probe |= kind.kubelet_probe;
+    kind
+}
+
 pub fn is_health_check(headers: &HeaderMap) -> bool {
-    let ua = user_agent(headers);
-    ua.starts_with(KUBE_PROBE_UA_PREFIX.as_bytes())
-        || ua.starts_with(ACTIVATOR_UA.as_bytes())
-        || ua.starts_with(AUTOSCALING_UA.as_bytes())
+    classify(headers).health_check
 }
 
-/// networking's `IsKubeletProbe`: the kubelet UA or any `K-Kubelet-Probe` header. Such
-/// requests skip stats and the breaker.
 pub fn is_kubelet_probe(headers: &HeaderMap) -> bool {
-    user_agent(headers).starts_with(KUBE_PROBE_UA_PREFIX.as_bytes())
-        || headers.contains_key(KUBELET_PROBE)
+    classify(headers).kubelet_probe
 }
 
-/// `K-Network-Probe: probe`, the ingress's reachability probe.
 pub fn is_network_probe(headers: &HeaderMap) -> bool {
-    headers
-        .get(PROBE)
-        .is_some_and(|v| v.as_bytes() == NETWORK_PROBE.as_bytes())
+    classify(headers).network_probe
 }
 
-/// Any `K-Network-Probe` value or a kubelet probe: left out of request metrics.
 pub fn is_any_probe(headers: &HeaderMap) -> bool {
-    headers.contains_key(PROBE) || is_kubelet_probe(headers)
+    classify(headers).any_probe
 }
 
-/// `K-Proxy-Request: activator`.
 pub fn is_proxied(headers: &HeaderMap) -> bool {
-    headers
-        .get(PROXY)
-        .is_some_and(|v| v.as_bytes() == ACTIVATOR.as_bytes())
+    classify(headers).proxied
 }
 
 #[cfg(test)]
@@ -112,5 +137,23 @@ mod tests {
         assert!(is_any_probe(&with(PROBE, "queue")));
         assert!(is_proxied(&with(PROXY, "activator")));
         assert!(!is_proxied(&with(PROXY, "Activator ")));
+    }
+
+    #[test]
+    fn classify_finds_everything_in_one_pass() {
+        let mut h = with(USER_AGENT, "kube-probe/1.30");
+        h.insert(PROXY, HeaderValue::from_static("activator"));
+        h.insert(PROBE, HeaderValue::from_static("queue"));
+        assert_eq!(
+            classify(&h),
+            RequestKind {
+                health_check: true,
+                network_probe: false,
+                kubelet_probe: true,
+                any_probe: true,
+                proxied: true,
+            }
+        );
+        assert_eq!(classify(&HeaderMap::new()), RequestKind::default());
     }
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::State;
 use crate::body::ProxyBody;
 use crate::guard::RequestGuard;
-use crate::headers::{self, is_upgrade};
+use crate::headers::{self, Found, is_upgrade};
 use crate::upstream::UpstreamError;
 
 /// Why a request got no answer from the app. Mapped to a response in one place.
@@ -57,15 +57,16 @@ pub(crate) async fn handle(
     peer_ip: HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let headers = req.headers();
-    if kh::is_health_check(headers) {
-        return Ok(health(&state, headers).await);
+    let kind = kh::classify(req.headers());
+    if kind.health_check {
+        // Boxed, like every rare path: the common request future stays small.
+        return Ok(Box::pin(health(&state, req.headers())).await);
     }
-    if kh::is_network_probe(headers) {
-        return Ok(network_probe(&state, headers));
+    if kind.network_probe {
+        return Ok(network_probe(&state, req.headers()));
     }
     state.drainer.touch();
-    Ok(proxy(state, peer_ip, req).await)
+    Ok(proxy(state, peer_ip, req, kind).await)
 }
 
 /// Knative's health handler: only `K-Network-Probe: queue` is a question it answers.
@@ -112,13 +113,15 @@ async fn proxy(
     state: Arc<State>,
     peer_ip: HeaderValue,
     mut req: Request<Incoming>,
+    kind: kh::RequestKind,
 ) -> Response<ProxyBody> {
     // Kubelet probes sent with K-Kubelet-Probe go to the app untouched by stats or breaker.
-    let probe = kh::is_kubelet_probe(req.headers());
-    let mut guard = RequestGuard::enter(Arc::clone(&state), !probe, kh::is_proxied(req.headers()));
+    let probe = kind.kubelet_probe;
+    let mut guard = RequestGuard::enter(Arc::clone(&state), !probe, kind.proxied);
     let start = guard.start();
-    headers::rewrite_original_host(&mut req);
-    let upgrade = is_upgrade(&req);
+    let mut found = Found::scan(req.headers());
+    headers::rewrite_original_host(&mut req, &mut found);
+    let upgrade = is_upgrade(&req, found);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let timeouts = state.timeouts;
@@ -130,17 +133,24 @@ async fn proxy(
         first_byte_deadline = first_byte_deadline.min(start + t);
     }
     let sent = tokio::time::timeout_at(first_byte_deadline, async {
+        guard.app_start = Some(start);
         if let Some(breaker) = state.breaker.as_ref().filter(|_| !probe) {
-            guard.permit = Some(breaker.acquire().await.map_err(|_| ProxyError::QueueFull)?);
-            guard.app_start = Some(Instant::now());
-        } else {
-            guard.app_start = Some(start);
+            // A free slot is taken without the waiting machinery (and without reading
+            // the clock again); the queue only forms when all slots are busy.
+            guard.permit = match breaker.reserve() {
+                Some(permit) => Some(permit),
+                None => {
+                    let permit = breaker.acquire().await.map_err(|_| ProxyError::QueueFull)?;
+                    guard.app_start = Some(Instant::now());
+                    Some(permit)
+                }
+            };
         }
-        headers::prepare_request(&mut req, &peer_ip, &state.default_host, upgrade);
+        headers::prepare_request(&mut req, found, &peer_ip, &state.default_host, upgrade);
         let rsp = if upgrade {
-            state.upstream.send_upgrade(req).await?
+            Box::pin(state.upstream.send_upgrade(req)).await?
         } else if req.version() == Version::HTTP_2 {
-            state.upstream.send_http2(req).await?
+            Box::pin(state.upstream.send_http2(req)).await?
         } else {
             let (rsp, lease) = state.upstream.send_http1(req).await?;
             guard.lease = Some(lease);
@@ -159,7 +169,7 @@ async fn proxy(
             }
             let rsp = error.into_response();
             guard.status = rsp.status().as_u16();
-            if guard.permit.is_none() && state.breaker.is_some() {
+            if guard.permit.is_none() && state.breaker.is_some() && !probe {
                 guard.app_start = None; // never reached the app
             }
             return rsp;

@@ -14,15 +14,65 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
+/// Which of the headers the rules care about a message carries, found in one pass over
+/// its names: most requests carry none of them, and then no rule costs a hash lookup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Found(u32);
+
+impl Found {
+    const HOP_BY_HOP: u32 = 1 << 0;
+    const CONNECTION: u32 = 1 << 1;
+    const UPGRADE: u32 = 1 << 2;
+    const KNATIVE_ROUTING: u32 = 1 << 3;
+    const X_FORWARDED: u32 = 1 << 4;
+    const X_FORWARDED_FOR: u32 = 1 << 5;
+    const FORWARDED: u32 = 1 << 6;
+    const ORIGINAL_HOST: u32 = 1 << 7;
+    const HOST: u32 = 1 << 8;
+
+    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+        let mut found = 0;
+        for name in headers.keys() {
+            found |= match name.as_str() {
+                "connection" => Self::CONNECTION | Self::HOP_BY_HOP,
+                "upgrade" => Self::UPGRADE | Self::HOP_BY_HOP,
+                "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding" => Self::HOP_BY_HOP,
+                "knative-serving-revision" | "knative-serving-namespace" => Self::KNATIVE_ROUTING,
+                "x-forwarded-for" => Self::X_FORWARDED_FOR | Self::X_FORWARDED,
+                "x-forwarded-host" | "x-forwarded-proto" => Self::X_FORWARDED,
+                "forwarded" => Self::FORWARDED,
+                "k-original-host" => Self::ORIGINAL_HOST,
+                "host" => Self::HOST,
+                _ => 0,
+            };
+        }
+        Self(found)
+    }
+
+    fn has(self, flag: u32) -> bool {
+        self.0 & flag != 0
+    }
+}
+
 /// Whether the request asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
-pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &Request<B>, found: Found) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
+        && found.has(Found::UPGRADE)
         && has_token(req.headers(), CONNECTION, "upgrade")
 }
 
 /// Knative's `RewriteHostOut`: `K-Original-Host` becomes the Host the app sees.
-pub(crate) fn rewrite_original_host<B>(req: &mut Request<B>) {
+pub(crate) fn rewrite_original_host<B>(req: &mut Request<B>, found: &mut Found) {
+    if !found.has(Found::ORIGINAL_HOST) {
+        return;
+    }
+    found.0 = (found.0 & !Found::ORIGINAL_HOST) | Found::HOST;
     if let Some(host) = req.headers_mut().remove(kh::ORIGINAL_HOST) {
         if req.version() >= Version::HTTP_2 {
             if let Ok(authority) = Authority::try_from(host.as_bytes()) {
@@ -43,25 +93,36 @@ pub(crate) fn rewrite_original_host<B>(req: &mut Request<B>) {
 /// Everything the reverse proxy changes before the request leaves for the app.
 pub(crate) fn prepare_request<B>(
     req: &mut Request<B>,
+    found: Found,
     peer_ip: &HeaderValue,
     default_host: &HeaderValue,
     upgrade: bool,
 ) {
     let headers = req.headers_mut();
-    forwarded_shim(headers);
-    headers.remove(kh::REVISION);
-    headers.remove(kh::NAMESPACE);
-    let upgrade_to = if upgrade {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
-    remove_hop_by_hop(headers);
-    if let Some(proto) = upgrade_to {
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(UPGRADE, proto);
+    if found.has(Found::X_FORWARDED) && !found.has(Found::FORWARDED) {
+        forwarded_shim(headers);
     }
-    append_forwarded_for(headers, peer_ip);
+    if found.has(Found::KNATIVE_ROUTING) {
+        headers.remove(kh::REVISION);
+        headers.remove(kh::NAMESPACE);
+    }
+    if found.has(Found::HOP_BY_HOP) {
+        let upgrade_to = if upgrade {
+            headers.get(UPGRADE).cloned()
+        } else {
+            None
+        };
+        remove_hop_by_hop_present(headers);
+        if let Some(proto) = upgrade_to {
+            headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(UPGRADE, proto);
+        }
+    }
+    if found.has(Found::X_FORWARDED_FOR) {
+        append_forwarded_for(headers, peer_ip);
+    } else {
+        headers.insert(kh::X_FORWARDED_FOR, peer_ip.clone());
+    }
 
     if req.version() >= Version::HTTP_2 {
         // h2 upstream: the URI keeps the original authority (it becomes :authority);
@@ -81,14 +142,16 @@ pub(crate) fn prepare_request<B>(
         }
     } else {
         // h1 upstream: origin-form target; the Host header carries the authority.
+        let mut has_host = found.has(Found::HOST);
         if req.uri().authority().is_some() {
-            if !req.headers().contains_key(HOST)
+            if !has_host
                 && let Some(a) = req
                     .uri()
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
                 req.headers_mut().insert(HOST, a);
+                has_host = true;
             }
             let pq = req.uri().path_and_query().cloned();
             let mut parts = http::uri::Parts::default();
@@ -97,7 +160,7 @@ pub(crate) fn prepare_request<B>(
                 *req.uri_mut() = uri;
             }
         }
-        if !req.headers().contains_key(HOST) {
+        if !has_host {
             req.headers_mut().insert(HOST, default_host.clone());
         }
         *req.version_mut() = Version::HTTP_11;
@@ -107,6 +170,12 @@ pub(crate) fn prepare_request<B>(
 /// Hop-by-hop headers are for one connection only; the app's response loses them too
 /// (except on a 101, where they carry the protocol switch).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if Found::scan(headers).has(Found::HOP_BY_HOP) {
+        remove_hop_by_hop_present(headers);
+    }
+}
+
+fn remove_hop_by_hop_present(headers: &mut HeaderMap) {
     if let Some(conn) = headers.remove(CONNECTION)
         && let Ok(list) = conn.to_str()
     {

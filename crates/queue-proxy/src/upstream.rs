@@ -95,9 +95,7 @@ impl Upstream {
             match slot.as_ref().filter(|s| !s.is_closed()) {
                 Some(s) => s.clone(),
                 None => {
-                    let io = TokioIo::new(self.connect().await?);
-                    let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
-                    tokio::spawn(drive("h2", conn));
+                    let sender = Box::pin(self.new_http2()).await?;
                     *slot = Some(sender.clone());
                     sender
                 }
@@ -130,9 +128,22 @@ impl Upstream {
                 return Ok(sender);
             }
         }
+        // Boxed: connecting is rare, and inlining it would make every request's
+        // future (moved several times per request) kilobytes larger.
+        Box::pin(self.new_http1()).await
+    }
+
+    async fn new_http1(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(drive("h1", conn));
+        Ok(sender)
+    }
+
+    async fn new_http2(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+        let io = TokioIo::new(self.connect().await?);
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(drive("h2", conn));
         Ok(sender)
     }
 

@@ -76,6 +76,21 @@ fn hop_by_hop_headers_go_but_te_trailers_stays() {
     assert_eq!(h["x-end-to-end"], "kept");
 }
 
+fn prepare(req: &mut Request<()>, peer: &HeaderValue, default_host: &HeaderValue, upgrade: bool) {
+    let found = Found::scan(req.headers());
+    prepare_request(req, found, peer, default_host, upgrade);
+}
+
+fn upgrade_requested(req: &Request<()>) -> bool {
+    is_upgrade(req, Found::scan(req.headers()))
+}
+
+fn rewrite(req: &mut Request<()>) {
+    let mut found = Found::scan(req.headers());
+    rewrite_original_host(req, &mut found);
+    assert!(found.has(Found::HOST) && !found.has(Found::ORIGINAL_HOST));
+}
+
 fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
     let mut b = Request::get(uri).version(version);
     for (k, v) in headers {
@@ -100,7 +115,7 @@ fn http1_request_for_the_app() {
     );
     let peer = HeaderValue::from_static("10.0.0.9");
     let default_host = HeaderValue::from_static("127.0.0.1:8080");
-    prepare_request(&mut req, &peer, &default_host, false);
+    prepare(&mut req, &peer, &default_host, false);
     let h = req.headers();
     assert_eq!(req.uri(), "/path?q=1");
     assert_eq!(
@@ -126,7 +141,7 @@ fn http1_request_for_the_app() {
 fn absolute_form_and_missing_host() {
     let mut req = request(Version::HTTP_11, "http://example.org/x", &[]);
     let peer = HeaderValue::from_static("127.0.0.1");
-    prepare_request(
+    prepare(
         &mut req,
         &peer,
         &HeaderValue::from_static("127.0.0.1:8080"),
@@ -136,7 +151,7 @@ fn absolute_form_and_missing_host() {
     assert_eq!(req.headers()[HOST], "example.org");
 
     let mut req = request(Version::HTTP_10, "/y", &[]);
-    prepare_request(
+    prepare(
         &mut req,
         &peer,
         &HeaderValue::from_static("127.0.0.1:8080"),
@@ -156,8 +171,8 @@ fn upgrade_headers_survive_on_upgrade_requests() {
             ("host", "h"),
         ],
     );
-    assert!(is_upgrade(&req));
-    prepare_request(
+    assert!(upgrade_requested(&req));
+    prepare(
         &mut req,
         &HeaderValue::from_static("127.0.0.1"),
         &HeaderValue::from_static("h"),
@@ -166,7 +181,7 @@ fn upgrade_headers_survive_on_upgrade_requests() {
     assert_eq!(req.headers()[CONNECTION], "Upgrade");
     assert_eq!(req.headers()[UPGRADE], "websocket");
     assert!(
-        !is_upgrade(&request(Version::HTTP_11, "/", &[("upgrade", "websocket")])),
+        !upgrade_requested(&request(Version::HTTP_11, "/", &[("upgrade", "websocket")])),
         "needs Connection: upgrade"
     );
 }
@@ -181,7 +196,7 @@ fn original_host_rewrite() {
             ("k-original-host", "a-better-host.com"),
         ],
     );
-    rewrite_original_host(&mut req);
+    rewrite(&mut req);
     assert_eq!(req.headers()[HOST], "a-better-host.com");
     assert!(!req.headers().contains_key(kh::ORIGINAL_HOST));
 
@@ -190,10 +205,56 @@ fn original_host_rewrite() {
         "http://nimporte.pas/p",
         &[("k-original-host", "a-better-host.com")],
     );
-    rewrite_original_host(&mut req);
+    rewrite(&mut req);
     assert_eq!(
         req.uri(),
         "http://a-better-host.com/p",
         "HTTP/2 carries the host in :authority"
+    );
+}
+
+#[test]
+fn scan_sees_only_what_the_rules_care_about() {
+    let req = request(
+        Version::HTTP_11,
+        "/",
+        &[
+            ("host", "h"),
+            ("user-agent", "hey"),
+            ("accept-encoding", "gzip"),
+        ],
+    );
+    assert_eq!(Found::scan(req.headers()), Found(Found::HOST));
+    let req = request(
+        Version::HTTP_11,
+        "/",
+        &[
+            ("te", "trailers"),
+            ("x-forwarded-proto", "https"),
+            ("knative-serving-namespace", "n"),
+        ],
+    );
+    let found = Found::scan(req.headers());
+    assert!(
+        found.has(Found::HOP_BY_HOP)
+            && found.has(Found::X_FORWARDED)
+            && found.has(Found::KNATIVE_ROUTING)
+    );
+    assert!(!found.has(Found::X_FORWARDED_FOR) && !found.has(Found::HOST));
+}
+
+#[test]
+fn peer_is_the_whole_forwarded_for_when_none_came() {
+    let mut req = request(Version::HTTP_11, "/", &[("host", "h")]);
+    prepare(
+        &mut req,
+        &HeaderValue::from_static("10.1.2.3"),
+        &HeaderValue::from_static("h"),
+        false,
+    );
+    assert_eq!(req.headers()[kh::X_FORWARDED_FOR], "10.1.2.3");
+    assert!(
+        !req.headers().contains_key(kh::FORWARDED),
+        "nothing to build Forwarded from"
     );
 }
