@@ -33,7 +33,8 @@ wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 user_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14}' /proc/$p/stat))); done; echo $t; }
 rss_kib() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status))); done; echo $t; }
-vcsw() { awk '/^voluntary_ctxt_switches/{print $2}' /proc/$1/status; }
+# Voluntary context switches of every thread of a process: each is a wake-up.
+vcsw() { cat /proc/$1/task/*/status | awk '/^voluntary_ctxt_switches/{t+=$2} END{print t}'; }
 
 APP_PORT=$(free_port)
 taskset -c 0 env PORT=$APP_PORT SAMPLE_APP_BIND=127.0.0.1 "$BIN/sample-app" 2>/dev/null & PIDS+=($!)
@@ -143,7 +144,7 @@ rate "queue-proxy CC=10" "http://127.0.0.1:$QP10_PORT/" $QP10
 
 # Idle: the queue-proxy should wake once a second (the stats report), nothing else.
 s0=$(vcsw $QP10); sleep 10; s1=$(vcsw $QP10)
-printf '\nqueue-proxy idle wake-ups: %.1f/s (voluntary context switches over 10 s)\n' "$(echo "($s1-$s0)/10" | bc -l)"
+printf '\nqueue-proxy idle wake-ups: %.1f/s (voluntary context switches of all its threads over 10 s)\n' "$(echo "($s1-$s0)/10" | bc -l)"
 
 printf '\nratios (same run)\n'
 for cc in 0 10; do

@@ -33,7 +33,6 @@ use sluice_proto::Stat;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 pub use config::{Config, ConfigError};
 
@@ -170,10 +169,13 @@ impl QueueProxy {
             "queue-proxy serving"
         );
         let push = reporter::spawn_pusher(autoscaler);
-        let reporter = tokio::spawn(
-            reporter::report_loop(Arc::clone(&state), push)
-                .instrument(tracing::debug_span!("reporter")),
-        );
+        let reporter = match reporter::spawn_reporter(Arc::clone(&state), push) {
+            Ok(reporter) => Some(reporter),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the stats reporter; stats will not be reported");
+                None
+            }
+        };
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
@@ -230,7 +232,7 @@ impl QueueProxy {
         if left > 0 {
             tracing::warn!(left, "upgraded connections still open at exit");
         }
-        reporter.abort();
+        drop(reporter);
         tracing::info!("queue-proxy stopped");
     }
 }

@@ -10,7 +10,7 @@ use sluice_proto::Stat;
 use sluice_proto::v1::stats_service_client::StatsServiceClient;
 use sluice_proto::v1::{Source, StatReport};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
@@ -23,27 +23,62 @@ const PUSH_BUFFER: usize = 4;
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
-/// Runs until the task is dropped.
-pub(crate) async fn report_loop(state: Arc<State>, push: Option<mpsc::Sender<StatReport>>) {
-    let started = state.started;
-    let mut ticker = tokio::time::interval_at(started + REPORTING_PERIOD, REPORTING_PERIOD);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let stat = report_once(&state, Instant::now());
-        if let Some(push) = &push {
-            let report = StatReport {
-                namespace: state.identity.namespace.clone(),
-                revision: state.identity.revision.clone(),
-                source: Source::QueueProxy.into(),
-                stat: Some(stat),
-                poke: false,
-            };
-            if push.try_send(report).is_err() {
-                tracing::trace!("stats push backlogged; report dropped");
-            }
+/// The reporting thread; dropping the handle stops it.
+#[derive(Debug)]
+pub(crate) struct Reporter {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
+}
+
+/// Reports every period on a small thread of its own. A tokio timer for a 1 s deadline
+/// sits in the wheel's 64 ms level and cascades before it fires, waking an idle runtime
+/// twice a second; a futex wait on an absolute deadline wakes once, and the runtime can
+/// park indefinitely when there is no traffic.
+pub(crate) fn spawn_reporter(
+    state: Arc<State>,
+    push: Option<mpsc::Sender<StatReport>>,
+) -> std::io::Result<Reporter> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("sluice-stats".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut next = state.started + REPORTING_PERIOD;
+            loop {
+                let wait = next.saturating_duration_since(Instant::now());
+                match stopped.recv_timeout(wait) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let stat = report_once(&state, Instant::now());
+                next += REPORTING_PERIOD;
+                if let Some(push) = &push {
+                    let report = StatReport {
+                        namespace: state.identity.namespace.clone(),
+                        revision: state.identity.revision.clone(),
+                        source: Source::QueueProxy.into(),
+                        stat: Some(stat),
+                        poke: false,
+                    };
+                    if push.try_send(report).is_err() {
+                        tracing::trace!("stats push backlogged; report dropped");
+                    }
+                }
+            }
+        })?;
+    Ok(Reporter {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
 }
 
 /// Closes one period and publishes it as the latest `Stat`.
