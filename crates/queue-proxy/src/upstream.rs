@@ -75,7 +75,19 @@ impl Upstream {
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         let mut sender = self.checkout().await?;
-        let rsp = sender.send_request(req).await?;
+        let rsp = match sender.try_send_request(req).await {
+            Ok(rsp) => rsp,
+            // An idle connection the app had just closed: the request was never written,
+            // so it is safe to send it again, once, on a fresh connection.
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    tracing::debug!(error = %e.error(), "pooled connection gone; retrying on a new one");
+                    sender = Box::pin(self.new_http1()).await?;
+                    sender.send_request(req).await?
+                }
+                None => return Err(e.into_error().into()),
+            },
+        };
         Ok((
             rsp,
             Lease {

@@ -149,3 +149,60 @@ async fn upstream_connections_are_reused() {
         2
     );
 }
+
+/// An HTTP/1.1 app that closes a keep-alive connection after `idle` without a request,
+/// as Node.js does after its 5 s `keepAliveTimeout`, without saying so in its response.
+async fn closing_app(idle: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = sluice_test_support::loopback_listener().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut have = 0;
+                loop {
+                    match tokio::time::timeout(idle, conn.read(&mut buf[have..])).await {
+                        Ok(Ok(n)) if n > 0 => have += n,
+                        _ => return, // idle too long, or the peer closed: drop the connection
+                    }
+                    if buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+                        have = 0;
+                        let ok = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                        if ok.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn app_closing_idle_connections_costs_no_request() {
+    let app = closing_app(Duration::from_millis(100)).await;
+    let qp = sluice_test_support::start_queue_proxy(sluice_test_support::queue_proxy_args(
+        app.port(),
+        0,
+        &[],
+    ))
+    .await;
+    let mut failed = Vec::new();
+    // Spaced around the app's idle timeout, so some requests meet a connection the app
+    // is closing at that very moment.
+    for i in 0..40u64 {
+        tokio::time::sleep(Duration::from_millis(90 + (i * 7) % 25)).await;
+        let reply = get(&qp.url("/")).await;
+        if reply.status != 200 {
+            failed.push((i, reply.status, reply.text()));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+}
