@@ -54,11 +54,8 @@ pub(crate) async fn autoscaling_metrics<B>(
     state: Arc<State>,
     req: Request<B>,
 ) -> Result<Rsp, Infallible> {
-    if req.uri().path() != "/metrics" {
-        return Ok(respond::text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics",
-        ));
+    if let Some(not_found) = only_metrics(&req) {
+        return Ok(not_found);
     }
     let stat = state.latest_stat.load();
     if wants_text(req.headers().get(ACCEPT).map(HeaderValue::as_bytes)) {
@@ -77,11 +74,8 @@ pub(crate) async fn request_metrics<B>(
     state: Arc<State>,
     req: Request<B>,
 ) -> Result<Rsp, Infallible> {
-    if req.uri().path() != "/metrics" {
-        return Ok(respond::text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics",
-        ));
+    if let Some(not_found) = only_metrics(&req) {
+        return Ok(not_found);
     }
     let m = &state.metrics;
     let in_flight = state.stats.lock().concurrency();
@@ -89,6 +83,12 @@ pub(crate) async fn request_metrics<B>(
     let depth = state.breaker.as_ref().map_or(0, |b| b.in_flight());
     m.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
     Ok(text_response(encode_text(m.registry())))
+}
+
+/// The metrics ports serve `/metrics` and nothing else.
+fn only_metrics<B>(req: &Request<B>) -> Option<Rsp> {
+    (req.uri().path() != "/metrics")
+        .then(|| respond::text(StatusCode::NOT_FOUND, "not found: try /metrics"))
 }
 
 fn text_response(body: Vec<u8>) -> Rsp {

@@ -118,6 +118,19 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
 }
 
+// === impl Timeouts ===
+
+impl Timeouts {
+    /// When a request that has not started its response gets a 504: the earliest of the
+    /// total, response-start and idle timers (with no write yet, idle counts from the start).
+    pub fn first_byte_deadline(&self, start: tokio::time::Instant) -> tokio::time::Instant {
+        [self.response_start, self.idle]
+            .into_iter()
+            .flatten()
+            .fold(start + self.total, |deadline, t| deadline.min(start + t))
+    }
+}
+
 /// Every problem found, one per variable.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError(pub Vec<String>);

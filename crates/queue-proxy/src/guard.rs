@@ -63,12 +63,12 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        let now = Instant::now();
         if let Some(lease) = self.lease.take() {
-            lease.release(self.clean);
+            lease.release(self.clean, now);
         }
         self.permit = None;
         if let Some(out) = self.out {
-            let now = Instant::now();
             self.state.stats.lock().handle(out, now);
             let app = self.app_start.map(|s| now.saturating_duration_since(s));
             self.state

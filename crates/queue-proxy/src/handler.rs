@@ -124,40 +124,12 @@ async fn proxy(
     let upgrade = is_upgrade(&req, found);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
+    // The timers cover the wait for a slot as well as the app's first byte.
     let timeouts = state.timeouts;
-    let mut first_byte_deadline = start + timeouts.total;
-    for t in [timeouts.response_start, timeouts.idle]
-        .into_iter()
-        .flatten()
-    {
-        first_byte_deadline = first_byte_deadline.min(start + t);
-    }
-    let sent = tokio::time::timeout_at(first_byte_deadline, async {
-        guard.app_start = Some(start);
-        if let Some(breaker) = state.breaker.as_ref().filter(|_| !probe) {
-            // A free slot is taken without the waiting machinery (and without reading
-            // the clock again); the queue only forms when all slots are busy.
-            guard.permit = match breaker.reserve() {
-                Some(permit) => Some(permit),
-                None => {
-                    let permit = breaker.acquire().await.map_err(|_| ProxyError::QueueFull)?;
-                    guard.app_start = Some(Instant::now());
-                    Some(permit)
-                }
-            };
-        }
-        headers::prepare_request(&mut req, found, &peer_ip, &state.default_host, upgrade);
-        let rsp = if upgrade {
-            Box::pin(state.upstream.send_upgrade(req)).await?
-        } else if req.version() == Version::HTTP_2 {
-            Box::pin(state.upstream.send_http2(req)).await?
-        } else {
-            let (rsp, lease) = state.upstream.send_http1(req).await?;
-            guard.lease = Some(lease);
-            rsp
-        };
-        Ok::<_, ProxyError>(rsp)
-    })
+    let sent = tokio::time::timeout_at(
+        timeouts.first_byte_deadline(start),
+        send(&state, &mut guard, req, found, &peer_ip, upgrade, probe),
+    )
     .await
     .unwrap_or(Err(ProxyError::Timeout));
 
@@ -189,6 +161,42 @@ async fn proxy(
         parts,
         ProxyBody::upstream(body, guard, start + timeouts.total, timeouts.idle),
     )
+}
+
+/// Takes a slot (unless a probe), applies the header rules and sends the request to the
+/// app. What it holds (slot, pooled connection) goes into `guard`.
+async fn send(
+    state: &State,
+    guard: &mut RequestGuard,
+    mut req: Request<Incoming>,
+    found: Found,
+    peer_ip: &HeaderValue,
+    upgrade: bool,
+    probe: bool,
+) -> Result<Response<Incoming>, ProxyError> {
+    guard.app_start = Some(guard.start());
+    if let Some(breaker) = state.breaker.as_ref().filter(|_| !probe) {
+        // A free slot is taken without the waiting machinery (and without reading the
+        // clock again); the queue only forms when all slots are busy.
+        guard.permit = match breaker.reserve() {
+            Some(permit) => Some(permit),
+            None => {
+                let permit = breaker.acquire().await.map_err(|_| ProxyError::QueueFull)?;
+                guard.app_start = Some(Instant::now());
+                Some(permit)
+            }
+        };
+    }
+    headers::prepare_request(&mut req, found, peer_ip, &state.default_host, upgrade);
+    if upgrade {
+        Ok(Box::pin(state.upstream.send_upgrade(req)).await?)
+    } else if req.version() == Version::HTTP_2 {
+        Ok(Box::pin(state.upstream.send_http2(req)).await?)
+    } else {
+        let (rsp, lease) = state.upstream.send_http1(req, guard.start()).await?;
+        guard.lease = Some(lease);
+        Ok(rsp)
+    }
 }
 
 /// Splices an upgraded connection to the app's, holding the request's slot and count for

@@ -185,40 +185,39 @@ impl QueueProxy {
             }
         };
         let grace = state.timeouts.total;
-        let mut servers = Vec::new();
-        {
-            let st = Arc::clone(&state);
-            servers.push(tokio::spawn(serve(
+        let st = Arc::clone(&state);
+        let servers = [
+            tokio::spawn(serve(
                 "serving",
                 serving,
                 move |peer: SocketAddr| {
                     let st = Arc::clone(&st);
+                    // Rendered once per connection, for X-Forwarded-For.
                     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
                         .expect("an IP address is a valid header value");
                     service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
                 },
                 stopped(),
                 grace,
-            )));
-        }
-        macro_rules! side_port {
-            ($name:literal, $listener:expr, $handler:path) => {{
-                let st = Arc::clone(&state);
-                servers.push(tokio::spawn(serve(
-                    $name,
-                    $listener,
-                    move |_| {
-                        let st = Arc::clone(&st);
-                        service_fn(move |req| $handler(Arc::clone(&st), req))
-                    },
-                    stopped(),
-                    grace,
-                )));
-            }};
-        }
-        side_port!("admin", admin, admin::admin);
-        side_port!("metrics", metrics, admin::autoscaling_metrics);
-        side_port!("user-metrics", user_metrics, admin::request_metrics);
+            )),
+            side_port("admin", admin, &state, admin::admin, stopped(), grace),
+            side_port(
+                "metrics",
+                metrics,
+                &state,
+                admin::autoscaling_metrics,
+                stopped(),
+                grace,
+            ),
+            side_port(
+                "user-metrics",
+                user_metrics,
+                &state,
+                admin::request_metrics,
+                stopped(),
+                grace,
+            ),
+        ];
 
         shutdown.await;
         state.sigterm.store(true, Ordering::Release);
@@ -235,6 +234,38 @@ impl QueueProxy {
         drop(reporter);
         tracing::info!("queue-proxy stopped");
     }
+}
+
+/// Serves one of the small side ports with `handler`.
+fn side_port<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    state: &Arc<State>,
+    handler: F,
+    stopped: impl Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Arc<State>, http::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<
+            Output = Result<
+                http::Response<http_body_util::Full<bytes::Bytes>>,
+                std::convert::Infallible,
+            >,
+        > + Send
+        + 'static,
+{
+    let state = Arc::clone(state);
+    tokio::spawn(serve(
+        name,
+        listener,
+        move |_| {
+            let state = Arc::clone(&state);
+            service_fn(move |req| handler(Arc::clone(&state), req))
+        },
+        stopped,
+        grace,
+    ))
 }
 
 async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

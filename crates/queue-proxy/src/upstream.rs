@@ -6,21 +6,32 @@
 //! keying, URI parsing and per-checkout bookkeeping are pure overhead on the hot path.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Knative's dial backoff: the first connect attempt may take 50 ms, each retry 1.4×
 /// longer, 15 attempts in all. Only timeouts are retried: a refusal fails at once.
 const DIAL_FIRST_TIMEOUT: Duration = Duration::from_millis(50);
 const DIAL_ATTEMPTS: u32 = 15;
+
+/// A pooled connection idle at least this long may be one the app is closing right now
+/// (Node.js closes idle keep-alive connections after 5 s, some servers sooner): a request
+/// sent on it keeps a copy so it can be sent again if the connection dies under it.
+/// Connections busy under load are reused sooner and never pay for the copy.
+const STALE_AFTER: Duration = Duration::from_millis(20);
 
 /// Failing to get an answer from the app.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +50,24 @@ pub(crate) enum UpstreamError {
 #[derive(Debug)]
 pub(crate) struct Upstream {
     addr: SocketAddr,
-    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
+}
+
+/// An idle HTTP/1.1 connection and since when.
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// What an HTTP/1.1 request to the app carries: the client's body, or nothing (which a
+/// retry can rebuild; hyper's `Incoming` cannot be built).
+#[derive(Debug)]
+pub(crate) enum UpstreamBody {
+    Streaming(Incoming),
+    Empty,
 }
 
 /// An HTTP/1.1 connection lent to one request. It goes back to the pool only if the
@@ -49,7 +75,7 @@ pub(crate) struct Upstream {
 #[derive(Debug)]
 pub(crate) struct Lease {
     upstream: Arc<Upstream>,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<UpstreamBody>,
 }
 
 // === impl Upstream ===
@@ -69,24 +95,43 @@ impl Upstream {
         self.addr
     }
 
-    /// Sends an HTTP/1.1 request on a pooled connection.
+    /// Sends an HTTP/1.1 request on a pooled connection. A request that never left, or
+    /// a body-less safe request whose stale connection died under it, is sent again once
+    /// on a fresh connection.
     pub(crate) async fn send_http1(
         self: &Arc<Self>,
         req: Request<Incoming>,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let mut sender = self.checkout().await?;
-        let rsp = match sender.try_send_request(req).await {
+        let (parts, body) = req.into_parts();
+        let body = if body.is_end_stream() {
+            UpstreamBody::Empty
+        } else {
+            UpstreamBody::Streaming(body)
+        };
+        let (mut sender, idle_since) = self.checkout().await?;
+        let replayable = matches!(body, UpstreamBody::Empty)
+            && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let stale =
+            idle_since.is_some_and(|since| now.saturating_duration_since(since) >= STALE_AFTER);
+        let copy = (replayable && stale).then(|| copy_head(&parts));
+        let rsp = match sender
+            .try_send_request(Request::from_parts(parts, body))
+            .await
+        {
             Ok(rsp) => rsp,
-            // An idle connection the app had just closed: the request was never written,
-            // so it is safe to send it again, once, on a fresh connection.
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    tracing::debug!(error = %e.error(), "pooled connection gone; retrying on a new one");
-                    sender = Box::pin(self.new_http1()).await?;
-                    sender.send_request(req).await?
-                }
-                None => return Err(e.into_error().into()),
-            },
+            Err(mut e) => {
+                let again = e.take_message().or_else(|| {
+                    copy.filter(|_| e.error().is_incomplete_message())
+                        .map(|head| Request::from_parts(head, UpstreamBody::Empty))
+                });
+                let Some(req) = again else {
+                    return Err(e.into_error().into());
+                };
+                tracing::debug!(error = %e.error(), "pooled connection gone; retrying on a new one");
+                sender = Box::pin(self.new_http1()).await?;
+                sender.send_request(req).await?
+            }
         };
         Ok((
             rsp,
@@ -129,23 +174,26 @@ impl Upstream {
         Ok(sender.send_request(req).await?)
     }
 
-    async fn checkout(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    /// A ready connection, and since when it sat idle (`None` when new).
+    async fn checkout(
+        &self,
+    ) -> Result<(http1::SendRequest<UpstreamBody>, Option<Instant>), UpstreamError> {
         loop {
-            let Some(mut sender) = self.idle.lock().pop() else {
+            let Some(Idle { mut sender, since }) = self.idle.lock().pop() else {
                 break;
             };
             // A lease comes back right after its body ends; the connection task may not
             // have marked it idle yet, so wait for readiness rather than test it.
             if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok((sender, Some(since)));
             }
         }
         // Boxed: connecting is rare, and inlining it would make every request's
         // future (moved several times per request) kilobytes larger.
-        Box::pin(self.new_http1()).await
+        Ok((Box::pin(self.new_http1()).await?, None))
     }
 
-    async fn new_http1(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    async fn new_http1(&self) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(drive("h1", conn));
@@ -179,10 +227,10 @@ impl Upstream {
         Err(UpstreamError::ConnectTimeout(self.addr))
     }
 
-    fn put(&self, sender: http1::SendRequest<Incoming>) {
+    fn put(&self, sender: http1::SendRequest<UpstreamBody>, since: Instant) {
         let mut idle = self.idle.lock();
         if idle.len() < self.max_idle {
-            idle.push(sender);
+            idle.push(Idle { sender, since });
         }
     }
 }
@@ -190,10 +238,51 @@ impl Upstream {
 // === impl Lease ===
 
 impl Lease {
-    /// Ends the lease; `clean`: the response body reached its end without error.
-    pub(crate) fn release(self, clean: bool) {
+    /// Ends the lease at `now`; `clean`: the response body reached its end without error.
+    pub(crate) fn release(self, clean: bool, now: Instant) {
         if clean && !self.sender.is_closed() {
-            self.upstream.put(self.sender);
+            self.upstream.put(self.sender, now);
+        }
+    }
+}
+
+/// The request line and headers again, for a retry (`http::request::Parts` is not Clone).
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut head = Request::new(()).into_parts().0;
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
+}
+
+// === impl UpstreamBody ===
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming(body) => body.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streaming(body) => body.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use sluice_test_support::client::{get, get_with, http1_streaming};
+use sluice_test_support::client::{count_body, generated_body, get, get_with, http1_streaming};
 use sluice_test_support::{load, loopback_listener, start_app};
 use tokio::process::{Child, Command};
 
@@ -159,44 +158,25 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
     assert_eq!(get(&format!("http://{serving}/")).await.status, 200);
     let before = peak_rss_kib(&qp);
 
-    let mut body = http1_streaming(&format!("http://{serving}/stream?mb=100"))
-        .await
-        .into_body();
-    let mut down = 0usize;
-    while let Some(frame) = body.frame().await {
-        down += frame.unwrap().into_data().map_or(0, |d| d.len());
-    }
+    let down = count_body(
+        http1_streaming(&format!("http://{serving}/stream?mb=100"))
+            .await
+            .into_body(),
+    )
+    .await;
     assert_eq!(down, 100 << 20);
-
-    let chunk = bytes::Bytes::from(vec![b'u'; 1 << 20]);
-    let frames = futures_util_iter(chunk);
     let req = http::Request::post(format!("http://{serving}/echo"))
-        .body(frames)
+        .body(generated_body(100))
         .unwrap();
-    let mut body = sluice_test_support::client::streaming_client()
+    let rsp = sluice_test_support::client::streaming_client()
         .request(req)
         .await
-        .unwrap()
-        .into_body();
-    let mut up = 0usize;
-    while let Some(frame) = body.frame().await {
-        up += frame.unwrap().into_data().map_or(0, |d| d.len());
-    }
-    assert_eq!(up, 100 << 20);
+        .unwrap();
+    assert_eq!(count_body(rsp.into_body()).await, 100 << 20);
 
     let after = peak_rss_kib(&qp);
     assert!(
         after < before + 16 * 1024,
         "peak RSS grew from {before} KiB to {after} KiB while 200 MiB streamed through"
     );
-}
-
-fn futures_util_iter(
-    chunk: bytes::Bytes,
-) -> http_body_util::StreamBody<
-    impl futures_util::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>> + Unpin,
-> {
-    http_body_util::StreamBody::new(futures_util::stream::iter(
-        (0..100).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))),
-    ))
 }

@@ -105,3 +105,35 @@ where
 {
     Client::builder(TokioExecutor::new()).build_http()
 }
+
+/// Reads a body to its end, counting bytes without keeping them.
+pub async fn count_body<B>(mut body: B) -> u64
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: std::fmt::Debug,
+    B::Data: bytes::Buf,
+{
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        n += frame
+            .expect("body frame")
+            .into_data()
+            .map_or(0, |d| bytes::Buf::remaining(&d) as u64);
+    }
+    n
+}
+
+/// `mib` MiB generated one MiB at a time: an upload that is never held whole.
+pub fn generated_body(
+    mib: usize,
+) -> http_body_util::StreamBody<
+    impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, std::io::Error>>
+    + Unpin
+    + Send
+    + 'static,
+> {
+    let chunk = Bytes::from(vec![b'u'; 1 << 20]);
+    http_body_util::StreamBody::new(futures_util::stream::iter(
+        (0..mib).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))),
+    ))
+}

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::Full;
 use sluice_test_support::client::{self, h2c, http1};
 use sluice_test_support::grpc::{EchoClient, pb::EchoRequest};
 use sluice_test_support::{queue_proxy_args, start_pod, start_queue_proxy};
@@ -99,27 +98,13 @@ async fn hundred_megabytes_each_way() {
     // Download: counted as it streams, never collected whole.
     let rsp = client::http1_streaming(&qp.url("/stream?mb=100")).await;
     assert_eq!(rsp.status(), 200);
-    let mut body = rsp.into_body();
-    let mut down = 0u64;
-    while let Some(frame) = body.frame().await {
-        down += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
-    }
-    assert_eq!(down, HUNDRED_MB);
+    assert_eq!(client::count_body(rsp.into_body()).await, HUNDRED_MB);
 
     // Upload: 100 MiB generated chunk by chunk, echoed back by the app.
-    let chunk = Bytes::from(vec![b'u'; 1 << 20]);
-    let frames = futures_util::stream::iter(
-        (0..100).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
-    );
     let req = Request::post(qp.url("/echo"))
-        .body(StreamBody::new(frames))
+        .body(client::generated_body(100))
         .unwrap();
     let rsp = client::streaming_client().request(req).await.unwrap();
     assert_eq!(rsp.status(), 200);
-    let mut body = rsp.into_body();
-    let mut up = 0u64;
-    while let Some(frame) = body.frame().await {
-        up += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
-    }
-    assert_eq!(up, HUNDRED_MB);
+    assert_eq!(client::count_body(rsp.into_body()).await, HUNDRED_MB);
 }

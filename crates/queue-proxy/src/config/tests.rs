@@ -183,3 +183,27 @@ fn durations() {
     assert_eq!(parse_duration("3 fortnights"), None);
     assert_eq!(parse_duration(""), None);
 }
+
+#[test]
+fn first_byte_deadline_is_the_earliest_timer() {
+    let start = tokio::time::Instant::now();
+    let secs = Duration::from_secs;
+    let t = |response_start, idle| Timeouts {
+        total: secs(300),
+        response_start,
+        idle,
+    };
+    assert_eq!(t(None, None).first_byte_deadline(start), start + secs(300));
+    assert_eq!(
+        t(Some(secs(10)), None).first_byte_deadline(start),
+        start + secs(10)
+    );
+    assert_eq!(
+        t(Some(secs(10)), Some(secs(4))).first_byte_deadline(start),
+        start + secs(4)
+    );
+    assert_eq!(
+        t(None, Some(secs(400))).first_byte_deadline(start),
+        start + secs(300)
+    );
+}
