@@ -11,7 +11,10 @@ CC=${CONTAINER_CONCURRENCY:-10}
 
 PORT=$APP_PORT TARGET=${TARGET:-Sluice} "$bin/sample-app" &
 app=$!
-trap 'kill -TERM $app $qp 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+stop() { kill -TERM $app ${qp:-} 2>/dev/null || true; wait 2>/dev/null || true; }
+# Ctrl-C or SIGTERM: the queue-proxy drains (1 s quiet period), then both exit; so do we, cleanly.
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 SERVING_NAMESPACE=default SERVING_SERVICE=hello SERVING_CONFIGURATION=hello \
 SERVING_REVISION=hello-00001 SERVING_POD=hello-00001-local SERVING_POD_IP=127.0.0.1 \
