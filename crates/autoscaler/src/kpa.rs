@@ -1,0 +1,15 @@
+//! The KPA's pure arithmetic, as Knative computes it (reference §3.3–§3.5): per-second
+//! windows of revision-wide stats, and the decider that turns their averages into a
+//! desired pod count and the excess burst capacity.
+//!
+//! Time is a [`Duration`](std::time::Duration) since the autoscaler's epoch, passed in as
+//! `now`: nothing here reads a clock, sleeps or spawns, so every case is a unit test with
+//! exact numbers.
+
+mod decider;
+mod delay;
+mod window;
+
+pub use decider::{Decider, DeciderSpec, ScaleResult};
+pub use delay::MaxWindow;
+pub use window::Window;
