@@ -6,10 +6,12 @@
 //! `now`: nothing here reads a clock, sleeps or spawns, so every case is a unit test with
 //! exact numbers.
 
+mod collector;
 mod decider;
 mod delay;
 mod window;
 
+pub use collector::{Collector, Reporter, StatSample};
 pub use decider::{Decider, DeciderSpec, ScaleResult};
 pub use delay::MaxWindow;
 pub use window::Window;
