@@ -9,9 +9,11 @@
 mod collector;
 mod decider;
 mod delay;
+mod pod_autoscaler;
 mod window;
 
 pub use collector::{Collector, Reporter, StatSample};
 pub use decider::{Decider, DeciderSpec, ScaleResult};
 pub use delay::MaxWindow;
+pub use pod_autoscaler::{Activity, Mode, PodAutoscaler, ScaleBounds, Step};
 pub use window::Window;
