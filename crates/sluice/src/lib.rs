@@ -1,0 +1,3 @@
+//! The Sluice CLI's library: each subcommand's work, callable from tests.
+
+pub mod simulate;

@@ -1,0 +1,494 @@
+//! `sluice simulate`: a traffic scenario replayed through the autoscaler's own config
+//! parsing, windows, decider and scale-to-zero logic on a virtual clock.
+//!
+//! Each whole second `s`, in order: pods whose ready time has come start counting; the
+//! traffic value for `s` is recorded as one stat (the revision total); when `s` is a
+//! positive multiple of `tick`, the autoscaler decides and the decision is applied.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_autoscaler::config::AutoscalerConfig;
+use sluice_autoscaler::duration;
+use sluice_autoscaler::kpa::{
+    Collector, Decider, Mode, PodAutoscaler, Reporter, ScaleBounds, StatSample,
+};
+use sluice_autoscaler::revision::{Class, Metric, RevisionScaling};
+
+/// Knative's default progress deadline (600 s) plus the 30 s it adds for activation.
+const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(630);
+
+/// A validated scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    config: AutoscalerConfig,
+    scaling: RevisionScaling,
+    initial_pods: u32,
+    startup: u64,
+    ready: Option<Vec<(u64, u32)>>,
+    traffic: Vec<Step>,
+    duration: u64,
+    tick: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    from: u64,
+    to: u64,
+    concurrency: f64,
+    rps: f64,
+}
+
+/// What was wrong with a scenario, naming the field.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub field: String,
+    pub message: String,
+}
+
+/// One decision, as printed (JSON Lines).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tick {
+    pub t: u64,
+    pub stable: f64,
+    pub panic: f64,
+    /// The decider's count, before bounds and scale-to-zero rules.
+    pub desired: i32,
+    /// After bounds and scale-to-zero rules.
+    pub scale: i32,
+    /// The ready pods the decider used.
+    pub ready: u32,
+    /// Panic mode after the tick.
+    pub panic_mode: bool,
+    pub ebc: i32,
+    pub mode: &'static str,
+}
+
+/// A whole run.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub ticks: Vec<Tick>,
+    pub summary: Summary,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub peak_pods: u32,
+    pub pod_seconds: u64,
+    pub panic_seconds: u64,
+}
+
+// Raw input: durations as Go strings, ConfigMap and annotation values as scalars.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    #[serde(default)]
+    config: BTreeMap<String, serde_norway::Value>,
+    #[serde(default)]
+    revision: RawRevision,
+    #[serde(default)]
+    pods: RawPods,
+    ready: Option<Vec<RawReady>>,
+    traffic: Vec<RawStep>,
+    duration: String,
+    tick: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRevision {
+    #[serde(default)]
+    annotations: BTreeMap<String, serde_norway::Value>,
+    #[serde(default)]
+    container_concurrency: u32,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPods {
+    initial: Option<u32>,
+    startup: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReady {
+    at: String,
+    pods: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    from: String,
+    to: String,
+    concurrency: Option<f64>,
+    rps: Option<f64>,
+}
+
+// === impl ScenarioError ===
+
+impl ScenarioError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+// === impl Summary ===
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "peak pods {}, pod-seconds {}, seconds in panic {}",
+            self.peak_pods, self.pod_seconds, self.panic_seconds
+        )
+    }
+}
+
+// === impl Scenario ===
+
+impl Scenario {
+    pub fn from_yaml(text: &str) -> Result<Self, ScenarioError> {
+        let raw: RawScenario =
+            serde_norway::from_str(text).map_err(|e| ScenarioError::new("", e.to_string()))?;
+        let config = AutoscalerConfig::from_data(&strings("config", raw.config)?)
+            .map_err(|e| ScenarioError::new("config", e.to_string()))?;
+        let annotations = strings("revision.annotations", raw.revision.annotations)?;
+        let scaling =
+            RevisionScaling::resolve(&config, &annotations, raw.revision.container_concurrency)
+                .map_err(|e| ScenarioError::new("revision", e.to_string()))?;
+        let duration = secs("duration", &raw.duration)?;
+        let tick = secs("tick", raw.tick.as_deref().unwrap_or("2s"))?;
+        if duration == 0 || tick == 0 {
+            let field = if duration == 0 { "duration" } else { "tick" };
+            return Err(ScenarioError::new(field, "must be at least 1s"));
+        }
+        let startup = raw
+            .pods
+            .startup
+            .as_deref()
+            .map_or(Ok(0), |s| secs("pods.startup", s))?;
+        let ready = raw
+            .ready
+            .map(|entries| {
+                let mut out: Vec<(u64, u32)> = Vec::with_capacity(entries.len());
+                for (i, e) in entries.iter().enumerate() {
+                    let at = secs(&format!("ready[{i}].at"), &e.at)?;
+                    if out.last().is_some_and(|&(prev, _)| prev >= at) {
+                        return Err(ScenarioError::new(
+                            format!("ready[{i}].at"),
+                            "entries must be in increasing time order",
+                        ));
+                    }
+                    out.push((at, e.pods));
+                }
+                Ok(out)
+            })
+            .transpose()?;
+        let mut traffic: Vec<Step> = Vec::with_capacity(raw.traffic.len());
+        for (i, s) in raw.traffic.iter().enumerate() {
+            let field = |f: &str| format!("traffic[{i}].{f}");
+            let (from, to) = (secs(&field("from"), &s.from)?, secs(&field("to"), &s.to)?);
+            if to <= from {
+                return Err(ScenarioError::new(field("to"), "must be after from"));
+            }
+            if s.concurrency.is_none() && s.rps.is_none() {
+                return Err(ScenarioError::new(
+                    format!("traffic[{i}]"),
+                    "needs concurrency or rps",
+                ));
+            }
+            for (name, v) in [("concurrency", s.concurrency), ("rps", s.rps)] {
+                if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                    return Err(ScenarioError::new(
+                        field(name),
+                        "must be a number of at least 0",
+                    ));
+                }
+            }
+            if traffic.iter().any(|o| from < o.to && o.from < to) {
+                return Err(ScenarioError::new(
+                    field("from"),
+                    "overlaps an earlier traffic step",
+                ));
+            }
+            traffic.push(Step {
+                from,
+                to,
+                concurrency: s.concurrency.unwrap_or(0.0),
+                rps: s.rps.unwrap_or(0.0),
+            });
+        }
+        Ok(Self {
+            initial_pods: raw.pods.initial.unwrap_or(scaling.initial_scale),
+            config,
+            scaling,
+            startup,
+            ready,
+            traffic,
+            duration,
+            tick,
+        })
+    }
+
+    /// Runs the scenario from 0 to `duration` seconds, inclusive.
+    pub fn run(&self) -> Run {
+        let s = &self.scaling;
+        let reporter = match s.class {
+            Class::Kpa => Reporter::QueueProxy,
+            Class::Mpa => Reporter::Gateway,
+        };
+        let bounds = ScaleBounds {
+            min_scale: s.min_scale,
+            max_scale: s.max_scale,
+            initial_scale: s.initial_scale,
+            enable_scale_to_zero: self.config.enable_scale_to_zero,
+            stable_window: s.stable_window,
+            grace_period: self.config.scale_to_zero_grace_period,
+            pod_retention: s.scale_to_zero_pod_retention_period,
+            activation_timeout: ACTIVATION_TIMEOUT,
+            reachable: true,
+            unlimited_burst: s.target_burst_capacity < 0.0,
+        };
+        let mut collector = Collector::new(s.class, s.stable_window, s.panic_window);
+        let mut pods = Pods::new(self.initial_pods);
+        let ready_at = |sec: u64, pods: &Pods| match &self.ready {
+            Some(script) => script
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= sec)
+                .map_or(self.initial_pods, |&(_, n)| n),
+            None => pods.ready,
+        };
+        let mut decider = Decider::new(
+            s.decider_spec(&self.config, true),
+            Some(ready_at(0, &pods)),
+            Duration::ZERO,
+        );
+        let mut pa = PodAutoscaler::new(Duration::ZERO);
+        let mut run = Run {
+            ticks: Vec::new(),
+            summary: Summary::default(),
+        };
+        for sec in 0..=self.duration {
+            let now = Duration::from_secs(sec);
+            pods.promote(sec);
+            let (concurrency, rps) = self.traffic_at(sec);
+            collector.record(
+                now,
+                reporter,
+                StatSample {
+                    average_concurrency: concurrency,
+                    request_count: rps,
+                    ..StatSample::default()
+                },
+            );
+            let ready = ready_at(sec, &pods);
+            if sec > 0 && sec % self.tick == 0 {
+                // Every second carries a stat here, so the windows always have data.
+                let (stable, panic) = collector
+                    .stable_and_panic(now, s.metric)
+                    .unwrap_or((0.0, 0.0));
+                let decision = decider.scale(now, stable, panic, ready);
+                let replicas = if self.ready.is_some() {
+                    ready
+                } else {
+                    pods.total()
+                };
+                let step = pa.reconcile(
+                    now,
+                    &bounds,
+                    decision.desired,
+                    decision.excess_burst_capacity,
+                    ready,
+                    replicas,
+                    true,
+                );
+                if let (Some(n), None) = (step.apply, &self.ready) {
+                    pods.scale_to(n, sec + self.startup);
+                }
+                run.ticks.push(Tick {
+                    t: sec,
+                    stable,
+                    panic,
+                    desired: decision.desired,
+                    scale: step.want,
+                    ready,
+                    panic_mode: decider.in_panic(),
+                    ebc: decision.excess_burst_capacity,
+                    mode: match step.mode {
+                        Mode::Serve => "serve",
+                        Mode::Proxy => "proxy",
+                    },
+                });
+            }
+            run.summary.peak_pods = run.summary.peak_pods.max(ready);
+            run.summary.pod_seconds += u64::from(ready);
+            run.summary.panic_seconds += u64::from(decider.in_panic());
+        }
+        run
+    }
+
+    fn traffic_at(&self, sec: u64) -> (f64, f64) {
+        self.traffic
+            .iter()
+            .find(|s| s.from <= sec && sec < s.to)
+            .map_or((0.0, 0.0), |s| (s.concurrency, s.rps))
+    }
+
+    /// The metric the revision scales on.
+    pub fn metric(&self) -> Metric {
+        self.scaling.metric
+    }
+}
+
+/// Pods that follow the decisions: ready ones, and ones starting with their ready time.
+#[derive(Debug)]
+struct Pods {
+    ready: u32,
+    starting: Vec<u64>,
+}
+
+impl Pods {
+    fn new(ready: u32) -> Self {
+        Self {
+            ready,
+            starting: Vec::new(),
+        }
+    }
+
+    fn total(&self) -> u32 {
+        self.ready + u32::try_from(self.starting.len()).unwrap_or(u32::MAX)
+    }
+
+    fn promote(&mut self, sec: u64) {
+        let before = self.starting.len();
+        self.starting.retain(|&at| at > sec);
+        self.ready += u32::try_from(before - self.starting.len()).unwrap_or(0);
+    }
+
+    /// Asked-for pods are ready at `ready_at` (counted from the second after, when that is
+    /// now); a scale-down removes pods still starting first, at once.
+    fn scale_to(&mut self, n: u32, ready_at: u64) {
+        let total = self.total();
+        if n > total {
+            self.starting
+                .extend(std::iter::repeat_n(ready_at, (n - total) as usize));
+            return;
+        }
+        let mut remove = total - n;
+        while remove > 0 && self.starting.pop().is_some() {
+            remove -= 1;
+        }
+        self.ready -= remove.min(self.ready);
+    }
+}
+
+fn secs(field: &str, s: &str) -> Result<u64, ScenarioError> {
+    match duration::parse(s.trim()) {
+        Some(d) if !d.negative && d.magnitude.subsec_nanos() == 0 => Ok(d.magnitude.as_secs()),
+        _ => Err(ScenarioError::new(
+            field,
+            format!("{s:?} is not a duration in whole seconds (such as 30s or 5m)"),
+        )),
+    }
+}
+
+/// ConfigMap and annotation values are strings; plain YAML numbers and booleans are
+/// taken as written.
+fn strings(
+    field: &str,
+    map: BTreeMap<String, serde_norway::Value>,
+) -> Result<BTreeMap<String, String>, ScenarioError> {
+    map.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_norway::Value::String(s) => s,
+                serde_norway::Value::Number(n) => n.to_string(),
+                serde_norway::Value::Bool(b) => b.to_string(),
+                _ => {
+                    return Err(ScenarioError::new(
+                        format!("{field}.{k}"),
+                        "must be a string, number or boolean",
+                    ));
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
+}
+
+/// Concurrency (stable, panic) above, desired scale and ready pods below, over time.
+pub fn svg(run: &Run) -> String {
+    const W: f64 = 800.0;
+    const H: f64 = 180.0;
+    let t_max = run.ticks.last().map_or(1, |t| t.t.max(1)) as f64;
+    let x = |t: u64| 50.0 + (t as f64 / t_max) * (W - 70.0);
+    let line = |top: f64, max: f64, value: &dyn Fn(&Tick) -> f64, color: &str| {
+        let pts: Vec<String> = run
+            .ticks
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(t.t),
+                    top + H - (value(t) / max.max(1e-9)) * (H - 10.0)
+                )
+            })
+            .collect();
+        format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            pts.join(" ")
+        )
+    };
+    let c_max = run
+        .ticks
+        .iter()
+        .map(|t| t.stable.max(t.panic))
+        .fold(0.0, f64::max);
+    let p_max = run
+        .ticks
+        .iter()
+        .map(|t| f64::from(t.desired.max(t.scale).max(0)).max(f64::from(t.ready)))
+        .fold(0.0, f64::max);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        2.0 * H + 60.0
+    );
+    out.push_str(&format!("<text x=\"50\" y=\"14\">concurrency (max {c_max:.1}): stable (blue), panic (orange)</text>\n"));
+    out.push_str(&line(20.0, c_max, &|t| t.stable, "#1f77b4"));
+    out.push_str(&line(20.0, c_max, &|t| t.panic, "#ff7f0e"));
+    let top = H + 50.0;
+    out.push_str(&format!("<text x=\"50\" y=\"{}\">pods (max {p_max}): desired (grey), scale (green), ready (red); t up to {t_max}s</text>\n", top - 6.0));
+    out.push_str(&line(
+        top,
+        p_max,
+        &|t| f64::from(t.desired.max(0)),
+        "#999999",
+    ));
+    out.push_str(&line(top, p_max, &|t| f64::from(t.scale.max(0)), "#2ca02c"));
+    out.push_str(&line(top, p_max, &|t| f64::from(t.ready), "#d62728"));
+    out.push_str("</svg>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests;
