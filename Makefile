@@ -34,7 +34,8 @@ run: release
 ## bench: load benchmarks (hey, pinned) and criterion micro-benchmarks; figures to stdout
 bench: release
 	./benches/queue-proxy.sh
-	$(CARGO) bench $(LOCKED) -p sluice-benches
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench kpa_load
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench hot_paths
 
 clean:
 	$(CARGO) clean

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
+use sluice_autoscaler::kpa::{Decider, DeciderSpec, Window};
 use sluice_core::breaker::{Breaker, BreakerParams};
 use sluice_core::headers::{self as kh, classify};
 use sluice_core::stats::{ReqEvent, RequestStats};
@@ -126,5 +127,42 @@ fn stats(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, headers, breaker, stats);
+fn kpa(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kpa");
+    let mut w = Window::new(Duration::from_secs(60));
+    let mut sec = 0u64;
+    g.bench_function("window_record_10_pods_and_average", |b| {
+        b.iter(|| {
+            sec += 1;
+            let now = Duration::from_secs(sec);
+            for pod in 0..10 {
+                w.record(now, f64::from(pod));
+            }
+            black_box(w.average(now))
+        });
+    });
+    let spec = DeciderSpec {
+        target_value: 7.0,
+        total_value: 10.0,
+        target_burst_capacity: 211.0,
+        panic_threshold: 2.0,
+        max_scale_up_rate: 1000.0,
+        max_scale_down_rate: 2.0,
+        stable_window: Duration::from_secs(60),
+        scale_down_delay: Duration::from_secs(30),
+        activation_scale: 0,
+        reachable: true,
+    };
+    let mut d = Decider::new(spec, Some(5), Duration::ZERO);
+    let mut t = 0u64;
+    g.bench_function("decider_scale", |b| {
+        b.iter(|| {
+            t += 2;
+            black_box(d.scale(Duration::from_secs(t), 35.0 + (t % 7) as f64, 40.0, 5))
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, headers, breaker, stats, kpa);
 criterion_main!(benches);
