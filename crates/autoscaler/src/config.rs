@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::duration;
+use sluice_core::duration;
 
 pub const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
 pub const HPA_CLASS: &str = "hpa.autoscaling.knative.dev";

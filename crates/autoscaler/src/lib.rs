@@ -4,6 +4,5 @@
 //! the per-revision state machine and the `Scaler` trait build on it.
 
 pub mod config;
-pub mod duration;
 pub mod kpa;
 pub mod revision;

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod breaker;
 pub mod drain;
+pub mod duration;
 pub mod headers;
 pub mod metrics;
 pub mod respond;

@@ -278,22 +278,15 @@ impl Config {
     }
 }
 
-/// `30s`, `500ms`, `1m`, or a number of seconds (fractions allowed).
+/// A Go duration (`30s`, `500ms`, `1m30s`), or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.trim().parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    sluice_core::duration::parse(s)
+        .filter(|d| !d.negative)
+        .map(|d| d.magnitude)
 }
 
 /// Collects problems while parsing each variable.

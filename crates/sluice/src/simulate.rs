@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_autoscaler::config::AutoscalerConfig;
-use sluice_autoscaler::duration;
 use sluice_autoscaler::kpa::{
     Collector, Decider, Mode, PodAutoscaler, Reporter, ScaleBounds, StatSample,
 };
 use sluice_autoscaler::revision::{Class, Metric, RevisionScaling};
+use sluice_core::duration;
 
 /// Knative's default progress deadline (600 s) plus the 30 s it adds for activation.
 const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(630);

@@ -179,6 +179,12 @@ fn durations() {
     assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
     assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
     assert_eq!(parse_duration("1.5m"), Some(Duration::from_secs(90)));
+    assert_eq!(
+        parse_duration("1m30s"),
+        Some(Duration::from_secs(90)),
+        "Go syntax"
+    );
+    assert_eq!(parse_duration("-1"), None);
     assert_eq!(parse_duration("-1s"), None);
     assert_eq!(parse_duration("3 fortnights"), None);
     assert_eq!(parse_duration(""), None);

@@ -1,6 +1,6 @@
-//! Go's `time.ParseDuration`, which Knative's ConfigMaps and annotations use: a sign, then
-//! one or more decimal numbers each with a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`),
-//! as in `1h1s`, `61984ms`, `1m9s82ms`, `-1m23s`; `0` alone is allowed.
+//! Go's `time.ParseDuration`, which Knative's ConfigMaps, annotations and manifests use: a
+//! sign, then one or more decimal numbers each with a unit (`ns`, `us`/`µs`, `ms`, `s`,
+//! `m`, `h`), as in `1h1s`, `61984ms`, `1m9s82ms`, `-1m23s`; `0` alone is allowed.
 
 use std::time::Duration;
 
