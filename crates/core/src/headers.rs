@@ -72,26 +72,6 @@ pub fn classify(headers: &HeaderMap) -> RequestKind {
     kind
 }
 
-pub fn is_health_check(headers: &HeaderMap) -> bool {
-    classify(headers).health_check
-}
-
-pub fn is_kubelet_probe(headers: &HeaderMap) -> bool {
-    classify(headers).kubelet_probe
-}
-
-pub fn is_network_probe(headers: &HeaderMap) -> bool {
-    classify(headers).network_probe
-}
-
-pub fn is_any_probe(headers: &HeaderMap) -> bool {
-    classify(headers).any_probe
-}
-
-pub fn is_proxied(headers: &HeaderMap) -> bool {
-    classify(headers).proxied
-}
-
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -106,37 +86,35 @@ mod tests {
 
     #[test]
     fn health_checks_are_known_user_agents() {
-        assert!(is_health_check(&with(USER_AGENT, "kube-probe/1.29")));
-        assert!(is_health_check(&with(
-            USER_AGENT,
-            "Knative-Activator-Probe"
-        )));
-        assert!(is_health_check(&with(
-            USER_AGENT,
-            "Knative-Autoscaling-Probe"
-        )));
-        assert!(!is_health_check(&with(USER_AGENT, "curl/8")));
+        for ua in [
+            "kube-probe/1.29",
+            "Knative-Activator-Probe",
+            "Knative-Autoscaling-Probe",
+        ] {
+            assert!(classify(&with(USER_AGENT, ua)).health_check, "{ua}");
+        }
+        assert!(!classify(&with(USER_AGENT, "curl/8")).health_check);
         assert!(
-            !is_health_check(&with(KUBELET_PROBE, "queue")),
+            !classify(&with(KUBELET_PROBE, "queue")).health_check,
             "header alone is not a health check"
         );
-        assert!(!is_health_check(&HeaderMap::new()));
+        assert!(!classify(&HeaderMap::new()).health_check);
     }
 
     #[test]
     fn kubelet_probe_accepts_the_header_too() {
-        assert!(is_kubelet_probe(&with(KUBELET_PROBE, "")));
-        assert!(is_kubelet_probe(&with(USER_AGENT, "kube-probe//")));
-        assert!(!is_kubelet_probe(&with(USER_AGENT, "kube-prob")));
+        assert!(classify(&with(KUBELET_PROBE, "")).kubelet_probe);
+        assert!(classify(&with(USER_AGENT, "kube-probe//")).kubelet_probe);
+        assert!(!classify(&with(USER_AGENT, "kube-prob")).kubelet_probe);
     }
 
     #[test]
     fn network_probe_and_proxied_match_exact_values() {
-        assert!(is_network_probe(&with(PROBE, "probe")));
-        assert!(!is_network_probe(&with(PROBE, "queue")));
-        assert!(is_any_probe(&with(PROBE, "queue")));
-        assert!(is_proxied(&with(PROXY, "activator")));
-        assert!(!is_proxied(&with(PROXY, "Activator ")));
+        assert!(classify(&with(PROBE, "probe")).network_probe);
+        let queue = classify(&with(PROBE, "queue"));
+        assert!(!queue.network_probe && queue.any_probe);
+        assert!(classify(&with(PROXY, "activator")).proxied);
+        assert!(!classify(&with(PROXY, "Activator ")).proxied);
     }
 
     #[test]

@@ -33,10 +33,17 @@ struct Upstream {
     inner: Option<Incoming>,
     guard: Option<RequestGuard>,
     deadline: Instant,
-    idle: Option<Duration>,
-    last_write: Instant,
+    /// Only with an idle timeout: no clock is read per response without one.
+    idle: Option<Idle>,
     /// Created only once the body has to wait, so short bodies never arm a timer.
     sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// The idle timer: its limit and when the app last wrote.
+#[derive(Debug)]
+struct Idle {
+    limit: Duration,
+    last_write: Instant,
 }
 
 // === impl ProxyBody ===
@@ -53,8 +60,10 @@ impl ProxyBody {
                 inner: Some(inner),
                 guard: Some(guard),
                 deadline,
-                idle,
-                last_write: Instant::now(),
+                idle: idle.map(|limit| Idle {
+                    limit,
+                    last_write: Instant::now(),
+                }),
                 sleep: None,
             }),
         }
@@ -119,8 +128,8 @@ impl Upstream {
         };
         match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if self.idle.is_some() {
-                    self.last_write = Instant::now();
+                if let Some(idle) = self.idle.as_mut() {
+                    idle.last_write = Instant::now();
                 }
                 // hyper stops polling a body of known length once it reports its end,
                 // so the end is seen here, not as a final `None`.
@@ -158,8 +167,8 @@ impl Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         loop {
-            let next = match self.idle {
-                Some(idle) => self.deadline.min(self.last_write + idle),
+            let next = match &self.idle {
+                Some(idle) => self.deadline.min(idle.last_write + idle.limit),
                 None => self.deadline,
             };
             let sleep = self
@@ -172,7 +181,10 @@ impl Upstream {
                 return Poll::Pending;
             }
             let now = Instant::now();
-            let idle_passed = self.idle.is_some_and(|idle| now >= self.last_write + idle);
+            let idle_passed = self
+                .idle
+                .as_ref()
+                .is_some_and(|idle| now >= idle.last_write + idle.limit);
             if now >= self.deadline || idle_passed {
                 // Dropping the app's body aborts its connection; the guard frees the slot.
                 self.inner = None;

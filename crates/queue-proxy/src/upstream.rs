@@ -6,14 +6,13 @@
 //! keying, URI parsing and per-checkout bookkeeping are pure overhead on the hot path.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -64,11 +63,7 @@ struct Idle {
 
 /// What an HTTP/1.1 request to the app carries: the client's body, or nothing (which a
 /// retry can rebuild; hyper's `Incoming` cannot be built).
-#[derive(Debug)]
-pub(crate) enum UpstreamBody {
-    Streaming(Incoming),
-    Empty,
-}
+pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// An HTTP/1.1 connection lent to one request. It goes back to the pool only if the
 /// response body ended cleanly (`release(true)`); otherwise it is dropped and closes.
@@ -105,12 +100,12 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         let (parts, body) = req.into_parts();
         let body = if body.is_end_stream() {
-            UpstreamBody::Empty
+            Either::Right(Empty::new())
         } else {
-            UpstreamBody::Streaming(body)
+            Either::Left(body)
         };
         let (mut sender, idle_since) = self.checkout().await?;
-        let replayable = matches!(body, UpstreamBody::Empty)
+        let replayable = matches!(body, Either::Right(_))
             && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let stale =
             idle_since.is_some_and(|since| now.saturating_duration_since(since) >= STALE_AFTER);
@@ -123,7 +118,7 @@ impl Upstream {
             Err(mut e) => {
                 let again = e.take_message().or_else(|| {
                     copy.filter(|_| e.error().is_incomplete_message())
-                        .map(|head| Request::from_parts(head, UpstreamBody::Empty))
+                        .map(|head| Request::from_parts(head, Either::Right(Empty::new())))
                 });
                 let Some(req) = again else {
                     return Err(e.into_error().into());
@@ -254,37 +249,6 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     head.version = parts.version;
     head.headers = parts.headers.clone();
     head
-}
-
-// === impl UpstreamBody ===
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
-            Self::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Streaming(body) => body.is_end_stream(),
-            Self::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Streaming(body) => body.size_hint(),
-            Self::Empty => SizeHint::with_exact(0),
-        }
-    }
 }
 
 async fn drive<F, E>(kind: &'static str, conn: F)

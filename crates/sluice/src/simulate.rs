@@ -14,7 +14,7 @@ use sluice_autoscaler::config::AutoscalerConfig;
 use sluice_autoscaler::kpa::{
     Collector, Decider, Mode, PodAutoscaler, Reporter, ScaleBounds, StatSample,
 };
-use sluice_autoscaler::revision::{Class, Metric, RevisionScaling};
+use sluice_autoscaler::revision::{Class, RevisionScaling};
 use sluice_core::duration;
 
 /// Knative's default progress deadline (600 s) plus the 30 s it adds for activation.
@@ -352,11 +352,6 @@ impl Scenario {
             .iter()
             .find(|s| s.from <= sec && sec < s.to)
             .map_or((0.0, 0.0), |s| (s.concurrency, s.rps))
-    }
-
-    /// The metric the revision scales on.
-    pub fn metric(&self) -> Metric {
-        self.scaling.metric
     }
 }
 
