@@ -28,7 +28,8 @@ cat <<MSG
 sample-app on :$APP_PORT behind a queue-proxy on :$QUEUE_PORT (containerConcurrency $CC). Try:
   curl localhost:$QUEUE_PORT/
   curl 'localhost:$QUEUE_PORT/?sleep=100&prime=10000'
-  hey -z 10s -c 50 'http://localhost:$QUEUE_PORT/?sleep=100'
+  hey -z 10s -c 50 'http://localhost:$QUEUE_PORT/?sleep=100'     # all 200: 10 run, 40 wait
+  hey -n 300 -c 150 'http://localhost:$QUEUE_PORT/?sleep=300'   # past 110 admitted: 503s
   curl -H 'User-Agent: kube-probe/1.30' -H 'K-Network-Probe: queue' localhost:$QUEUE_PORT/
   curl -H 'Accept: text/plain' localhost:9090/metrics; curl localhost:9091/metrics
 Ctrl-C drains and stops.
