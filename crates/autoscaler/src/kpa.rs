@@ -10,10 +10,12 @@ mod collector;
 mod decider;
 mod delay;
 mod pod_autoscaler;
+mod revision_autoscaler;
 mod window;
 
 pub use collector::{Collector, Reporter, StatSample};
 pub use decider::{Decider, DeciderSpec, ScaleResult};
 pub use delay::MaxWindow;
 pub use pod_autoscaler::{Activity, Mode, PodAutoscaler, ScaleBounds, Step};
+pub use revision_autoscaler::{ACTIVATION_TIMEOUT, Decision, PodCounts, RevisionAutoscaler};
 pub use window::Window;

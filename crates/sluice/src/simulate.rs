@@ -11,14 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_autoscaler::config::AutoscalerConfig;
-use sluice_autoscaler::kpa::{
-    Collector, Decider, Mode, PodAutoscaler, Reporter, ScaleBounds, StatSample,
-};
+use sluice_autoscaler::kpa::{Mode, PodCounts, Reporter, RevisionAutoscaler, StatSample};
 use sluice_autoscaler::revision::{Class, RevisionScaling};
 use sluice_core::duration;
-
-/// Knative's default progress deadline (600 s) plus the 30 s it adds for activation.
-const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(630);
 
 /// A validated scenario.
 #[derive(Clone, Debug)]
@@ -251,24 +246,10 @@ impl Scenario {
 
     /// Runs the scenario from 0 to `duration` seconds, inclusive.
     pub fn run(&self) -> Run {
-        let s = &self.scaling;
-        let reporter = match s.class {
+        let reporter = match self.scaling.class {
             Class::Kpa => Reporter::QueueProxy,
             Class::Mpa => Reporter::Gateway,
         };
-        let bounds = ScaleBounds {
-            min_scale: s.min_scale,
-            max_scale: s.max_scale,
-            initial_scale: s.initial_scale,
-            enable_scale_to_zero: self.config.enable_scale_to_zero,
-            stable_window: s.stable_window,
-            grace_period: self.config.scale_to_zero_grace_period,
-            pod_retention: s.scale_to_zero_pod_retention_period,
-            activation_timeout: ACTIVATION_TIMEOUT,
-            reachable: true,
-            unlimited_burst: s.target_burst_capacity < 0.0,
-        };
-        let mut collector = Collector::new(s.class, s.stable_window, s.panic_window);
         let mut pods = Pods::new(self.initial_pods);
         let ready_at = |sec: u64, pods: &Pods| match &self.ready {
             Some(script) => script
@@ -278,12 +259,12 @@ impl Scenario {
                 .map_or(self.initial_pods, |&(_, n)| n),
             None => pods.ready,
         };
-        let mut decider = Decider::new(
-            s.decider_spec(&self.config, true),
+        let mut kpa = RevisionAutoscaler::new(
+            &self.config,
+            self.scaling.clone(),
             Some(ready_at(0, &pods)),
             Duration::ZERO,
         );
-        let mut pa = PodAutoscaler::new(Duration::ZERO);
         let mut run = Run {
             ticks: Vec::new(),
             summary: Summary::default(),
@@ -292,49 +273,34 @@ impl Scenario {
             let now = Duration::from_secs(sec);
             pods.promote(sec);
             let (concurrency, rps) = self.traffic_at(sec);
-            collector.record(
-                now,
-                reporter,
-                StatSample {
-                    average_concurrency: concurrency,
-                    request_count: rps,
-                    ..StatSample::default()
-                },
-            );
+            let sample = StatSample {
+                average_concurrency: concurrency,
+                request_count: rps,
+                ..StatSample::default()
+            };
+            kpa.record(now, reporter, sample, false);
             let ready = ready_at(sec, &pods);
             if sec > 0 && sec % self.tick == 0 {
-                // Every second carries a stat here, so the windows always have data.
-                let (stable, panic) = collector
-                    .stable_and_panic(now, s.metric)
-                    .unwrap_or((0.0, 0.0));
-                let decision = decider.scale(now, stable, panic, ready);
                 let replicas = if self.ready.is_some() {
                     ready
                 } else {
                     pods.total()
                 };
-                let step = pa.reconcile(
-                    now,
-                    &bounds,
-                    decision.desired,
-                    decision.excess_burst_capacity,
-                    ready,
-                    replicas,
-                    true,
-                );
-                if let (Some(n), None) = (step.apply, &self.ready) {
+                // Every second carries a stat here, so the windows always have data.
+                let d = kpa.tick(now, PodCounts { ready, replicas }, true);
+                if let (Some(n), None) = (d.apply, &self.ready) {
                     pods.scale_to(n, sec + self.startup);
                 }
                 run.ticks.push(Tick {
                     t: sec,
-                    stable,
-                    panic,
-                    desired: decision.desired,
-                    scale: step.want,
+                    stable: d.stable,
+                    panic: d.panic,
+                    desired: d.desired,
+                    scale: d.scale,
                     ready,
-                    panic_mode: decider.in_panic(),
-                    ebc: decision.excess_burst_capacity,
-                    mode: match step.mode {
+                    panic_mode: d.panic_mode,
+                    ebc: d.excess_burst_capacity,
+                    mode: match d.mode {
                         Mode::Serve => "serve",
                         Mode::Proxy => "proxy",
                     },
@@ -342,7 +308,7 @@ impl Scenario {
             }
             run.summary.peak_pods = run.summary.peak_pods.max(ready);
             run.summary.pod_seconds += u64::from(ready);
-            run.summary.panic_seconds += u64::from(decider.in_panic());
+            run.summary.panic_seconds += u64::from(kpa.last().is_some_and(|d| d.panic_mode));
         }
         run
     }
