@@ -1,7 +1,11 @@
 //! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/knative/stat.proto", "proto/sluice/v1/stats.proto"];
+    let files = [
+        "proto/knative/stat.proto",
+        "proto/sluice/v1/stats.proto",
+        "proto/sluice/v1/decisions.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

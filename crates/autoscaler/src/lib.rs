@@ -1,8 +1,14 @@
-//! Sluice's autoscaler: Knative's KPA. So far the pure core: `config-autoscaler` and
-//! revision annotations ([`config`], [`revision`]), and the aggregation windows and the
-//! decider ([`kpa`]), plain structs fed `now` with no runtime in them. The stats service,
-//! the per-revision state machine and the `Scaler` trait build on it.
-
+//! Sluice's autoscaler: Knative's KPA over a gRPC stats stream.
+//!
+//! - [`config`], [`revision`]: `config-autoscaler` and the revision annotations.
+//! - [`kpa`]: the pure KPA (windows, decider, scale-to-zero), plain structs fed `now`.
+//! - [`service`]: the tokio glue: revisions, stats, tick tasks, decisions to watchers.
+//! - [`scaler`]: the [`Scaler`](scaler::Scaler) trait that carries decisions out.
+//! - [`grpc`], [`server`]: the `sluice.v1` services and the `autoscaler` process.
 pub mod config;
+pub mod grpc;
 pub mod kpa;
 pub mod revision;
+pub mod scaler;
+pub mod server;
+pub mod service;

@@ -1,5 +1,6 @@
 //! `sluice`: the CLI users run. `sluice simulate SCENARIO.yaml` replays a traffic pattern
-//! through the autoscaler's own code on a virtual clock.
+//! through the autoscaler's own code on a virtual clock; `sluice autoscaler` runs the
+//! autoscaler service, the same code as the `autoscaler` binary.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,12 +32,15 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Run the autoscaler: stats in and decisions out over gRPC, metrics on HTTP.
+    Autoscaler(sluice_autoscaler::server::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Simulate { scenario, plot } => simulate(&scenario, plot.as_deref()),
+        Command::Autoscaler(args) => sluice_autoscaler::server::main(&args),
     }
 }
 

@@ -112,11 +112,11 @@ impl RevisionAutoscaler {
 
     /// Records a stat received at `now`. Returns true when it should be decided at once:
     /// a poke, i.e. load (or the activator's poke flag) while the latest desired scale is
-    /// 0, or not known yet (Knative pokes only at 0; a revision that has never been decided
-    /// is treated the same, so its first request does not wait for the tick).
+    /// 0. As in Knative, a revision not decided yet (−1) waits for its tick: its first
+    /// stats are likely a partial second.
     pub fn record(&mut self, now: Duration, reporter: Reporter, s: StatSample, poke: bool) -> bool {
         let counted = self.collector.record(now, reporter, s);
-        counted && self.desired <= 0 && (poke || s.average_concurrency != 0.0)
+        counted && self.desired == 0 && (poke || s.average_concurrency != 0.0)
     }
 
     /// One tick: decide from the windows (when they hold data), then reconcile.

@@ -78,6 +78,11 @@ fn t18_a_new_decider_starts_unknown_with_the_initial_pods_ebc() {
 fn t19_a_poke_at_zero_asks_for_a_decision_at_once() {
     let (cfg, s) = scaling(&[("target", "10")], 0);
     let mut ra = RevisionAutoscaler::new(&cfg, s, Some(1), secs(0));
+    assert!(
+        !ra.record(secs(0), Reporter::Activator, load(1.0), true),
+        "not decided yet (-1): no poke"
+    );
+    ra = RevisionAutoscaler::new(&cfg, ra.scaling().clone(), Some(1), secs(0));
     // No load for a while: the decider says 0.
     for t in 0..4 {
         assert!(!ra.record(secs(t), Reporter::QueueProxy, load(0.0), false));
@@ -111,8 +116,11 @@ fn t19_a_poke_at_zero_asks_for_a_decision_at_once() {
 fn a_gateway_stat_for_a_kpa_revision_is_no_poke() {
     let (cfg, s) = scaling(&[], 0);
     let mut ra = RevisionAutoscaler::new(&cfg, s, Some(0), secs(0));
-    assert!(!ra.record(secs(1), Reporter::Gateway, load(5.0), true));
-    assert!(ra.record(secs(1), Reporter::Activator, load(5.0), false));
+    ra.record(secs(0), Reporter::Activator, load(0.0), false);
+    ra.tick(secs(2), PodCounts::default(), true);
+    assert_eq!(ra.status().0, 0);
+    assert!(!ra.record(secs(3), Reporter::Gateway, load(5.0), true));
+    assert!(ra.record(secs(3), Reporter::Activator, load(5.0), false));
 }
 
 #[test]

@@ -1,0 +1,318 @@
+//! The `autoscaler` process: flags (or env), `config-autoscaler` from a file, the gRPC
+//! port (stats in, decisions out) and the metrics port (`/metrics`, `/healthz`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use sluice_core::metrics::{TEXT_CONTENT_TYPE, encode_text};
+use sluice_core::respond;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{AutoscalerConfig, ConfigError};
+use crate::grpc;
+use crate::scaler::{ObservedPods, Scaler};
+use crate::service::{Autoscaler, Options, TICK};
+
+/// How long open streams get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The autoscaler's flags; each also reads an environment variable.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Where to serve gRPC: the stats stream in, the decision stream out.
+    #[arg(
+        long,
+        env = "SLUICE_AUTOSCALER_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+    /// Where to serve Prometheus `/metrics` and `/healthz`.
+    #[arg(long, env = "SLUICE_METRICS_ADDRESS", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// `config-autoscaler`: a ConfigMap manifest (YAML), or a YAML map of its keys.
+    #[arg(long, env = "SLUICE_AUTOSCALER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Embedding only (no flag): scale only revisions registered through
+    /// [`Autoscaler::upsert_revision`] and refuse stats for others. The standalone process
+    /// scales a revision with the config's defaults from its first stat.
+    #[arg(skip)]
+    pub no_auto_register: bool,
+}
+
+/// Why the autoscaler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Invalid { path: PathBuf, source: ConfigError },
+    #[error("cannot listen on {addr} ({port}): {source}")]
+    Bind {
+        port: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// A configuration problem (exit 64) rather than a runtime one.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, Self::Bind { .. })
+    }
+}
+
+/// `EX_USAGE` from sysexits.h: the configuration is wrong.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// The whole process (the `autoscaler` binary, `sluice autoscaler`): a runtime, bind,
+/// serve until SIGTERM or Ctrl-C. A bad config exits 64 before anything is bound.
+pub fn main(args: &Args) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    sluice_core::telemetry::init("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("autoscaler: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match Server::bind(args, None).await {
+            Ok(server) => server,
+            Err(error) => {
+                eprintln!("autoscaler: {error}");
+                let code = if error.is_config() { EXIT_CONFIG } else { 1 };
+                return ExitCode::from(code);
+            }
+        };
+        server
+            .run(async {
+                let signal = sluice_core::shutdown::signal().await;
+                tracing::info!(signal, "received signal");
+            })
+            .await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// A bound autoscaler, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    autoscaler: Autoscaler,
+    grpc: TcpListener,
+    metrics: TcpListener,
+}
+
+impl Server {
+    /// Reads the config (every problem at once) and binds both ports. `scaler`: `None`
+    /// for the standalone [`ObservedPods`].
+    pub async fn bind(args: &Args, scaler: Option<Arc<dyn Scaler>>) -> Result<Self, StartError> {
+        let config = match &args.config {
+            Some(path) => load_config(path)?,
+            None => AutoscalerConfig::default(),
+        };
+        let grpc = listen("grpc", args.listen).await?;
+        let metrics = listen("metrics", args.metrics_listen).await?;
+        let options = Options {
+            tick: TICK,
+            auto_register: !args.no_auto_register,
+        };
+        let scaler = scaler.unwrap_or_else(|| Arc::new(ObservedPods));
+        Ok(Self {
+            autoscaler: Autoscaler::new(config, scaler, options),
+            grpc,
+            metrics,
+        })
+    }
+
+    pub fn autoscaler(&self) -> &Autoscaler {
+        &self.autoscaler
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound socket has an address")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+            .local_addr()
+            .expect("a bound socket has an address")
+    }
+
+    /// Serves until `shutdown`, then ends watch streams and closes both ports.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let (stats, decisions) = grpc::services(&self.autoscaler);
+        tracing::info!(grpc = %self.grpc_addr(), metrics = %self.metrics_addr(), "autoscaler serving");
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(stats)
+                .add_service(decisions)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stopped()),
+        );
+        let autoscaler = self.autoscaler.clone();
+        let metrics = tokio::spawn(sluice_core::serve::serve(
+            "metrics",
+            self.metrics,
+            move |_| {
+                let autoscaler = autoscaler.clone();
+                service_fn(move |req| metrics_port(autoscaler.clone(), req))
+            },
+            stopped(),
+            SHUTDOWN_GRACE,
+        ));
+        shutdown.await;
+        tracing::info!("shutting down");
+        self.autoscaler.close();
+        let _ = stop.send(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, grpc).await.is_err() {
+            tracing::warn!("gRPC streams still open at exit");
+        }
+        let _ = metrics.await;
+    }
+}
+
+async fn metrics_port<B>(
+    autoscaler: Autoscaler,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/metrics" => {
+            let mut rsp = Response::new(Full::new(Bytes::from(encode_text(
+                autoscaler.metrics().registry(),
+            ))));
+            rsp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static(TEXT_CONTENT_TYPE),
+            );
+            rsp
+        }
+        "/healthz" => respond::text(StatusCode::OK, "autoscaler"),
+        _ => respond::text(
+            StatusCode::NOT_FOUND,
+            "not found: this port serves /metrics and /healthz",
+        ),
+    })
+}
+
+/// `config-autoscaler` from a file: a `ConfigMap` manifest (its `data`), or a bare map.
+pub fn load_config(path: &Path) -> Result<AutoscalerConfig, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |message: String| StartError::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let data = config_data(&text).map_err(bad)?;
+    for key in AutoscalerConfig::unknown_keys(&data) {
+        tracing::warn!(key, file = %path.display(), "unknown config-autoscaler key ignored");
+    }
+    AutoscalerConfig::from_data(&data).map_err(|source| StartError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn config_data(text: &str) -> Result<BTreeMap<String, String>, String> {
+    use serde_norway::Value;
+    let doc: Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    let map = match doc {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Mapping(map) => map,
+        _ => return Err("expected a ConfigMap or a map of config-autoscaler keys".into()),
+    };
+    let data = match map.get("kind") {
+        None => Value::Mapping(map),
+        Some(Value::String(kind)) if kind == "ConfigMap" => {
+            let name = map
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str);
+            if let Some(name) = name.filter(|n| *n != "config-autoscaler") {
+                return Err(format!("metadata.name: {name:?} is not config-autoscaler"));
+            }
+            map.get("data").cloned().unwrap_or(Value::Null)
+        }
+        Some(kind) => return Err(format!("kind: {kind:?}: expected ConfigMap")),
+    };
+    let data = match data {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Mapping(data) => data,
+        _ => return Err("data: expected a map of strings".into()),
+    };
+    data.into_iter()
+        .map(|(k, v)| {
+            let key = k.as_str().ok_or("data: keys must be strings")?.to_owned();
+            let value = match v {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return Err(format!("{key}: must be a string, number or boolean")),
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { port, addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configmap_manifest_or_a_bare_map() {
+        let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\n  namespace: knative-serving\ndata:\n  stable-window: 30s\n  max-scale: 3\n  enable-scale-to-zero: false\n";
+        let data = config_data(manifest).expect("valid");
+        assert_eq!(data["stable-window"], "30s");
+        assert_eq!(data["max-scale"], "3");
+        assert_eq!(data["enable-scale-to-zero"], "false");
+        let bare = config_data("stable-window: \"30s\"\n").expect("valid");
+        assert_eq!(bare["stable-window"], "30s");
+        assert!(config_data("").expect("empty is defaults").is_empty());
+    }
+
+    #[test]
+    fn the_wrong_document_is_refused_by_name() {
+        let other = "kind: ConfigMap\nmetadata:\n  name: config-network\ndata: {}\n";
+        let err = config_data(other).expect_err("another ConfigMap");
+        assert!(err.contains("config-network"), "{err}");
+        let err = config_data("kind: Service\n").expect_err("not a ConfigMap");
+        assert!(err.contains("Service"), "{err}");
+        let err = config_data("max-scale: [1]\n").expect_err("not a scalar");
+        assert!(err.starts_with("max-scale: "), "{err}");
+    }
+}
