@@ -25,7 +25,7 @@ build:
 	$(CARGO) build --workspace $(LOCKED)
 
 release:
-	$(CARGO) build --release $(LOCKED) -p sluice-queue-proxy -p sluice-sample-app
+	$(CARGO) build --release $(LOCKED) -p sluice-queue-proxy -p sluice-sample-app -p sluice-autoscaler -p sluice
 
 ## run: the sample app behind a queue-proxy on this machine (Ctrl-C stops both)
 run: release
@@ -35,6 +35,7 @@ run: release
 bench: release
 	./benches/queue-proxy.sh
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench kpa_load
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench autoscaler_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench hot_paths
 
 clean:

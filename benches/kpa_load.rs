@@ -1,7 +1,8 @@
 //! The KPA's work alone at the load: 10,000 revisions × 10 pods, each pod
-//! reporting one stat a second, a decision per revision every 2 s; windows and decider
-//! driven in-process on a virtual clock, no network. Prints the CPU it takes per second
-//! of real time (the fraction of a core needed to keep up) and the peak resident memory.
+//! reporting one stat a second, a decision per revision every 2 s; windows, decider and
+//! reconcile (the `RevisionAutoscaler` the service runs) driven in-process on a virtual
+//! clock, no network. Prints the CPU it takes per second of real time (the fraction of a
+//! core needed to keep up) and the peak resident memory.
 //!
 //! `cargo bench -p sluice-benches --bench kpa_load`
 
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sluice_autoscaler::config::AutoscalerConfig;
-use sluice_autoscaler::kpa::{Collector, Decider, Reporter, StatSample};
+use sluice_autoscaler::kpa::{PodCounts, Reporter, RevisionAutoscaler, StatSample};
 use sluice_autoscaler::revision::RevisionScaling;
 
 const REVISIONS: usize = 10_000;
@@ -40,27 +41,22 @@ fn main() {
     ann.insert("autoscaling.knative.dev/target".to_owned(), "10".to_owned());
     let scaling = RevisionScaling::resolve(&cfg, &ann, 0).unwrap();
     let rss_before = status_kib("VmRSS:");
-    let mut revisions: Vec<(Collector, Decider)> = (0..REVISIONS)
-        .map(|_| {
-            (
-                Collector::new(scaling.class, scaling.stable_window, scaling.panic_window),
-                Decider::new(
-                    scaling.decider_spec(&cfg, true),
-                    Some(PODS as u32),
-                    Duration::ZERO,
-                ),
-            )
-        })
+    let mut revisions: Vec<RevisionAutoscaler> = (0..REVISIONS)
+        .map(|_| RevisionAutoscaler::new(&cfg, scaling.clone(), Some(PODS as u32), Duration::ZERO))
         .collect();
+    let pods = PodCounts {
+        ready: PODS as u32,
+        replicas: PODS as u32,
+    };
     let cpu0 = cpu_seconds();
     let mut decisions = 0u64;
     let mut checksum = 0i64;
     for sec in 0..SECONDS {
         let now = Duration::from_secs(sec);
-        for (i, (collector, decider)) in revisions.iter_mut().enumerate() {
+        for (i, kpa) in revisions.iter_mut().enumerate() {
             for pod in 0..PODS {
                 let load = ((i + pod) % 7) as f64 + (sec % 5) as f64 * 0.5;
-                collector.record(
+                kpa.record(
                     now,
                     Reporter::QueueProxy,
                     StatSample {
@@ -68,13 +64,11 @@ fn main() {
                         request_count: load * 10.0,
                         ..StatSample::default()
                     },
+                    false,
                 );
             }
             if sec > 0 && sec % 2 == 0 {
-                let (stable, panic) = collector
-                    .stable_and_panic(now, scaling.metric)
-                    .unwrap_or((0.0, 0.0));
-                checksum += i64::from(decider.scale(now, stable, panic, PODS as u32).desired);
+                checksum += i64::from(kpa.tick(now, pods, true).scale);
                 decisions += 1;
             }
         }
@@ -89,7 +83,7 @@ fn main() {
         cpu / SECONDS as f64
     );
     println!(
-        "  memory: peak RSS {:.1} MiB (windows and deciders alone: {:.1} MiB)",
+        "  memory: peak RSS {:.1} MiB (the 10,000 revisions alone: {:.1} MiB)",
         status_kib("VmHWM:") as f64 / 1024.0,
         status_kib("VmRSS:").saturating_sub(rss_before) as f64 / 1024.0
     );

@@ -62,7 +62,8 @@ impl Scaler for ObservedPods {
     }
 
     fn scale(&self, revision: &RevisionKey, replicas: u32) {
-        tracing::info!(%revision, replicas, "scale");
+        // Called on every tick while the reporting pods differ from the decision.
+        tracing::debug!(%revision, replicas, "scale");
     }
 }
 
