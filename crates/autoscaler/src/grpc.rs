@@ -33,8 +33,9 @@ pub struct Decisions(Autoscaler);
 
 #[tonic::async_trait]
 impl StatsService for Stats {
-    /// Records every report of the stream. A bad report is counted and skipped, not
-    /// fatal: one reporter's unknown revision must not cut off its others.
+    /// Records every report of the stream until it ends or the autoscaler shuts down. A
+    /// bad report is counted and skipped, not fatal: one reporter's unknown revision must
+    /// not cut off its others.
     async fn report(
         &self,
         request: Request<Streaming<StatReport>>,
@@ -42,8 +43,14 @@ impl StatsService for Stats {
         let peer = request.remote_addr();
         let mut stream = request.into_inner();
         let mut accepted = 0;
+        let mut closed = std::pin::pin!(self.0.closed());
         loop {
-            match stream.message().await {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                // Shutting down: end the stream; the reporter reconnects to whoever is next.
+                () = &mut closed => return Ok(Response::new(ReportSummary { accepted })),
+            };
+            match next {
                 Ok(Some(report)) => match self.0.record(&report) {
                     Ok(()) => accepted += 1,
                     Err(rejected) => tracing::debug!(?peer, %rejected, "stat skipped"),

@@ -13,7 +13,7 @@ use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use sluice_core::metrics::{TEXT_CONTENT_TYPE, encode_text};
+use sluice_core::metrics::TEXT_CONTENT_TYPE;
 use sluice_core::respond;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -30,14 +30,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, clap::Args)]
 pub struct Args {
     /// Where to serve gRPC: the stats stream in, the decision stream out.
-    #[arg(
-        long,
-        env = "SLUICE_AUTOSCALER_ADDRESS",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long, env = "SLUICE_AUTOSCALER_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Where to serve Prometheus `/metrics` and `/healthz`.
-    #[arg(long, env = "SLUICE_METRICS_ADDRESS", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "SLUICE_AUTOSCALER_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     pub metrics_listen: SocketAddr,
     /// `config-autoscaler`: a ConfigMap manifest (YAML), or a YAML map of its keys.
     #[arg(long, env = "SLUICE_AUTOSCALER_CONFIG")]
@@ -205,9 +205,7 @@ async fn metrics_port<B>(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/metrics" => {
-            let mut rsp = Response::new(Full::new(Bytes::from(encode_text(
-                autoscaler.metrics().registry(),
-            ))));
+            let mut rsp = Response::new(Full::new(Bytes::from(autoscaler.metrics().text())));
             rsp.headers_mut().insert(
                 CONTENT_TYPE,
                 http::HeaderValue::from_static(TEXT_CONTENT_TYPE),
@@ -303,6 +301,14 @@ mod tests {
         let bare = config_data("stable-window: \"30s\"\n").expect("valid");
         assert_eq!(bare["stable-window"], "30s");
         assert!(config_data("").expect("empty is defaults").is_empty());
+    }
+
+    #[test]
+    fn the_example_configmap_is_knatives_defaults() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config-autoscaler.yaml");
+        let loaded = load_config(&path).expect("the example loads");
+        assert_eq!(loaded, AutoscalerConfig::default());
     }
 
     #[test]

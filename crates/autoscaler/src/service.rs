@@ -344,7 +344,7 @@ impl Autoscaler {
         self.inner.decisions.subscribe()
     }
 
-    /// Ends every watch stream (shutdown); stats are still recorded.
+    /// Ends every stats and watch stream (shutdown).
     pub fn close(&self) {
         self.inner.closing.send_replace(true);
     }

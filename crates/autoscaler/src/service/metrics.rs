@@ -178,6 +178,11 @@ impl Metrics {
         &self.registry
     }
 
+    /// Every metric in Prometheus text format.
+    pub fn text(&self) -> Vec<u8> {
+        sluice_core::metrics::encode_text(&self.registry)
+    }
+
     pub(super) fn stat(&self, reporter: Reporter) {
         let i = match reporter {
             Reporter::QueueProxy => 0,

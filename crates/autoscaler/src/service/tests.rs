@@ -96,8 +96,7 @@ async fn ticks_every_two_seconds_and_scales_as_the_kpa_says() {
     advance(Duration::from_secs(1)).await;
     assert_eq!(scaler.calls().len(), 1);
     assert!(changes.try_recv().is_err());
-    let text = String::from_utf8(sluice_core::metrics::encode_text(a.metrics().registry()))
-        .expect("utf-8");
+    let text = String::from_utf8(a.metrics().text()).expect("utf-8");
     assert!(
         text.contains(
             "autoscaler_desired_pods{namespace_name=\"default\",revision_name=\"hello-00001\"} 8"

@@ -124,7 +124,7 @@ fn a_gateway_stat_for_a_kpa_revision_is_no_poke() {
 }
 
 #[test]
-fn a_tick_without_data_keeps_the_last_decision() {
+fn a25_a_tick_without_data_keeps_the_last_decision() {
     let (cfg, s) = scaling(&[("target", "10")], 0);
     let mut ra = RevisionAutoscaler::new(&cfg, s, Some(1), secs(0));
     let pods = PodCounts {
