@@ -31,11 +31,21 @@ pub enum Metric {
     Rps,
 }
 
+/// How a window averages its per-second sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregation {
+    /// The plain mean (Knative's default).
+    Linear,
+    /// Recent seconds weigh exponentially more.
+    WeightedExponential,
+}
+
 /// A revision's resolved scaling parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RevisionScaling {
     pub class: Class,
     pub metric: Metric,
+    pub aggregation: Aggregation,
     /// Desired load per pod.
     pub target: f64,
     /// What one pod can take.
@@ -68,16 +78,20 @@ impl RevisionScaling {
         let mut v = Values::with_prefix(&data.0, ANNOTATION_PREFIX);
         let class = resolve_class(&mut v, cfg);
         let metric = resolve_metric(&mut v);
-        if let Some(algo) = v
-            .raw("metric-aggregation-algorithm")
-            .filter(|a| *a != "linear")
-        {
-            v.problem(
-                "metric-aggregation-algorithm",
-                algo,
-                "linear (Sluice does not implement weighted-exponential yet)",
-            );
-        }
+        let aggregation = match v.raw("metric-aggregation-algorithm") {
+            None | Some("linear") => Aggregation::Linear,
+            Some("weighted-exponential" | "weightedExponential") => {
+                Aggregation::WeightedExponential
+            }
+            Some(other) => {
+                v.problem(
+                    "metric-aggregation-algorithm",
+                    other,
+                    "linear, weighted-exponential or weightedExponential",
+                );
+                Aggregation::Linear
+            }
+        };
 
         let (mut total, mut utilization) = match metric {
             Metric::Concurrency if container_concurrency > 0 => (
@@ -119,6 +133,7 @@ impl RevisionScaling {
         let mut s = Self {
             class,
             metric,
+            aggregation,
             target: (total * utilization).max(MIN_TARGET),
             total,
             target_burst_capacity: cfg.target_burst_capacity,

@@ -16,8 +16,9 @@ pub struct RevisionKey {
     pub name: String,
 }
 
-/// Carries decisions out. Both methods run on the autoscaler's tick tasks: they must not
-/// block (read a cache; queue slow work such as an API call).
+/// Carries decisions out. Both methods run on the autoscaler's tick tasks, `scale` with
+/// the revision's state locked: they must not block (read a cache; queue slow work such
+/// as an API call) and must not call back into the autoscaler.
 pub trait Scaler: Send + Sync + 'static {
     /// The revision's pods now, or `None` when this scaler does not know them (the
     /// autoscaler then counts the queue-proxies reporting for the revision).

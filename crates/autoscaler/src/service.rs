@@ -112,6 +112,8 @@ struct State {
     pods: HashMap<String, Duration>,
     published: Option<Published>,
     gauges: RevisionGauges,
+    /// Set when the revision is removed: its tick task may still be mid-reconcile.
+    removed: bool,
 }
 
 /// What a watcher is told about again when it changes (Knative notifies on a new desired
@@ -179,6 +181,7 @@ impl Autoscaler {
                 pods: HashMap::new(),
                 published: None,
                 gauges,
+                removed: false,
             }),
         });
         let task = tokio::spawn(tick_loop(
@@ -211,7 +214,9 @@ impl Autoscaler {
         };
         let Some(entry) = removed else { return false };
         self.inner.metrics.revisions.dec();
-        entry.revision.state.lock().gauges.remove();
+        let mut st = entry.revision.state.lock();
+        st.removed = true;
+        st.gauges.remove();
         let _ = self.inner.decisions.send(Arc::new(v1::Decision {
             namespace: key.namespace.clone(),
             revision: key.name.clone(),
@@ -385,9 +390,13 @@ impl Inner {
         let activator_ok = self.scaler.activator_ready();
         let now = self.now();
         let mut st = revision.state.lock();
+        if st.removed {
+            return None;
+        }
+        // Forget queue-proxies gone quiet, whether or not their count is used.
+        st.pods
+            .retain(|_, seen| now.saturating_sub(*seen) < POD_STALE);
         let pods = known.unwrap_or_else(|| {
-            st.pods
-                .retain(|_, seen| now.saturating_sub(*seen) < POD_STALE);
             let n = u32::try_from(st.pods.len()).unwrap_or(u32::MAX);
             PodCounts {
                 ready: n,
@@ -411,19 +420,21 @@ impl Inner {
         let metric = scaling.metric;
         let target = scaling.target;
         st.gauges.set(&d, metric, target);
-        let message = changed.then(|| to_proto(&revision.key, &st.kpa));
+        // Carried out and published under the revision's lock (neither blocks), so that
+        // nothing about a revision goes out after its removal.
+        if let Some(replicas) = d.apply {
+            self.scaler.scale(&revision.key, replicas);
+        }
+        if changed {
+            let _ = self
+                .decisions
+                .send(Arc::new(to_proto(&revision.key, &st.kpa)));
+        }
         drop(st);
-
         if decide {
             self.metrics
                 .decision_lag
                 .observe(due.elapsed().as_secs_f64());
-        }
-        if let Some(replicas) = d.apply {
-            self.scaler.scale(&revision.key, replicas);
-        }
-        if let Some(message) = message {
-            let _ = self.decisions.send(Arc::new(message));
         }
         d.requeue_after.map(|after| Instant::now() + after)
     }

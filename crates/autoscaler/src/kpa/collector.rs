@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::Window;
-use crate::revision::{Class, Metric};
+use crate::revision::{Aggregation, Class, Metric};
 
 /// Who measured a stat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,13 +41,22 @@ pub struct Collector {
 // === impl Collector ===
 
 impl Collector {
-    pub fn new(class: Class, stable_window: Duration, panic_window: Duration) -> Self {
+    pub fn new(
+        class: Class,
+        stable_window: Duration,
+        panic_window: Duration,
+        aggregation: Aggregation,
+    ) -> Self {
+        let window = match aggregation {
+            Aggregation::Linear => Window::new,
+            Aggregation::WeightedExponential => Window::weighted,
+        };
         Self {
             class,
-            stable_concurrency: Window::new(stable_window),
-            panic_concurrency: Window::new(panic_window),
-            stable_rps: Window::new(stable_window),
-            panic_rps: Window::new(panic_window),
+            stable_concurrency: window(stable_window),
+            panic_concurrency: window(panic_window),
+            stable_rps: window(stable_window),
+            panic_rps: window(panic_window),
         }
     }
 
@@ -91,7 +100,7 @@ mod tests {
     }
 
     fn collector(class: Class) -> Collector {
-        Collector::new(class, secs(60), secs(6))
+        Collector::new(class, secs(60), secs(6), Aggregation::Linear)
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl RevisionAutoscaler {
         let decider = Decider::new(scaling.decider_spec(cfg, true), ready, now);
         Self {
             bounds: bounds(cfg, &scaling, true),
-            collector: Collector::new(scaling.class, scaling.stable_window, scaling.panic_window),
+            collector: collector(&scaling),
             excess_burst_capacity: initial_excess_burst_capacity(&scaling),
             scaling,
             decider,
@@ -90,11 +90,10 @@ impl RevisionAutoscaler {
     /// over only when their class or sizes change.
     pub fn update(&mut self, cfg: &AutoscalerConfig, scaling: RevisionScaling) {
         let s = &self.scaling;
-        if (s.class, s.stable_window, s.panic_window)
-            != (scaling.class, scaling.stable_window, scaling.panic_window)
-        {
-            self.collector =
-                Collector::new(scaling.class, scaling.stable_window, scaling.panic_window);
+        let windows =
+            |s: &RevisionScaling| (s.class, s.stable_window, s.panic_window, s.aggregation);
+        if windows(s) != windows(&scaling) {
+            self.collector = collector(&scaling);
         }
         let reachable = self.bounds.reachable;
         self.decider.update(scaling.decider_spec(cfg, reachable));
@@ -177,6 +176,10 @@ impl RevisionAutoscaler {
     pub fn activator_count(&self, cfg: &AutoscalerConfig, ready: u32) -> u32 {
         activator_count(&self.scaling, cfg.activator_capacity, ready)
     }
+}
+
+fn collector(s: &RevisionScaling) -> Collector {
+    Collector::new(s.class, s.stable_window, s.panic_window, s.aggregation)
 }
 
 fn bounds(cfg: &AutoscalerConfig, s: &RevisionScaling, reachable: bool) -> ScaleBounds {

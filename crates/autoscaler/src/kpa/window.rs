@@ -1,7 +1,7 @@
-//! Knative's `TimedFloat64Buckets` with the linear `WindowAverage`: one bucket per second,
-//! values in the same second summed (a scrape total and activator stats add up to the
-//! revision's total), gaps in the middle counted as zeros, trailing seconds without data
-//! left out of the divisor.
+//! Knative's `TimedFloat64Buckets`: one bucket per second, values in the same second
+//! summed (a scrape total and activator stats add up to the revision's total), gaps in the
+//! middle counted as zeros. The linear `WindowAverage` leaves trailing seconds without data
+//! out of the divisor; the weighted-exponential one weighs recent seconds more.
 
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ pub struct Window {
     buckets: Vec<f64>,
     /// Seconds (since the epoch) of the first and last write; `None` before any write.
     writes: Option<(u64, u64)>,
+    /// The smoothing coefficient of the weighted-exponential average; `None`: linear.
+    alpha: Option<f64>,
 }
 
 // === impl Window ===
@@ -22,7 +24,17 @@ impl Window {
         Self {
             buckets: vec![0.0; usize::try_from(secs.max(1)).unwrap_or(1)],
             writes: None,
+            alpha: None,
         }
+    }
+
+    /// A window whose average weights recent seconds exponentially more (Knative's
+    /// `weighted-exponential` aggregation): α = max(1 − 0.0001^(1/buckets), 0.2).
+    pub fn weighted(window: Duration) -> Self {
+        let mut w = Self::new(window);
+        let alpha = 1.0 - 0.0001_f64.powf(1.0 / w.len() as f64);
+        w.alpha = Some(alpha.max(0.2));
+        w
     }
 
     fn len(&self) -> u64 {
@@ -73,13 +85,41 @@ impl Window {
             .is_none_or(|(_, last)| now.as_secs().saturating_sub(last) > self.len())
     }
 
-    /// The mean of the per-second sums over the window ending at `now`, rounded to six
-    /// decimal places.
+    /// The window's average at `now`: linear or weighted-exponential, as made.
     pub fn average(&self, now: Duration) -> f64 {
+        match self.alpha {
+            None => self.linear_average(now.as_secs()),
+            Some(alpha) => self.weighted_average(now.as_secs(), alpha),
+        }
+    }
+
+    /// Newest second first with weight α, each older one (1 − α) times the one after it;
+    /// seconds since the last write count as zeros, so they shift the weights down.
+    fn weighted_average(&self, now: u64, alpha: f64) -> f64 {
         let Some((first, last)) = self.writes else {
             return 0.0;
         };
-        let now = now.as_secs();
+        let n = self.len();
+        let gap = now.saturating_sub(last);
+        if gap >= n {
+            return 0.0;
+        }
+        let seconds = (last - first + 1).min(n - gap);
+        let mut weight = alpha * (1.0 - alpha).powf(gap as f64);
+        let mut sum = 0.0;
+        for back in 0..seconds {
+            sum += self.buckets[self.slot(last - back)] * weight;
+            weight *= 1.0 - alpha;
+        }
+        sum
+    }
+
+    /// The mean of the per-second sums over the window ending at `now`, rounded to six
+    /// decimal places.
+    fn linear_average(&self, now: u64) -> f64 {
+        let Some((first, last)) = self.writes else {
+            return 0.0;
+        };
         let n = self.len();
         let total: f64 = self.buckets.iter().sum();
         let seen = last - first + 1;
@@ -132,6 +172,26 @@ mod tests {
     #[test]
     fn w4_trailing_seconds_leave_the_divisor() {
         assert_eq!(one_to_five().average(secs(6)), 4.0, "(15 - 1 - 2) / 3");
+    }
+
+    #[test]
+    fn w12_weighted_exponential() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        let alpha = |window: u64| Window::weighted(secs(window)).alpha.expect("weighted");
+        assert!((alpha(6) - 0.78456).abs() < 1e-5, "{}", alpha(6));
+        assert_eq!(alpha(60), 0.2, "the minimum");
+        let a = alpha(5);
+        assert!(close(a, 1.0 - 0.0001_f64.powf(0.2)));
+        let mut w = Window::weighted(secs(5));
+        w.record(secs(0), 2.0);
+        assert!(close(w.average(secs(0)), 2.0 * a), "{}", w.average(secs(0)));
+        assert!(close(w.average(secs(1)), 2.0 * a * (1.0 - a)));
+        // Newer seconds weigh more: 1 then 5 reads above 1 then 5's linear mean of 3.
+        w.record(secs(1), 1.0);
+        w.record(secs(2), 5.0);
+        let expected = 5.0 * a + 1.0 * a * (1.0 - a) + 2.0 * a * (1.0 - a).powi(2);
+        assert!(close(w.average(secs(2)), expected));
+        assert_eq!(w.average(secs(7)), 0.0, "a window after the last write");
     }
 
     #[test]

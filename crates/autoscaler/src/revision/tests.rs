@@ -295,17 +295,22 @@ fn every_problem_at_once_and_the_rest_untouched() {
     assert_eq!(err.problems.len(), 3, "{err}");
     assert!(err.to_string().starts_with("revision annotations refused:"));
     assert_eq!(
-        refused(&[("metric-aggregation-algorithm", "weighted-exponential")]),
+        refused(&[("metric-aggregation-algorithm", "exponential")]),
         ["metric-aggregation-algorithm"]
     );
-    assert!(
-        RevisionScaling::resolve(
-            &AutoscalerConfig::default(),
-            &ann(&[("metric-aggregation-algorithm", "linear")]),
-            0
-        )
-        .is_ok()
-    );
+}
+
+#[test]
+fn aggregation_algorithms() {
+    for (value, expected) in [
+        ("linear", Aggregation::Linear),
+        ("weighted-exponential", Aggregation::WeightedExponential),
+        ("weightedExponential", Aggregation::WeightedExponential),
+    ] {
+        let s = resolve(&[("metric-aggregation-algorithm", value)], 0);
+        assert_eq!(s.aggregation, expected, "{value}");
+    }
+    assert_eq!(resolve(&[], 0).aggregation, Aggregation::Linear);
 }
 
 #[test]
