@@ -71,12 +71,12 @@ fn stat_report(revision: &str, source: Source, pod: &str, c: f64, proxied: f64) 
 }
 
 /// One reporter's open stream: reports sent through `tx`.
-struct Reporter_ {
+struct ReportStream {
     tx: mpsc::Sender<StatReport>,
     call: tokio::task::JoinHandle<Result<u64, tonic::Status>>,
 }
 
-async fn open_stream(grpc: &str) -> Reporter_ {
+async fn open_stream(grpc: &str) -> ReportStream {
     let mut client = StatsServiceClient::connect(grpc.to_owned())
         .await
         .expect("connects");
@@ -87,7 +87,7 @@ async fn open_stream(grpc: &str) -> Reporter_ {
             .await
             .map(|r| r.into_inner().accepted)
     });
-    Reporter_ { tx, call }
+    ReportStream { tx, call }
 }
 
 async fn watch(grpc: &str) -> Streaming<Decision> {
@@ -114,6 +114,32 @@ async fn align(autoscaler: &Autoscaler, ms: u32) {
     let into = autoscaler.now().subsec_millis();
     let wait = (1000 + ms - into) % 1000;
     tokio::time::sleep(Duration::from_millis(u64::from(wait))).await;
+}
+
+/// The next decision that satisfies `pred`, each within `within`.
+async fn decision_where(
+    stream: &mut Streaming<Decision>,
+    within: Duration,
+    pred: impl Fn(&Decision) -> bool,
+) -> Decision {
+    loop {
+        let d = next_decision(stream, within).await;
+        if pred(&d) {
+            return d;
+        }
+    }
+}
+
+/// Polls `/metrics` until a line reads `sample` (5 s at most).
+async fn wait_for_metric(addr: std::net::SocketAddr, sample: &str, what: &str) {
+    let poll = async {
+        while !metrics_text(addr).await.lines().any(|l| l == sample) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no `{sample}` within 5 s"));
 }
 
 async fn metrics_text(addr: std::net::SocketAddr) -> String {
@@ -192,12 +218,10 @@ async fn many_queue_proxies_and_an_activator_give_the_decisions_the_kpa_predicts
     );
     assert_eq!((predicted.desired, predicted.panic_mode), (8, false));
 
-    let d = loop {
-        let d = next_decision(&mut watcher, Duration::from_secs(5)).await;
-        if d.decider_desired >= 0 {
-            break d;
-        }
-    };
+    let d = decision_where(&mut watcher, Duration::from_secs(5), |d| {
+        d.decider_desired >= 0
+    })
+    .await;
     assert_eq!(
         (d.decider_desired, d.desired_scale, d.panic, d.ready_pods),
         (predicted.desired, predicted.scale, predicted.panic_mode, 10),
@@ -242,12 +266,10 @@ async fn a_poke_at_zero_is_decided_within_100ms() {
         .send(stat_report("zero-00001", Source::Activator, "", 0.0, 0.0))
         .await
         .expect("open");
-    loop {
-        let d = next_decision(&mut watcher, Duration::from_secs(5)).await;
-        if d.decider_desired == 0 {
-            break;
-        }
-    }
+    decision_where(&mut watcher, Duration::from_secs(5), |d| {
+        d.decider_desired == 0
+    })
+    .await;
     // Wait out most of a tick period so that the next tick is not what answers.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -255,12 +277,10 @@ async fn a_poke_at_zero_is_decided_within_100ms() {
     poke.poke = true;
     let sent = tokio::time::Instant::now();
     activator.tx.send(poke).await.expect("open");
-    let d = loop {
-        let d = next_decision(&mut watcher, Duration::from_secs(1)).await;
-        if d.decider_desired == 1 {
-            break d;
-        }
-    };
+    let d = decision_where(&mut watcher, Duration::from_secs(1), |d| {
+        d.decider_desired == 1
+    })
+    .await;
     let took = sent.elapsed();
     assert!(took < Duration::from_millis(100), "decided after {took:?}");
     assert_eq!(d.desired_scale, 1);
@@ -293,18 +313,12 @@ async fn clients_that_vanish_mid_stream_break_nothing() {
             .await
             .expect("open");
     }
-    let counted = async {
-        loop {
-            let text = metrics_text(running.metrics).await;
-            if text.contains("sluice_autoscaler_stats_total{source=\"queue-proxy\"} 2") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), counted)
-        .await
-        .expect("both stats recorded");
+    wait_for_metric(
+        running.metrics,
+        "sluice_autoscaler_stats_total{source=\"queue-proxy\"} 2",
+        "both stats recorded",
+    )
+    .await;
     dying.call.abort();
     drop(dying.tx);
 
@@ -313,18 +327,12 @@ async fn clients_that_vanish_mid_stream_break_nothing() {
     let mut stays = watch(&running.grpc).await;
     next_decision(&mut stays, Duration::from_secs(1)).await;
     drop(gone);
-    let watchers_back_to_one = async {
-        loop {
-            let text = metrics_text(running.metrics).await;
-            if text.contains("sluice_autoscaler_decision_watchers 1") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), watchers_back_to_one)
-        .await
-        .expect("the dropped watcher's task ended");
+    wait_for_metric(
+        running.metrics,
+        "sluice_autoscaler_decision_watchers 1",
+        "the dropped watcher's task ended",
+    )
+    .await;
 
     // The server carries on: a new stream is accepted and counted, and the surviving
     // watcher is told of a revision registered after the other one left.
@@ -347,12 +355,10 @@ async fn clients_that_vanish_mid_stream_break_nothing() {
         .autoscaler
         .upsert_revision(&later, BTreeMap::new(), 0)
         .expect("valid");
-    let d = loop {
-        let d = next_decision(&mut stays, Duration::from_secs(5)).await;
-        if d.revision == later.name {
-            break d;
-        }
-    };
+    let d = decision_where(&mut stays, Duration::from_secs(5), |d| {
+        d.revision == later.name
+    })
+    .await;
     assert_eq!(
         d.desired_scale, -1,
         "no data for it: activating, scale unknown"
