@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/knative/stat.proto",
         "proto/sluice/v1/stats.proto",
         "proto/sluice/v1/decisions.proto",
+        "proto/sluice/v1/endpoints.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,6 +1,7 @@
 //! Knative's `Breaker`: admits at most `queue_depth + max_concurrency` requests, lets
 //! `capacity` of them run and makes the rest wait in arrival order. The queue-proxy uses
-//! it for `containerConcurrency`; the activator will use it per pod with a changing capacity.
+//! it for `containerConcurrency`; the activator for each revision, with a capacity that
+//! follows the revision's ready pods.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -8,7 +8,7 @@ use sluice_core::{BreakerPermit, ReqEvent};
 use tokio::time::Instant;
 
 use crate::State;
-use crate::upstream::Lease;
+use sluice_core::upstream::Lease;
 
 #[derive(Debug)]
 pub(crate) struct RequestGuard {

@@ -16,15 +16,15 @@ use http::header::HeaderValue;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use sluice_core::forward::{self as headers, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::respond;
+use sluice_core::upstream::{self, UpstreamError};
 use tokio::time::Instant;
 
 use crate::State;
 use crate::body::ProxyBody;
 use crate::guard::RequestGuard;
-use crate::headers::{self, Found, is_upgrade};
-use crate::upstream::UpstreamError;
 
 /// Why a request got no answer from the app. Mapped to a response in one place.
 #[derive(Debug, thiserror::Error)]
@@ -187,13 +187,23 @@ async fn send(
             }
         };
     }
+    if found.needs_forwarded_shim() {
+        headers::forwarded_shim(req.headers_mut());
+    }
     headers::prepare_request(&mut req, found, peer_ip, &state.default_host, upgrade);
+    let req = req.map(upstream::body_of);
     if upgrade {
         Ok(Box::pin(state.upstream.send_upgrade(req)).await?)
     } else if req.version() == Version::HTTP_2 {
-        Ok(Box::pin(state.upstream.send_http2(req)).await?)
+        Ok(Box::pin(state.upstream.send_http2(req))
+            .await
+            .map_err(UpstreamError::from)?)
     } else {
-        let (rsp, lease) = state.upstream.send_http1(req, guard.start()).await?;
+        let (rsp, lease) = state
+            .upstream
+            .send_http1(req, guard.start())
+            .await
+            .map_err(UpstreamError::from)?;
         guard.lease = Some(lease);
         Ok(rsp)
     }

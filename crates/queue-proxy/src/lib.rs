@@ -10,11 +10,9 @@ mod body;
 pub mod config;
 mod guard;
 mod handler;
-mod headers;
 pub mod metrics;
 pub mod readiness;
 mod reporter;
-mod upstream;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +25,7 @@ use hyper::service::service_fn;
 use parking_lot::Mutex;
 use sluice_core::breaker::{Breaker, BreakerParams};
 use sluice_core::drain::{DrainOutcome, Drainer};
+use sluice_core::push::Pusher;
 use sluice_core::serve::{UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, serve};
 use sluice_core::stats::RequestStats;
 use sluice_proto::Stat;
@@ -39,7 +38,7 @@ pub use config::{Config, ConfigError};
 use crate::config::{Identity, Timeouts};
 use crate::metrics::RequestMetrics;
 use crate::readiness::Prober;
-use crate::upstream::Upstream;
+use sluice_core::upstream::Upstream;
 
 /// Idle connections kept to the app when there is no concurrency limit (Knative's).
 const UNLIMITED_IDLE_CONNS: usize = 1000;
@@ -168,7 +167,7 @@ impl QueueProxy {
             container_concurrency = state.breaker.as_ref().map_or(0, |b| b.capacity()),
             "queue-proxy serving"
         );
-        let push = reporter::spawn_pusher(autoscaler);
+        let push = autoscaler.map(|uri| Pusher::spawn(uri, reporter::PUSH_BUFFER));
         let reporter = match reporter::spawn_reporter(Arc::clone(&state), push) {
             Ok(reporter) => Some(reporter),
             Err(error) => {

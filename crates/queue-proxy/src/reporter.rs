@@ -4,24 +4,18 @@
 //! reports, it does not slow requests.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use sluice_core::push::Pusher;
 use sluice_proto::Stat;
-use sluice_proto::v1::stats_service_client::StatsServiceClient;
 use sluice_proto::v1::{Source, StatReport};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
-use tracing::Instrument;
 
 use crate::State;
 use crate::config::REPORTING_PERIOD;
 
 /// Reports buffered for the pusher; beyond this, reports are dropped (they are stale by
 /// the time a reconnect could send them).
-const PUSH_BUFFER: usize = 4;
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+pub(crate) const PUSH_BUFFER: usize = 4;
 
 /// The reporting thread; dropping the handle stops it.
 #[derive(Debug)]
@@ -43,10 +37,7 @@ impl Drop for Reporter {
 /// sits in the wheel's 64 ms level and cascades before it fires, waking an idle runtime
 /// twice a second; a futex wait on an absolute deadline wakes once, and the runtime can
 /// park indefinitely when there is no traffic.
-pub(crate) fn spawn_reporter(
-    state: Arc<State>,
-    push: Option<mpsc::Sender<StatReport>>,
-) -> std::io::Result<Reporter> {
+pub(crate) fn spawn_reporter(state: Arc<State>, push: Option<Pusher>) -> std::io::Result<Reporter> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("sluice-stats".into())
@@ -69,7 +60,7 @@ pub(crate) fn spawn_reporter(
                         stat: Some(stat),
                         poke: false,
                     };
-                    if push.try_send(report).is_err() {
+                    if !push.try_send(report) {
                         tracing::trace!("stats push backlogged; report dropped");
                     }
                 }
@@ -96,72 +87,4 @@ pub(crate) fn report_once(state: &State, now: Instant) -> Stat {
     };
     state.latest_stat.store(Arc::new(stat.clone()));
     stat
-}
-
-/// Keeps one client stream open to the autoscaler, reconnecting with backoff.
-pub(crate) async fn push_loop(endpoint: http::Uri, mut reports: mpsc::Receiver<StatReport>) {
-    let mut backoff = RECONNECT_MIN;
-    loop {
-        let connected = tonic::transport::Endpoint::from(endpoint.clone())
-            .connect_timeout(Duration::from_secs(1))
-            .connect()
-            .await;
-        let channel = match connected {
-            Ok(channel) => channel,
-            Err(error) => {
-                tracing::debug!(%error, ?backoff, "autoscaler unreachable");
-                if !sleep_dropping(&mut reports, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
-                continue;
-            }
-        };
-        tracing::info!(autoscaler = %endpoint, "stats stream connected");
-        // Reports queued while disconnected describe the past; start fresh.
-        while reports.try_recv().is_ok() {}
-        let (tx, rx) = mpsc::channel(PUSH_BUFFER);
-        let mut client = StatsServiceClient::new(channel);
-        let mut call = std::pin::pin!(client.report(ReceiverStream::new(rx)));
-        let ended = loop {
-            tokio::select! {
-                result = &mut call => break result.err(),
-                next = reports.recv() => match next {
-                    None => return,
-                    Some(report) => {
-                        if tx.send(report).await.is_err() {
-                            break None;
-                        }
-                        backoff = RECONNECT_MIN;
-                    }
-                },
-            }
-        };
-        tracing::warn!(error = ?ended.map(|s| s.message().to_owned()), "stats stream ended; reconnecting");
-        if !sleep_dropping(&mut reports, backoff).await {
-            return;
-        }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
-    }
-}
-
-/// Sleeps while discarding reports; false once the reporter is gone.
-async fn sleep_dropping(reports: &mut mpsc::Receiver<StatReport>, pause: Duration) -> bool {
-    let deadline = tokio::time::sleep(pause);
-    let mut deadline = std::pin::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline => return true,
-            next = reports.recv() => if next.is_none() { return false },
-        }
-    }
-}
-
-/// Spawns the pusher when an autoscaler address is configured.
-pub(crate) fn spawn_pusher(endpoint: Option<http::Uri>) -> Option<mpsc::Sender<StatReport>> {
-    let endpoint = endpoint?;
-    let (tx, rx) = mpsc::channel(PUSH_BUFFER);
-    let span = tracing::info_span!("stats_push", autoscaler = %endpoint);
-    tokio::spawn(push_loop(endpoint, rx).instrument(span));
-    Some(tx)
 }

@@ -1,9 +1,10 @@
-//! Connections to the app on 127.0.0.1:USER_PORT: a stack of idle HTTP/1.1 connections
-//! (reused only after a response body ended cleanly), one shared HTTP/2 connection for
-//! requests that arrived as HTTP/2, and dedicated connections for upgrades.
+//! Connections to one origin (the queue-proxy's app on 127.0.0.1:USER_PORT, or one of
+//! the activator's pods): a stack of idle HTTP/1.1 connections (reused only after a
+//! response body ended cleanly), one shared HTTP/2 connection for requests that arrived
+//! as HTTP/2, and dedicated connections for upgrades.
 //!
-//! A hand-rolled pool rather than hyper-util's client: there is exactly one origin, so
-//! keying, URI parsing and per-checkout bookkeeping are pure overhead on the hot path.
+//! A hand-rolled pool rather than hyper-util's client: each pool has exactly one origin,
+//! so keying, URI parsing and per-checkout bookkeeping are pure overhead on the hot path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::Body;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,7 +35,7 @@ const STALE_AFTER: Duration = Duration::from_millis(20);
 
 /// Failing to get an answer from the app.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum UpstreamError {
+pub enum UpstreamError {
     #[error("dial tcp {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -46,12 +47,20 @@ pub(crate) enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// A failed send: why, and the request itself when it never left (nothing of it reached
+/// the origin, so it can go to another one).
 #[derive(Debug)]
-pub(crate) struct Upstream {
+pub struct SendError {
+    pub error: UpstreamError,
+    pub request: Option<Request<UpstreamBody>>,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
     addr: SocketAddr,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
 /// An idle HTTP/1.1 connection and since when.
@@ -61,23 +70,57 @@ struct Idle {
     since: Instant,
 }
 
-/// What an HTTP/1.1 request to the app carries: the client's body, or nothing (which a
-/// retry can rebuild; hyper's `Incoming` cannot be built).
-pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// What a request to the origin carries: the client's body streamed through, or bytes
+/// held in full (empty for most requests), which a retry can send again (hyper's
+/// `Incoming` can be neither cloned nor rebuilt).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// The client's body as an [`UpstreamBody`]: an already-ended body becomes replayable.
+pub fn body_of(body: Incoming) -> UpstreamBody {
+    if body.is_end_stream() {
+        Either::Right(Full::new(Bytes::new()))
+    } else {
+        Either::Left(body)
+    }
+}
 
 /// An HTTP/1.1 connection lent to one request. It goes back to the pool only if the
 /// response body ended cleanly (`release(true)`); otherwise it is dropped and closes.
 #[derive(Debug)]
-pub(crate) struct Lease {
+pub struct Lease {
     upstream: Arc<Upstream>,
     sender: http1::SendRequest<UpstreamBody>,
+}
+
+// === impl SendError ===
+
+impl SendError {
+    fn unsent(error: UpstreamError, request: Request<UpstreamBody>) -> Self {
+        Self {
+            error,
+            request: Some(request),
+        }
+    }
+
+    fn sent(error: UpstreamError) -> Self {
+        Self {
+            error,
+            request: None,
+        }
+    }
+}
+
+impl From<SendError> for UpstreamError {
+    fn from(e: SendError) -> Self {
+        e.error
+    }
 }
 
 // === impl Upstream ===
 
 impl Upstream {
     /// `max_idle`: Knative keeps CC idle connections, or 1000 when CC is 0.
-    pub(crate) fn new(addr: SocketAddr, max_idle: usize) -> Arc<Self> {
+    pub fn new(addr: SocketAddr, max_idle: usize) -> Arc<Self> {
         Arc::new(Self {
             addr,
             idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
@@ -86,30 +129,35 @@ impl Upstream {
         })
     }
 
-    pub(crate) fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Sends an HTTP/1.1 request on a pooled connection. A request that never left, or
-    /// a body-less safe request whose stale connection died under it, is sent again once
-    /// on a fresh connection.
-    pub(crate) async fn send_http1(
+    /// a replayable safe request whose stale connection died under it, is sent again once
+    /// on a fresh connection. If even that connection cannot be opened, the error carries
+    /// the request back, untouched, so the caller may send it elsewhere.
+    pub async fn send_http1(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
         now: Instant,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let (parts, body) = req.into_parts();
-        let body = if body.is_end_stream() {
-            Either::Right(Empty::new())
-        } else {
-            Either::Left(body)
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let (mut sender, idle_since) = match self.checkout().await {
+            Ok(checked_out) => checked_out,
+            Err(error) => return Err(SendError::unsent(error, req)),
         };
-        let (mut sender, idle_since) = self.checkout().await?;
-        let replayable = matches!(body, Either::Right(_))
-            && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let (parts, body) = req.into_parts();
         let stale =
             idle_since.is_some_and(|since| now.saturating_duration_since(since) >= STALE_AFTER);
-        let copy = (replayable && stale).then(|| copy_head(&parts));
+        let copy = match &body {
+            Either::Right(full)
+                if stale
+                    && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) =>
+            {
+                Some((copy_head(&parts), full.clone()))
+            }
+            _ => None,
+        };
         let rsp = match sender
             .try_send_request(Request::from_parts(parts, body))
             .await
@@ -118,14 +166,20 @@ impl Upstream {
             Err(mut e) => {
                 let again = e.take_message().or_else(|| {
                     copy.filter(|_| e.error().is_incomplete_message())
-                        .map(|head| Request::from_parts(head, Either::Right(Empty::new())))
+                        .map(|(head, body)| Request::from_parts(head, Either::Right(body)))
                 });
                 let Some(req) = again else {
-                    return Err(e.into_error().into());
+                    return Err(SendError::sent(e.into_error().into()));
                 };
                 tracing::debug!(error = %e.error(), "pooled connection gone; retrying on a new one");
-                sender = Box::pin(self.new_http1()).await?;
-                sender.send_request(req).await?
+                sender = match Box::pin(self.new_http1()).await {
+                    Ok(sender) => sender,
+                    Err(error) => return Err(SendError::unsent(error, req)),
+                };
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| SendError::sent(e.into()))?
             }
         };
         Ok((
@@ -137,31 +191,46 @@ impl Upstream {
         ))
     }
 
-    /// Sends a request on the shared HTTP/2 connection, opening it if needed.
-    pub(crate) async fn send_http2(
+    /// Sends a request on the shared HTTP/2 connection, opening it if needed. A request
+    /// that could not be sent at all comes back in the error.
+    pub async fn send_http2(
         &self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = {
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let sender = {
             let mut slot = self.h2.lock().await;
             match slot.as_ref().filter(|s| !s.is_closed()) {
-                Some(s) => s.clone(),
-                None => {
-                    let sender = Box::pin(self.new_http2()).await?;
-                    *slot = Some(sender.clone());
-                    sender
-                }
+                Some(s) => Ok(s.clone()),
+                None => match Box::pin(self.new_http2()).await {
+                    Ok(sender) => {
+                        *slot = Some(sender.clone());
+                        Ok(sender)
+                    }
+                    Err(error) => Err(error),
+                },
             }
         };
-        sender.ready().await?;
-        Ok(sender.send_request(req).await?)
+        let mut sender = match sender {
+            Ok(sender) => sender,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
+        if let Err(error) = sender.ready().await {
+            return Err(SendError::unsent(error.into(), req));
+        }
+        match sender.try_send_request(req).await {
+            Ok(rsp) => Ok(rsp),
+            Err(mut e) => Err(SendError {
+                request: e.take_message(),
+                error: e.into_error().into(),
+            }),
+        }
     }
 
     /// Sends an `Upgrade` request on a connection of its own, which hyper hands over
     /// to the caller if the app answers 101.
-    pub(crate) async fn send_upgrade(
+    pub async fn send_upgrade(
         &self,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let io = TokioIo::new(self.connect().await?);
         let (mut sender, conn) = http1::handshake(io).await?;
@@ -195,7 +264,7 @@ impl Upstream {
         Ok(sender)
     }
 
-    async fn new_http2(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    async fn new_http2(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(drive("h2", conn));
@@ -234,7 +303,7 @@ impl Upstream {
 
 impl Lease {
     /// Ends the lease at `now`; `clean`: the response body reached its end without error.
-    pub(crate) fn release(self, clean: bool, now: Instant) {
+    pub fn release(self, clean: bool, now: Instant) {
         if clean && !self.sender.is_closed() {
             self.upstream.put(self.sender, now);
         }

@@ -78,6 +78,9 @@ fn hop_by_hop_headers_go_but_te_trailers_stays() {
 
 fn prepare(req: &mut Request<()>, peer: &HeaderValue, default_host: &HeaderValue, upgrade: bool) {
     let found = Found::scan(req.headers());
+    if found.needs_forwarded_shim() {
+        forwarded_shim(req.headers_mut());
+    }
     prepare_request(req, found, peer, default_host, upgrade);
 }
 
@@ -257,4 +260,39 @@ fn peer_is_the_whole_forwarded_for_when_none_came() {
         !req.headers().contains_key(kh::FORWARDED),
         "nothing to build Forwarded from"
     );
+}
+
+#[test]
+fn activator_moves_the_host_into_k_original_host_and_addresses_the_pod() {
+    let pod = Authority::from_static("127.0.0.1:9001");
+    let pod_host = HeaderValue::from_static("127.0.0.1:9001");
+    let peer = HeaderValue::from_static("10.0.0.9");
+
+    let mut req = request(Version::HTTP_11, "/x", &[("host", "hello.default.example.com")]);
+    let mut found = Found::scan(req.headers());
+    rewrite_host_in(&mut req, &mut found, &pod);
+    prepare_request(&mut req, found, &peer, &pod_host, false);
+    assert_eq!(req.headers()[HOST], "127.0.0.1:9001");
+    assert_eq!(req.headers()[kh::ORIGINAL_HOST], "hello.default.example.com");
+
+    // An earlier hop's K-Original-Host wins.
+    let mut req = request(
+        Version::HTTP_11,
+        "/x",
+        &[("host", "inner"), ("k-original-host", "outer.example.com")],
+    );
+    let mut found = Found::scan(req.headers());
+    rewrite_host_in(&mut req, &mut found, &pod);
+    prepare_request(&mut req, found, &peer, &pod_host, false);
+    assert_eq!(req.headers()[kh::ORIGINAL_HOST], "outer.example.com");
+    assert_eq!(req.headers()[HOST], "127.0.0.1:9001");
+
+    // HTTP/2: the authority is in the URI.
+    let mut req = request(Version::HTTP_2, "http://hello.default.example.com/x", &[]);
+    let mut found = Found::scan(req.headers());
+    rewrite_host_in(&mut req, &mut found, &pod);
+    prepare_request(&mut req, found, &peer, &pod_host, false);
+    assert_eq!(req.uri(), "http://127.0.0.1:9001/x");
+    assert_eq!(req.headers()[kh::ORIGINAL_HOST], "hello.default.example.com");
+    assert!(!req.headers().contains_key(HOST));
 }

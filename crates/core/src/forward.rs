@@ -1,13 +1,14 @@
-//! Knative's header rules on the way to the app (§1.3, §1.10): the forwarded shim,
-//! `K-Original-Host`, Knative's routing headers removed, hop-by-hop headers removed,
-//! the peer appended to `X-Forwarded-For`. Upgrade headers survive on upgrade requests.
+//! Knative's header rules for a request on its way to the next hop (§1.3, §1.10, §2.11):
+//! the forwarded shim, `K-Original-Host` in both directions, Knative's routing headers
+//! removed, hop-by-hop headers removed, the peer appended to `X-Forwarded-For`. Upgrade
+//! headers survive on upgrade requests. The queue-proxy and the activator share them.
 
+use crate::headers as kh;
 use http::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Version};
-use sluice_core::headers as kh;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -17,7 +18,7 @@ const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriza
 /// Which of the headers the rules care about a message carries, found in one pass over
 /// its names: most requests carry none of them, and then no rule costs a hash lookup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Found(u32);
+pub struct Found(u32);
 
 impl Found {
     const HOP_BY_HOP: u32 = 1 << 0;
@@ -30,7 +31,7 @@ impl Found {
     const ORIGINAL_HOST: u32 = 1 << 7;
     const HOST: u32 = 1 << 8;
 
-    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+    pub fn scan(headers: &HeaderMap) -> Self {
         let mut found = 0;
         for name in headers.keys() {
             found |= match name.as_str() {
@@ -58,17 +59,22 @@ impl Found {
     fn has(self, flag: u32) -> bool {
         self.0 & flag != 0
     }
+
+    /// `X-Forwarded-*` present and `Forwarded` absent: [`forwarded_shim`] has work to do.
+    pub fn needs_forwarded_shim(self) -> bool {
+        self.has(Self::X_FORWARDED) && !self.has(Self::FORWARDED)
+    }
 }
 
 /// Whether the request asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
-pub(crate) fn is_upgrade<B>(req: &Request<B>, found: Found) -> bool {
+pub fn is_upgrade<B>(req: &Request<B>, found: Found) -> bool {
     req.version() == Version::HTTP_11
         && found.has(Found::UPGRADE)
         && has_token(req.headers(), CONNECTION, "upgrade")
 }
 
 /// Knative's `RewriteHostOut`: `K-Original-Host` becomes the Host the app sees.
-pub(crate) fn rewrite_original_host<B>(req: &mut Request<B>, found: &mut Found) {
+pub fn rewrite_original_host<B>(req: &mut Request<B>, found: &mut Found) {
     if !found.has(Found::ORIGINAL_HOST) {
         return;
     }
@@ -90,8 +96,38 @@ pub(crate) fn rewrite_original_host<B>(req: &mut Request<B>, found: &mut Found) 
     }
 }
 
+/// The activator's `RewriteHostIn`: the Host the client asked for moves into
+/// `K-Original-Host` (unless an earlier hop put one there), and the request is addressed
+/// to `dest`, the pod. `prepare_request` then sets `Host: dest` on HTTP/1.1.
+pub fn rewrite_host_in<B>(req: &mut Request<B>, found: &mut Found, dest: &Authority) {
+    let host = if found.has(Found::HOST) {
+        req.headers_mut().remove(HOST)
+    } else {
+        None
+    };
+    found.0 &= !Found::HOST;
+    let original = host.or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(original) = original
+        && !found.has(Found::ORIGINAL_HOST)
+    {
+        req.headers_mut().insert(kh::ORIGINAL_HOST, original);
+        found.0 |= Found::ORIGINAL_HOST;
+    }
+    if req.uri().authority().is_some() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(dest.clone());
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
 /// Everything the reverse proxy changes before the request leaves for the app.
-pub(crate) fn prepare_request<B>(
+pub fn prepare_request<B>(
     req: &mut Request<B>,
     found: Found,
     peer_ip: &HeaderValue,
@@ -99,9 +135,6 @@ pub(crate) fn prepare_request<B>(
     upgrade: bool,
 ) {
     let headers = req.headers_mut();
-    if found.has(Found::X_FORWARDED) && !found.has(Found::FORWARDED) {
-        forwarded_shim(headers);
-    }
     if found.has(Found::KNATIVE_ROUTING) {
         headers.remove(kh::REVISION);
         headers.remove(kh::NAMESPACE);
@@ -169,7 +202,7 @@ pub(crate) fn prepare_request<B>(
 
 /// Hop-by-hop headers are for one connection only; the app's response loses them too
 /// (except on a 101, where they carry the protocol switch).
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if Found::scan(headers).has(Found::HOP_BY_HOP) {
         remove_hop_by_hop_present(headers);
     }
@@ -222,9 +255,9 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     }
 }
 
-/// Builds `Forwarded` from the `X-Forwarded-*` headers when it is absent, before this
-/// hop is appended to `X-Forwarded-For`.
-pub(crate) fn forwarded_shim(headers: &mut HeaderMap) {
+/// Builds `Forwarded` from the `X-Forwarded-*` headers when it is absent (only the
+/// queue-proxy does, as Knative's), before this hop is appended to `X-Forwarded-For`.
+pub fn forwarded_shim(headers: &mut HeaderMap) {
     if headers.contains_key(kh::FORWARDED) {
         return;
     }
