@@ -231,11 +231,20 @@ impl Upstream {
     pub async fn send_upgrade(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let io = TokioIo::new(self.connect().await?);
-        let (mut sender, conn) = http1::handshake(io).await?;
+    ) -> Result<Response<Incoming>, SendError> {
+        let stream = match self.connect().await {
+            Ok(stream) => stream,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
+        let (mut sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
+            Ok(handshake) => handshake,
+            Err(error) => return Err(SendError::unsent(error.into(), req)),
+        };
         tokio::spawn(drive("upgrade", conn.with_upgrades()));
-        Ok(sender.send_request(req).await?)
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::sent(e.into()))
     }
 
     /// A ready connection, and since when it sat idle (`None` when new).

@@ -193,7 +193,9 @@ async fn send(
     headers::prepare_request(&mut req, found, peer_ip, &state.default_host, upgrade);
     let req = req.map(upstream::body_of);
     if upgrade {
-        Ok(Box::pin(state.upstream.send_upgrade(req)).await?)
+        Ok(Box::pin(state.upstream.send_upgrade(req))
+            .await
+            .map_err(UpstreamError::from)?)
     } else if req.version() == Version::HTTP_2 {
         Ok(Box::pin(state.upstream.send_http2(req))
             .await

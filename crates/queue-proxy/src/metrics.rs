@@ -8,13 +8,10 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+use sluice_core::metrics::LATENCY_BUCKETS_MS;
+
 use crate::config::Identity;
 
-/// Knative's latency buckets, in milliseconds.
-const LATENCY_BUCKETS_MS: [f64; 26] = [
-    5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0,
-    500.0, 600.0, 700.0, 800.0, 900.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
-];
 const STATUS_LABELS: [&str; 2] = ["response_code", "response_code_class"];
 
 /// The queue-proxy's request metrics, registered on their own registry.

@@ -268,12 +268,19 @@ fn activator_moves_the_host_into_k_original_host_and_addresses_the_pod() {
     let pod_host = HeaderValue::from_static("127.0.0.1:9001");
     let peer = HeaderValue::from_static("10.0.0.9");
 
-    let mut req = request(Version::HTTP_11, "/x", &[("host", "hello.default.example.com")]);
+    let mut req = request(
+        Version::HTTP_11,
+        "/x",
+        &[("host", "hello.default.example.com")],
+    );
     let mut found = Found::scan(req.headers());
     rewrite_host_in(&mut req, &mut found, &pod);
     prepare_request(&mut req, found, &peer, &pod_host, false);
     assert_eq!(req.headers()[HOST], "127.0.0.1:9001");
-    assert_eq!(req.headers()[kh::ORIGINAL_HOST], "hello.default.example.com");
+    assert_eq!(
+        req.headers()[kh::ORIGINAL_HOST],
+        "hello.default.example.com"
+    );
 
     // An earlier hop's K-Original-Host wins.
     let mut req = request(
@@ -293,6 +300,9 @@ fn activator_moves_the_host_into_k_original_host_and_addresses_the_pod() {
     rewrite_host_in(&mut req, &mut found, &pod);
     prepare_request(&mut req, found, &peer, &pod_host, false);
     assert_eq!(req.uri(), "http://127.0.0.1:9001/x");
-    assert_eq!(req.headers()[kh::ORIGINAL_HOST], "hello.default.example.com");
+    assert_eq!(
+        req.headers()[kh::ORIGINAL_HOST],
+        "hello.default.example.com"
+    );
     assert!(!req.headers().contains_key(HOST));
 }

@@ -1,0 +1,119 @@
+//! The response body the activator sends: a short local answer, or the pod's body
+//! carrying the request's guard (revision slot, pod slot, pooled connection, stats) until
+//! it ends, so the pod's slot is counted until the last byte, as its queue-proxy counts it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::handler::RequestGuard;
+
+#[derive(Debug)]
+pub struct ProxyBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Option<Incoming>,
+        guard: Option<RequestGuard>,
+    },
+}
+
+// === impl ProxyBody ===
+
+impl ProxyBody {
+    pub(crate) fn upstream(inner: Incoming, guard: RequestGuard) -> Self {
+        Self {
+            kind: Kind::Upstream {
+                inner: Some(inner),
+                guard: Some(guard),
+            },
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+        }
+    }
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(b: Bytes) -> Self {
+        Self {
+            kind: Kind::Full((!b.is_empty()).then_some(b)),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream { inner, guard } => {
+                let Some(body) = inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let frame = std::task::ready!(Pin::new(&mut *body).poll_frame(cx));
+                match &frame {
+                    // hyper stops polling a body of known length once it reports its end.
+                    Some(Ok(_)) if body.is_end_stream() => finish(inner, guard),
+                    Some(Ok(_)) => {}
+                    None => finish(inner, guard),
+                    Some(Err(_)) => {
+                        *inner = None;
+                        *guard = None;
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(data) => data.is_none(),
+            Kind::Upstream { inner, .. } => inner.as_ref().is_none_or(Body::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream { inner, .. } => inner
+                .as_ref()
+                .map_or_else(SizeHint::default, Body::size_hint),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body complete from the start (no content) is never polled.
+        if let Kind::Upstream { inner, guard } = &mut self.kind
+            && inner.as_ref().is_some_and(Body::is_end_stream)
+        {
+            finish(inner, guard);
+        }
+    }
+}
+
+/// The pod's body ended cleanly: its connection may be reused, and the slots go back.
+fn finish(inner: &mut Option<Incoming>, guard: &mut Option<RequestGuard>) {
+    *inner = None;
+    if let Some(mut guard) = guard.take() {
+        guard.mark_clean();
+    }
+}

@@ -1,0 +1,363 @@
+//! The activator's request path, outermost first (Knative's handler chain, §2.2):
+//!
+//! 1. probes and health: kubelet probes, `K-Network-Probe` and `/healthz` are answered
+//!    here, before anything is counted; every other request restarts a drain's quiet period;
+//! 2. revision: from `Knative-Serving-Namespace` / `Knative-Serving-Revision`, 404 if
+//!    missing or unknown;
+//! 3. stats: the request is counted in *before* the throttler, so time spent held counts
+//!    as concurrency (and the first request of an idle revision pokes the autoscaler);
+//! 4. timeout: the revision's `timeoutSeconds` covers the hold and the pod's first byte;
+//! 5. throttler: a revision slot (held in arrival order while there is no capacity, 503
+//!    past the queue depth) and a pod slot, both kept until the response body ends;
+//! 6. reverse proxy: `K-Original-Host`, `K-Proxy-Request: activator`, Knative's header
+//!    rules, then the pod's queue-proxy; a request that never left is sent once more to
+//!    another pod.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sluice_core::forward::{self, Found, is_upgrade};
+use sluice_core::headers as kh;
+use sluice_core::respond;
+use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
+use sluice_proto::Stat;
+use sluice_proto::v1::{Source, StatReport};
+use tokio::time::Instant;
+
+use crate::State;
+use crate::body::ProxyBody;
+use crate::revision::Revision;
+use crate::throttler::{Grant, PodTracker, ThrottleError};
+
+/// Why a request got no answer from a pod. Mapped to a response in one place.
+#[derive(Debug, thiserror::Error)]
+enum ActivatorError {
+    #[error(
+        "activator queue full: {0} requests are already held for revision {1}, which has no capacity yet"
+    )]
+    QueueFull(usize, String),
+    #[error("revision {0} was removed while this request waited")]
+    Removed(String),
+    #[error("activator request timeout")]
+    Timeout,
+    #[error("error reaching revision {0}: {1}")]
+    Upstream(String, UpstreamError),
+}
+
+/// Everything one request holds until its response ends; dropping it gives it back and
+/// records the request.
+#[derive(Debug)]
+pub(crate) struct RequestGuard {
+    rev: Arc<Revision>,
+    start: Instant,
+    status: u16,
+    /// Declared before `grant`: the pooled connection goes back before the slots do.
+    lease: Option<Lease>,
+    grant: Option<Grant>,
+    clean: bool,
+}
+
+// === impl ActivatorError ===
+
+impl ActivatorError {
+    fn into_response(self) -> Response<ProxyBody> {
+        let status = match self {
+            Self::QueueFull(..) | Self::Removed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(..) => StatusCode::BAD_GATEWAY,
+        };
+        respond::text(status, self.to_string())
+    }
+}
+
+/// One request from the serving port. `peer_ip` is rendered once per connection.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    peer_ip: HeaderValue,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(rsp) = probe_or_health(&state, &req) {
+        return Ok(rsp);
+    }
+    state.drainer.touch();
+    let rev = match revision(&state, req.headers()) {
+        Ok(rev) => rev,
+        Err(rsp) => return Ok(rsp),
+    };
+    Ok(proxy(&state, rev, &peer_ip, req).await)
+}
+
+/// Knative's health, network-probe and activator-probe handlers.
+fn probe_or_health(state: &State, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let headers = req.headers();
+    if let Some(value) = headers.get(kh::PROBE) {
+        let value = value.as_bytes();
+        return Some(if value == kh::NETWORK_PROBE.as_bytes() {
+            match headers.get(kh::HASH) {
+                None => respond::text(StatusCode::BAD_REQUEST, "no K-Network-Hash header"),
+                Some(hash) => {
+                    let mut rsp = respond::empty(StatusCode::OK);
+                    rsp.headers_mut().insert(kh::HASH, hash.clone());
+                    rsp
+                }
+            }
+        } else if value == kh::ACTIVATOR.as_bytes() {
+            respond::text(StatusCode::OK, kh::ACTIVATOR)
+        } else {
+            respond::text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unexpected probe header value: {}",
+                    String::from_utf8_lossy(value)
+                ),
+            )
+        });
+    }
+    let kubelet = kh::classify(headers).kubelet_probe;
+    let healthz = req.uri().path() == "/healthz" && !headers.contains_key(kh::REVISION);
+    if !(kubelet || healthz) {
+        return None;
+    }
+    Some(match state.unhealthy() {
+        None => respond::text(StatusCode::OK, kh::ACTIVATOR),
+        Some(why) => respond::text(StatusCode::INTERNAL_SERVER_ERROR, why),
+    })
+}
+
+fn revision(state: &State, headers: &HeaderMap) -> Result<Arc<Revision>, Response<ProxyBody>> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let (Some(ns), Some(name)) = (header(kh::NAMESPACE), header(kh::REVISION)) else {
+        return Err(respond::text(
+            StatusCode::NOT_FOUND,
+            "no revision: the request needs Knative-Serving-Namespace and Knative-Serving-Revision headers",
+        ));
+    };
+    state.registry.get(ns, name).ok_or_else(|| {
+        respond::text(
+            StatusCode::NOT_FOUND,
+            format!("revision {ns}/{name} is not known to this activator"),
+        )
+    })
+}
+
+async fn proxy(
+    state: &State,
+    rev: Arc<Revision>,
+    peer_ip: &HeaderValue,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let mut guard = RequestGuard::enter(state, Arc::clone(&rev));
+    let deadline = guard.start + rev.timeout;
+    let found = Found::scan(req.headers());
+    let upgrade = is_upgrade(&req, found);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let req = req.map(upstream::body_of);
+
+    let sent = tokio::time::timeout_at(
+        deadline,
+        send(&rev, &mut guard, req, found, peer_ip, upgrade),
+    )
+    .await
+    .unwrap_or(Err(ActivatorError::Timeout));
+    let mut rsp = match sent {
+        Ok(rsp) => rsp,
+        Err(error) => {
+            if let ActivatorError::Upstream(..) = &error {
+                tracing::warn!(%error, "pod unreachable");
+            }
+            let rsp = error.into_response();
+            guard.status = rsp.status().as_u16();
+            return rsp;
+        }
+    };
+    guard.status = rsp.status().as_u16();
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (rsp.status(), client_upgrade) {
+        let pod = hyper::upgrade::on(&mut rsp);
+        tunnel(state, guard, client, pod);
+        let (parts, _) = rsp.into_parts();
+        return Response::from_parts(parts, ProxyBody::empty());
+    }
+    forward::remove_hop_by_hop(rsp.headers_mut());
+    let (parts, body) = rsp.into_parts();
+    Response::from_parts(parts, ProxyBody::upstream(body, guard))
+}
+
+/// Takes the slots, applies the header rules and sends the request to a pod. What it
+/// holds (slots, pooled connection) goes into `guard`.
+async fn send(
+    rev: &Revision,
+    guard: &mut RequestGuard,
+    mut req: Request<UpstreamBody>,
+    found: Found,
+    peer_ip: &HeaderValue,
+    upgrade: bool,
+) -> Result<Response<Incoming>, ActivatorError> {
+    let throttled = |e: ThrottleError| match e {
+        ThrottleError::QueueFull => ActivatorError::QueueFull(rev.throttler.held(), rev_name(rev)),
+        ThrottleError::Removed => ActivatorError::Removed(rev_name(rev)),
+    };
+    let mut grant = rev.throttler.acquire().await.map_err(throttled)?;
+    {
+        let pod = grant.pod.tracker();
+        let mut found = found;
+        forward::rewrite_host_in(&mut req, &mut found, pod.authority());
+        forward::prepare_request(&mut req, found, peer_ip, pod.host(), upgrade);
+        req.headers_mut()
+            .insert(kh::PROXY, HeaderValue::from_static(kh::ACTIVATOR));
+    }
+    let mut retried = false;
+    loop {
+        let pod = Arc::clone(grant.pod.tracker());
+        match send_to(&pod, req, upgrade, guard.start).await {
+            Ok((rsp, lease)) => {
+                guard.lease = lease;
+                guard.grant = Some(grant);
+                return Ok(rsp);
+            }
+            Err(SendError {
+                error,
+                request: Some(unsent),
+            }) if !retried => {
+                // Nothing reached the pod: take it out of rotation and try another.
+                tracing::debug!(pod = %pod.dest(), %error, "pod unreachable; sending elsewhere");
+                rev.quarantine(pod.dest());
+                retried = true;
+                grant = rev.throttler.repick(grant).await.map_err(throttled)?;
+                req = unsent;
+                readdress(&mut req, grant.pod.tracker());
+            }
+            Err(SendError { error, request }) => {
+                if request.is_some() {
+                    rev.quarantine(pod.dest());
+                }
+                return Err(ActivatorError::Upstream(rev_name(rev), error));
+            }
+        }
+    }
+}
+
+async fn send_to(
+    pod: &PodTracker,
+    req: Request<UpstreamBody>,
+    upgrade: bool,
+    now: Instant,
+) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    let upstream = pod.upstream();
+    if upgrade {
+        Box::pin(upstream.send_upgrade(req))
+            .await
+            .map(|r| (r, None))
+    } else if req.version() == Version::HTTP_2 {
+        Box::pin(upstream.send_http2(req)).await.map(|r| (r, None))
+    } else {
+        let (rsp, lease) = upstream.send_http1(req, now).await?;
+        Ok((rsp, Some(lease)))
+    }
+}
+
+/// Points a request that was prepared for one pod at another.
+fn readdress(req: &mut Request<UpstreamBody>, pod: &PodTracker) {
+    if req.version() >= Version::HTTP_2 {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(pod.authority().clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    } else {
+        req.headers_mut()
+            .insert(http::header::HOST, pod.host().clone());
+    }
+}
+
+fn rev_name(rev: &Revision) -> String {
+    format!("{}/{}", rev.namespace, rev.name)
+}
+
+/// Splices an upgraded connection to the pod's, holding the request's slots for the
+/// tunnel's whole life.
+fn tunnel(
+    state: &State,
+    guard: RequestGuard,
+    client: hyper::upgrade::OnUpgrade,
+    pod: hyper::upgrade::OnUpgrade,
+) {
+    let tracked = state.upgrades.track();
+    tokio::spawn(async move {
+        let _held = (guard, tracked);
+        let splice = async {
+            let (client, pod) = tokio::try_join!(client, pod)?;
+            let (mut client, mut pod) = (TokioIo::new(client), TokioIo::new(pod));
+            tokio::io::copy_bidirectional(&mut client, &mut pod).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        if let Err(error) = splice.await {
+            tracing::debug!(%error, "upgraded connection ended with error");
+        }
+    });
+}
+
+// === impl RequestGuard ===
+
+impl RequestGuard {
+    /// Counts the request in; the first for an idle revision sends the poke.
+    fn enter(state: &State, rev: Arc<Revision>) -> Self {
+        let start = Instant::now();
+        rev.metrics.concurrency.inc();
+        let poke = rev.report.lock().request_in(start);
+        if poke && let Some(pusher) = &state.pusher {
+            let report = StatReport {
+                namespace: rev.namespace.clone(),
+                revision: rev.name.clone(),
+                source: Source::Activator.into(),
+                stat: Some(Stat {
+                    pod_name: state.pod_name.clone(),
+                    average_concurrent_requests: 1.0,
+                    request_count: 1.0,
+                    ..Stat::default()
+                }),
+                poke: true,
+            };
+            if !pusher.try_send(report) {
+                tracing::warn!(namespace = %rev.namespace, revision = %rev.name, "poke dropped: stats push backlogged");
+            }
+        }
+        Self {
+            rev,
+            start,
+            status: 0,
+            lease: None,
+            grant: None,
+            clean: false,
+        }
+    }
+
+    /// The response body ended without error: the connection may be reused.
+    pub(crate) fn mark_clean(&mut self) {
+        self.clean = true;
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        if let Some(lease) = self.lease.take() {
+            lease.release(self.clean, now);
+        }
+        self.grant = None;
+        self.rev.report.lock().request_out(now);
+        self.rev.metrics.concurrency.dec();
+        // 499 (nginx's "client closed request") for a request dropped before any answer.
+        let status = if self.status == 0 { 499 } else { self.status };
+        self.rev
+            .metrics
+            .record(status, now.saturating_duration_since(self.start));
+    }
+}

@@ -1,0 +1,288 @@
+//! Sluice's activator: when a revision has no ready pod, or too few for a burst, requests
+//! come here. The activator holds them, pokes the autoscaler, and releases them to pods
+//! as soon as they pass a probe, never giving a pod more than its containerConcurrency,
+//! as Knative's activator does.
+//!
+//! [`Activator::bind`] binds every port (so tests read back ephemeral ones), then
+//! [`Activator::run`] serves until the shutdown future resolves and drains.
+
+mod body;
+pub mod config;
+pub mod endpoints;
+mod handler;
+pub mod metrics;
+mod prober;
+mod reporter;
+mod revision;
+mod throttler;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use sluice_core::drain::{DrainOutcome, Drainer};
+use sluice_core::push::Pusher;
+use sluice_core::serve::{UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, serve};
+use sluice_proto::Stat;
+use sluice_proto::v1::{Source, StatReport};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+pub use body::ProxyBody;
+pub use config::{Args, Config, ConfigError};
+pub use endpoints::{EndpointsPublisher, EndpointsSource};
+pub use metrics::Metrics;
+
+use crate::prober::ProbeConfig;
+use crate::reporter::REPORT_INTERVAL;
+use crate::revision::{DEFAULT_TIMEOUT, Registry};
+
+/// Reports buffered for the autoscaler: a second's worth for thousands of revisions.
+const PUSH_BUFFER: usize = 4096;
+
+/// Failing to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({port}): {source}")]
+    Bind {
+        port: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Shared by every request.
+#[derive(Debug)]
+pub(crate) struct State {
+    registry: Arc<Registry>,
+    pusher: Option<Pusher>,
+    pod_name: String,
+    drainer: Drainer,
+    upgrades: Arc<UpgradeTracker>,
+    metrics: Arc<Metrics>,
+}
+
+/// An activator with its ports bound, ready to serve.
+#[derive(Debug)]
+pub struct Activator {
+    state: Arc<State>,
+    source: Option<EndpointsSource>,
+    autoscaler: Option<http::Uri>,
+    serving: TcpListener,
+    metrics: TcpListener,
+}
+
+// === impl State ===
+
+impl State {
+    /// Why health checks fail now, if they do (Knative: draining, or no autoscaler stream).
+    fn unhealthy(&self) -> Option<&'static str> {
+        if self.drainer.is_draining() {
+            Some("activator is shutting down")
+        } else if self.pusher.as_ref().is_some_and(|p| !p.is_connected()) {
+            Some("activator is not connected to the autoscaler")
+        } else {
+            None
+        }
+    }
+}
+
+// === impl Activator ===
+
+impl Activator {
+    /// Builds the state and binds both ports; fails before serving anything. `source`
+    /// overrides the configured endpoint source (tests and the local runtime pass an
+    /// in-process one).
+    pub async fn bind(config: Config, source: Option<EndpointsSource>) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let registry = Arc::new(Registry::new(
+            Arc::clone(&metrics),
+            ProbeConfig {
+                timeout: config.probe_timeout,
+                frequency: config.probe_frequency,
+            },
+            config.queue_depth,
+            config.max_idle_per_pod,
+        ));
+        let state = Arc::new(State {
+            registry,
+            pusher: None,
+            pod_name: config.pod_name,
+            drainer: Drainer::new(config.drain_quiet_period),
+            upgrades: Arc::new(UpgradeTracker::default()),
+            metrics,
+        });
+        Ok(Self {
+            state,
+            source: source.or(config.endpoints.map(EndpointsSource::Grpc)),
+            autoscaler: config.autoscaler,
+            serving: listen("serving", config.listen).await?,
+            metrics: listen("metrics", config.metrics_listen).await?,
+        })
+    }
+
+    pub fn serving_addr(&self) -> SocketAddr {
+        local_addr(&self.serving)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        local_addr(&self.metrics)
+    }
+
+    /// Serves until `shutdown` resolves, then drains as Knative does: health checks fail
+    /// at once, requests (held ones included) keep being served until a quiet period
+    /// passes with no new one, then the ports close and connections finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            mut state,
+            source,
+            autoscaler,
+            serving,
+            metrics,
+        } = self;
+        // The push task needs a runtime, so it starts here rather than in `bind`.
+        if let Some(uri) = autoscaler {
+            Arc::get_mut(&mut state)
+                .expect("nothing else holds the state before run")
+                .pusher = Some(Pusher::spawn(uri, PUSH_BUFFER));
+        }
+        tracing::info!(serving = %local_addr(&serving), metrics = %local_addr(&metrics), "activator serving");
+        let mut background = Vec::new();
+        match source {
+            Some(source) => background.push(tokio::spawn(
+                endpoints::follow(source, Arc::clone(&state.registry))
+                    .instrument(tracing::info_span!("endpoints")),
+            )),
+            None => tracing::warn!("no endpoint source: every request will get 404"),
+        }
+        if let Some(pusher) = state.pusher.clone() {
+            background.push(tokio::spawn(
+                report_loop(Arc::clone(&state), pusher).instrument(tracing::info_span!("report")),
+            ));
+        }
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let st = Arc::clone(&state);
+        let servers = [
+            tokio::spawn(serve(
+                "serving",
+                serving,
+                move |peer: SocketAddr| {
+                    let st = Arc::clone(&st);
+                    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+                        .expect("an IP address is a valid header value");
+                    service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
+                },
+                stopped(),
+                DEFAULT_TIMEOUT,
+            )),
+            {
+                let st = Arc::clone(&state);
+                tokio::spawn(serve(
+                    "metrics",
+                    metrics,
+                    move |_| {
+                        let st = Arc::clone(&st);
+                        service_fn(move |req| metrics_page(Arc::clone(&st), req))
+                    },
+                    stopped(),
+                    Duration::from_secs(1),
+                ))
+            },
+        ];
+
+        shutdown.await;
+        tracing::info!(quiet_period = ?state.drainer.quiet_period(), "shutdown requested; draining");
+        while state.drainer.drain().await == DrainOutcome::Reset {}
+        let _ = stop_tx.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+        let left = state.upgrades.wait(UPGRADE_DRAIN_TIMEOUT).await;
+        if left > 0 {
+            tracing::warn!(left, "upgraded connections still open at exit");
+        }
+        for task in background {
+            task.abort();
+        }
+        tracing::info!("activator stopped");
+    }
+}
+
+/// Every second, each active revision's concurrency and request count to the autoscaler.
+async fn report_loop(state: Arc<State>, pusher: Pusher) {
+    let mut tick = tokio::time::interval_at(Instant::now() + REPORT_INTERVAL, REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for rev in state.registry.all() {
+            let Some(r) = rev.report.lock().report(now) else {
+                continue;
+            };
+            let report = StatReport {
+                namespace: rev.namespace.clone(),
+                revision: rev.name.clone(),
+                source: Source::Activator.into(),
+                stat: Some(Stat {
+                    pod_name: state.pod_name.clone(),
+                    average_concurrent_requests: r.concurrency,
+                    request_count: r.request_count,
+                    ..Stat::default()
+                }),
+                poke: false,
+            };
+            if !pusher.try_send(report) {
+                tracing::debug!("stats push backlogged; report dropped");
+            }
+        }
+    }
+}
+
+async fn metrics_page(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    if req.uri().path() != "/metrics" {
+        return Ok(sluice_core::respond::text(
+            StatusCode::NOT_FOUND,
+            "try /metrics",
+        ));
+    }
+    let mut rsp = Response::new(Full::new(Bytes::from(sluice_core::metrics::encode_text(
+        state.metrics.registry(),
+    ))));
+    rsp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(sluice_core::metrics::TEXT_CONTENT_TYPE),
+    );
+    Ok(rsp)
+}
+
+async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { port, addr, source })
+}
+
+fn local_addr(l: &TcpListener) -> SocketAddr {
+    l.local_addr()
+        .expect("a bound listener has a local address")
+}
