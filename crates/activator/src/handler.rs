@@ -86,7 +86,7 @@ pub(crate) async fn handle(
     state.drainer.touch();
     let rev = match revision(&state, req.headers()) {
         Ok(rev) => rev,
-        Err(rsp) => return Ok(rsp),
+        Err(why) => return Ok(respond::text(StatusCode::NOT_FOUND, why)),
     };
     Ok(proxy(&state, rev, &peer_ip, req).await)
 }
@@ -128,24 +128,24 @@ fn probe_or_health(state: &State, req: &Request<Incoming>) -> Option<Response<Pr
     })
 }
 
-fn revision(state: &State, headers: &HeaderMap) -> Result<Arc<Revision>, Response<ProxyBody>> {
+/// The request's revision, or why there is none (a 404's body).
+fn revision(state: &State, headers: &HeaderMap) -> Result<Arc<Revision>, String> {
     let header = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
     let (Some(ns), Some(name)) = (header(kh::NAMESPACE), header(kh::REVISION)) else {
-        return Err(respond::text(
-            StatusCode::NOT_FOUND,
-            "no revision: the request needs Knative-Serving-Namespace and Knative-Serving-Revision headers",
-        ));
+        return Err(
+            "no revision: the request needs Knative-Serving-Namespace and \
+                    Knative-Serving-Revision headers"
+                .to_owned(),
+        );
     };
-    state.registry.get(ns, name).ok_or_else(|| {
-        respond::text(
-            StatusCode::NOT_FOUND,
-            format!("revision {ns}/{name} is not known to this activator"),
-        )
-    })
+    state
+        .registry
+        .get(ns, name)
+        .ok_or_else(|| format!("revision {ns}/{name} is not known to this activator"))
 }
 
 async fn proxy(

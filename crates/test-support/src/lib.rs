@@ -4,10 +4,12 @@
 
 #![allow(unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
 
+pub mod activator;
 pub mod client;
 pub mod grpc;
 pub mod hey;
 pub mod load;
+pub mod relay;
 pub mod stats_sink;
 pub mod websocket;
 
@@ -52,7 +54,7 @@ impl Running {
     }
 }
 
-fn stop_channel() -> (oneshot::Sender<()>, impl std::future::Future<Output = ()>) {
+pub(crate) fn stop_channel() -> (oneshot::Sender<()>, impl std::future::Future<Output = ()>) {
     let (tx, rx) = oneshot::channel::<()>();
     (tx, async move {
         let _ = rx.await;

@@ -51,17 +51,35 @@ pub async fn run_with(
     total: Option<u64>,
     max_time: Duration,
 ) -> LoadReport {
+    run_with_headers(client, url, &[], concurrency, total, max_time).await
+}
+
+/// [`run_with`], each request carrying `headers`.
+pub async fn run_with_headers(
+    client: HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+    concurrency: usize,
+    total: Option<u64>,
+    max_time: Duration,
+) -> LoadReport {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let headers = Arc::new(headers);
     let start = Instant::now();
     let deadline = start + max_time;
     let tickets = Arc::new(AtomicU64::new(0));
     let report = Arc::new(Mutex::new(LoadReport::default()));
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, tickets, report, url) = (
+            let (client, tickets, report, url, headers) = (
                 client.clone(),
                 Arc::clone(&tickets),
                 Arc::clone(&report),
                 url.to_owned(),
+                Arc::clone(&headers),
             );
             tokio::spawn(async move {
                 loop {
@@ -69,9 +87,11 @@ pub async fn run_with(
                     if total.is_some_and(|t| n >= t) || Instant::now() >= deadline {
                         return;
                     }
-                    let req = Request::get(url.as_str())
-                        .body(Full::<Bytes>::default())
-                        .expect("request");
+                    let mut req = Request::get(url.as_str());
+                    for (k, v) in headers.iter() {
+                        req = req.header(k, v);
+                    }
+                    let req = req.body(Full::<Bytes>::default()).expect("request");
                     let left = deadline.saturating_duration_since(Instant::now())
                         + Duration::from_secs(30);
                     let result = tokio::time::timeout(left, client::send(&client, req)).await;

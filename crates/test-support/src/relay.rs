@@ -1,0 +1,44 @@
+//! A TCP relay in front of a pod that can be killed: its port closes and every
+//! connection through it drops at once, as when a pod's process dies.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = crate::loopback_listener().await;
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            // Connections live in the set, so aborting the accept task drops them all.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                conns.spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// The pod dies: the port closes and every open connection drops.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
