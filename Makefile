@@ -36,6 +36,7 @@ bench: release
 	./benches/queue-proxy.sh
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench kpa_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench autoscaler_load
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench activator_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench hot_paths
 
 clean:

@@ -216,7 +216,9 @@ async fn send(
     let mut retried = false;
     loop {
         let pod = Arc::clone(grant.pod.tracker());
-        match send_to(&pod, req, upgrade, guard.start).await {
+        // Boxed: a held request's future must not carry the proxying states it has not
+        // reached yet (kilobytes, times 10,000 held requests).
+        match Box::pin(send_to(&pod, req, upgrade, guard.start)).await {
             Ok((rsp, lease)) => {
                 guard.lease = lease;
                 guard.grant = Some(grant);

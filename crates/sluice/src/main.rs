@@ -1,6 +1,7 @@
 //! `sluice`: the CLI users run. `sluice simulate SCENARIO.yaml` replays a traffic pattern
 //! through the autoscaler's own code on a virtual clock; `sluice autoscaler` runs the
-//! autoscaler service, the same code as the `autoscaler` binary.
+//! autoscaler service, the same code as the `autoscaler` binary; `sluice activator` the
+//! activator, the same code as the `activator` binary.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
     },
     /// Run the autoscaler: stats in and decisions out over gRPC, metrics on HTTP.
     Autoscaler(sluice_autoscaler::server::Args),
+    /// Run the activator: hold requests for revisions with no ready pod, release them to
+    /// pods within their capacity (the same code as the `activator` binary).
+    Activator(sluice_activator::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Simulate { scenario, plot } => simulate(&scenario, plot.as_deref()),
         Command::Autoscaler(args) => sluice_autoscaler::server::main(&args),
+        Command::Activator(args) => sluice_activator::main(args),
     }
 }
 
