@@ -19,10 +19,10 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use sluice_core::forward::{self, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::respond;
+use sluice_core::serve::splice;
 use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
 use sluice_proto::Stat;
 use sluice_proto::v1::{Source, StatReport};
@@ -97,14 +97,7 @@ fn probe_or_health(state: &State, req: &Request<Incoming>) -> Option<Response<Pr
     if let Some(value) = headers.get(kh::PROBE) {
         let value = value.as_bytes();
         return Some(if value == kh::NETWORK_PROBE.as_bytes() {
-            match headers.get(kh::HASH) {
-                None => respond::text(StatusCode::BAD_REQUEST, "no K-Network-Hash header"),
-                Some(hash) => {
-                    let mut rsp = respond::empty(StatusCode::OK);
-                    rsp.headers_mut().insert(kh::HASH, hash.clone());
-                    rsp
-                }
-            }
+            respond::network_probe(headers)
         } else if value == kh::ACTIVATOR.as_bytes() {
             respond::text(StatusCode::OK, kh::ACTIVATOR)
         } else {
@@ -294,13 +287,7 @@ fn tunnel(
     let tracked = state.upgrades.track();
     tokio::spawn(async move {
         let _held = (guard, tracked);
-        let splice = async {
-            let (client, pod) = tokio::try_join!(client, pod)?;
-            let (mut client, mut pod) = (TokioIo::new(client), TokioIo::new(pod));
-            tokio::io::copy_bidirectional(&mut client, &mut pod).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        };
-        if let Err(error) = splice.await {
+        if let Err(error) = splice(client, pod).await {
             tracing::debug!(%error, "upgraded connection ended with error");
         }
     });

@@ -29,7 +29,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use sluice_core::drain::{DrainOutcome, Drainer};
 use sluice_core::push::Pusher;
-use sluice_core::serve::{UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, serve};
+use sluice_core::serve::{
+    BindError, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, serve,
+};
 use sluice_proto::Stat;
 use sluice_proto::v1::{Source, StatReport};
 use tokio::net::TcpListener;
@@ -52,12 +54,8 @@ const PUSH_BUFFER: usize = 4096;
 /// Failing to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({port}): {source}")]
-    Bind {
-        port: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -317,15 +315,4 @@ async fn metrics_page(
         HeaderValue::from_static(sluice_core::metrics::TEXT_CONTENT_TYPE),
     );
     Ok(rsp)
-}
-
-async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { port, addr, source })
-}
-
-fn local_addr(l: &TcpListener) -> SocketAddr {
-    l.local_addr()
-        .expect("a bound listener has a local address")
 }

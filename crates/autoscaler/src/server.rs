@@ -61,18 +61,14 @@ pub enum StartError {
     Config { path: PathBuf, message: String },
     #[error("{path}: {source}")]
     Invalid { path: PathBuf, source: ConfigError },
-    #[error("cannot listen on {addr} ({port}): {source}")]
-    Bind {
-        port: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] sluice_core::serve::BindError),
 }
 
 impl StartError {
     /// A configuration problem (exit 64) rather than a runtime one.
     pub fn is_config(&self) -> bool {
-        !matches!(self, Self::Bind { .. })
+        !matches!(self, Self::Bind(_))
     }
 }
 
@@ -282,9 +278,7 @@ fn config_data(text: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { port, addr, source })
+    Ok(sluice_core::serve::listen(port, addr).await?)
 }
 
 #[cfg(test)]

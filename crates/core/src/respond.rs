@@ -17,6 +17,19 @@ pub fn text<B: From<Bytes>>(status: StatusCode, body: impl Into<Bytes>) -> Respo
     rsp
 }
 
+/// The answer to the ingress's network probe (`K-Network-Probe: probe`): 200 echoing
+/// `K-Network-Hash`, or 400 without one.
+pub fn network_probe<B: From<Bytes>>(headers: &http::HeaderMap) -> Response<B> {
+    match headers.get(crate::headers::HASH) {
+        None => text(StatusCode::BAD_REQUEST, "no K-Network-Hash header"),
+        Some(hash) => {
+            let mut rsp = empty(StatusCode::OK);
+            rsp.headers_mut().insert(crate::headers::HASH, hash.clone());
+            rsp
+        }
+    }
+}
+
 /// A response with no body.
 pub fn empty<B: From<Bytes>>(status: StatusCode) -> Response<B> {
     let mut rsp = Response::new(B::from(Bytes::new()));

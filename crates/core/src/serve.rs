@@ -21,7 +21,40 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A port that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({port}): {source}")]
+pub struct BindError {
+    pub port: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` for the port called `port` (named in the error).
+pub async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { port, addr, source })
+}
+
+/// The address a bound listener took (the port, when 0 was asked for).
+pub fn local_addr(l: &TcpListener) -> SocketAddr {
+    l.local_addr()
+        .expect("a bound listener has a local address")
+}
+
+/// Splices two upgraded connections (client and upstream) until either side closes.
+pub async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) -> Result<(), BoxError> {
+    let (client, upstream) = tokio::try_join!(client, upstream)?;
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    Ok(())
+}
 
 /// Knative's `HijackTracker` bound on waiting for upgraded connections at shutdown.
 pub const UPGRADE_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);

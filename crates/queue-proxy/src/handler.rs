@@ -15,10 +15,10 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use sluice_core::forward::{self as headers, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::respond;
+use sluice_core::serve::splice;
 use sluice_core::upstream::{self, UpstreamError};
 use tokio::time::Instant;
 
@@ -99,14 +99,7 @@ fn network_probe(state: &State, headers: &HeaderMap) -> Response<ProxyBody> {
     if state.drainer.is_draining() {
         return respond::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    match headers.get(kh::HASH) {
-        None => respond::text(StatusCode::BAD_REQUEST, "no K-Network-Hash header"),
-        Some(hash) => {
-            let mut rsp = respond::empty(StatusCode::OK);
-            rsp.headers_mut().insert(kh::HASH, hash.clone());
-            rsp
-        }
-    }
+    respond::network_probe(headers)
 }
 
 async fn proxy(
@@ -223,13 +216,7 @@ fn tunnel(
     let tracked = state.upgrades.track();
     tokio::spawn(async move {
         let _held = (guard, tracked);
-        let splice = async {
-            let (client, app) = tokio::try_join!(client, app)?;
-            let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
-            tokio::io::copy_bidirectional(&mut client, &mut app).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        };
-        match tokio::time::timeout_at(deadline, splice).await {
+        match tokio::time::timeout_at(deadline, splice(client, app)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::debug!(%error, "upgraded connection ended with error"),
             Err(_) => tracing::debug!("upgraded connection cut at the revision timeout"),

@@ -26,7 +26,9 @@ use parking_lot::Mutex;
 use sluice_core::breaker::{Breaker, BreakerParams};
 use sluice_core::drain::{DrainOutcome, Drainer};
 use sluice_core::push::Pusher;
-use sluice_core::serve::{UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, serve};
+use sluice_core::serve::{
+    BindError, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, serve,
+};
 use sluice_core::stats::RequestStats;
 use sluice_proto::Stat;
 use tokio::net::TcpListener;
@@ -46,12 +48,8 @@ const UNLIMITED_IDLE_CONNS: usize = 1000;
 /// Failing to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({port}): {source}")]
-    Bind {
-        port: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("invalid breaker: {0}")]
     Breaker(#[from] sluice_core::breaker::InvalidBreaker),
     #[error("metrics: {0}")]
@@ -265,15 +263,4 @@ where
         stopped,
         grace,
     ))
-}
-
-async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { port, addr, source })
-}
-
-fn local_addr(l: &TcpListener) -> SocketAddr {
-    l.local_addr()
-        .expect("a bound listener has a local address")
 }
