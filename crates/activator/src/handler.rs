@@ -19,6 +19,7 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use sluice_core::BodyGuard;
 use sluice_core::forward::{self, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::respond;
@@ -29,7 +30,9 @@ use sluice_proto::v1::{Source, StatReport};
 use tokio::time::Instant;
 
 use crate::State;
-use crate::body::ProxyBody;
+
+/// The activator's response body: its guard held until the pod's body ends.
+pub type ProxyBody = sluice_core::ProxyBody<RequestGuard>;
 use crate::revision::Revision;
 use crate::throttler::{Grant, PodTracker, ThrottleError};
 
@@ -51,7 +54,7 @@ enum ActivatorError {
 /// Everything one request holds until its response ends; dropping it gives it back and
 /// records the request.
 #[derive(Debug)]
-pub(crate) struct RequestGuard {
+pub struct RequestGuard {
     rev: Arc<Revision>,
     start: Instant,
     status: u16,
@@ -327,9 +330,11 @@ impl RequestGuard {
             clean: false,
         }
     }
+}
 
+impl BodyGuard for RequestGuard {
     /// The response body ended without error: the connection may be reused.
-    pub(crate) fn mark_clean(&mut self) {
+    fn mark_clean(&mut self) {
         self.clean = true;
     }
 }

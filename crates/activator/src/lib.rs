@@ -6,7 +6,6 @@
 //! [`Activator::bind`] binds every port (so tests read back ephemeral ones), then
 //! [`Activator::run`] serves until the shutdown future resolves and drains.
 
-mod body;
 pub mod config;
 pub mod endpoints;
 mod handler;
@@ -39,9 +38,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-pub use body::ProxyBody;
 pub use config::{Args, Config, ConfigError};
 pub use endpoints::{EndpointsPublisher, EndpointsSource};
+pub use handler::ProxyBody;
 pub use metrics::Metrics;
 
 use crate::prober::ProbeConfig;

@@ -1,6 +1,7 @@
-//! The response body the activator sends: a short local answer, or the pod's body
-//! carrying the request's guard (revision slot, pod slot, pooled connection, stats) until
-//! it ends, so the pod's slot is counted until the last byte, as its queue-proxy counts it.
+//! The response body a proxy sends: a short local answer, or the upstream's body carrying
+//! the request's guard (slots, pooled connection, stats) until it ends, so a pod's slot is
+//! counted until the last byte, as its queue-proxy counts it. The activator and the
+//! gateway both answer with it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,26 +10,30 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::handler::RequestGuard;
-
-#[derive(Debug)]
-pub struct ProxyBody {
-    kind: Kind,
+/// What a [`ProxyBody`] holds until the upstream body ends. Dropped either way; told
+/// first when the body ended cleanly (its connection may be reused).
+pub trait BodyGuard {
+    fn mark_clean(&mut self);
 }
 
 #[derive(Debug)]
-enum Kind {
+pub struct ProxyBody<G: BodyGuard> {
+    kind: Kind<G>,
+}
+
+#[derive(Debug)]
+enum Kind<G: BodyGuard> {
     Full(Option<Bytes>),
     Upstream {
         inner: Option<Incoming>,
-        guard: Option<RequestGuard>,
+        guard: Option<G>,
     },
 }
 
 // === impl ProxyBody ===
 
-impl ProxyBody {
-    pub(crate) fn upstream(inner: Incoming, guard: RequestGuard) -> Self {
+impl<G: BodyGuard> ProxyBody<G> {
+    pub fn upstream(inner: Incoming, guard: G) -> Self {
         Self {
             kind: Kind::Upstream {
                 inner: Some(inner),
@@ -37,14 +42,14 @@ impl ProxyBody {
         }
     }
 
-    pub(crate) fn empty() -> Self {
+    pub fn empty() -> Self {
         Self {
             kind: Kind::Full(None),
         }
     }
 }
 
-impl From<Bytes> for ProxyBody {
+impl<G: BodyGuard> From<Bytes> for ProxyBody<G> {
     fn from(b: Bytes) -> Self {
         Self {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
@@ -52,7 +57,7 @@ impl From<Bytes> for ProxyBody {
     }
 }
 
-impl Body for ProxyBody {
+impl<G: BodyGuard + Unpin> Body for ProxyBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -99,7 +104,7 @@ impl Body for ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
+impl<G: BodyGuard> Drop for ProxyBody<G> {
     fn drop(&mut self) {
         // A body complete from the start (no content) is never polled.
         if let Kind::Upstream { inner, guard } = &mut self.kind
@@ -111,7 +116,7 @@ impl Drop for ProxyBody {
 }
 
 /// The pod's body ended cleanly: its connection may be reused, and the slots go back.
-fn finish(inner: &mut Option<Incoming>, guard: &mut Option<RequestGuard>) {
+fn finish<G: BodyGuard>(inner: &mut Option<Incoming>, guard: &mut Option<G>) {
     *inner = None;
     if let Some(mut guard) = guard.take() {
         guard.mark_clean();

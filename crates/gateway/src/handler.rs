@@ -1,0 +1,319 @@
+//! The gateway's request path:
+//!
+//! 1. probes: `K-Network-Probe` and kubelet probes are answered here;
+//! 2. host: `Host` (or the h2 authority), port dropped, to a service's route; an unknown
+//!    host gets 404 with the known hosts;
+//! 3. split: the route picks a revision by weight;
+//! 4. stats: a revision scaled on the gateway's view counts the request in (and a request
+//!    for one at zero pokes the autoscaler);
+//! 5. backend: in serve mode the ready pod with the fewest requests in flight; in proxy
+//!    mode, or with no ready pod, or when a pod refuses the connection before the request
+//!    left, the activator, told the revision in `Knative-Serving-Namespace` /
+//!    `Knative-Serving-Revision`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use sluice_core::forward::{self, Found, is_upgrade};
+use sluice_core::headers as kh;
+use sluice_core::serve::splice;
+use sluice_core::upstream::{self, Lease, SendError, Upstream, UpstreamBody, UpstreamError};
+use sluice_core::{BodyGuard, ReqEvent, respond};
+use sluice_proto::Stat;
+use sluice_proto::v1::{Source, StatReport};
+use tokio::time::Instant;
+
+use crate::State;
+use crate::routes::{Mode, PodSlot, Rev};
+
+/// The gateway's response body: its guard held until the upstream body ends.
+pub type ProxyBody = sluice_core::ProxyBody<RequestGuard>;
+
+/// How often a revision at zero may be poked.
+const POKE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Everything one request holds until its response ends.
+#[derive(Debug)]
+pub struct RequestGuard {
+    rev: Arc<Rev>,
+    counted: bool,
+    /// Declared before `pod`: the pooled connection goes back before the slot.
+    lease: Option<Lease>,
+    pod: Option<PodSlot>,
+    clean: bool,
+}
+
+/// One request from the serving port.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    peer_ip: HeaderValue,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let headers = req.headers();
+    if headers
+        .get(kh::PROBE)
+        .is_some_and(|v| v.as_bytes() == kh::NETWORK_PROBE.as_bytes())
+    {
+        return Ok(respond::network_probe(headers));
+    }
+    if kh::classify(headers).kubelet_probe {
+        return Ok(respond::text(StatusCode::OK, "gateway"));
+    }
+    let Some(host) = host_of(&req) else {
+        return Ok(unknown_host(&state, "(none)"));
+    };
+    let Some(route) = state.routes.lookup(&host) else {
+        return Ok(unknown_host(&state, &host));
+    };
+    let Some(rev) = route.pick().cloned() else {
+        return Ok(respond::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{host} has no revision with a share of its traffic"),
+        ));
+    };
+    drop(route);
+    let mut guard = RequestGuard::enter(&state, rev);
+    let found = Found::scan(req.headers());
+    let upgrade = is_upgrade(&req, found);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let req = req.map(upstream::body_of);
+    let mut rsp = match send(&state, &mut guard, req, found, &peer_ip, upgrade).await {
+        Ok(rsp) => rsp,
+        Err(error) => {
+            tracing::warn!(%error, "no answer");
+            return Ok(respond::text(StatusCode::BAD_GATEWAY, error.to_string()));
+        }
+    };
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (rsp.status(), client_upgrade) {
+        let upstream = hyper::upgrade::on(&mut rsp);
+        let tracked = state.upgrades.track();
+        tokio::spawn(async move {
+            let _held = (guard, tracked);
+            if let Err(error) = splice(client, upstream).await {
+                tracing::debug!(%error, "upgraded connection ended with error");
+            }
+        });
+        let (parts, _) = rsp.into_parts();
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
+    forward::remove_hop_by_hop(rsp.headers_mut());
+    let (parts, body) = rsp.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, guard),
+    ))
+}
+
+/// The request's host, lower-cased and without a port.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.headers().get(HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().host()?,
+    };
+    let host = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.split_once(':').map_or(raw, |(h, _)| h)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn unknown_host(state: &State, host: &str) -> Response<ProxyBody> {
+    let hosts = state.routes.hosts();
+    let known = if hosts.is_empty() {
+        "none: no service is running".to_owned()
+    } else {
+        hosts.join("\n  ")
+    };
+    respond::text(
+        StatusCode::NOT_FOUND,
+        format!("no service for host {host}; known hosts:\n  {known}\n"),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+enum GatewayError {
+    #[error("revision {0} has no ready pod and this gateway has no activator to hold the request")]
+    NoBackend(String),
+    #[error("error reaching revision {0}: {1}")]
+    Upstream(String, UpstreamError),
+}
+
+/// Picks the backend and sends. A request that a pod never received goes to the
+/// activator instead.
+async fn send(
+    state: &State,
+    guard: &mut RequestGuard,
+    mut req: Request<UpstreamBody>,
+    found: Found,
+    peer_ip: &HeaderValue,
+    upgrade: bool,
+) -> Result<Response<Incoming>, GatewayError> {
+    let rev = Arc::clone(&guard.rev);
+    let name = || format!("{}/{}", rev.namespace, rev.name);
+    let backends = rev.backends();
+    let pod = match backends.mode {
+        Mode::Serve => backends.pick(),
+        Mode::Proxy => None,
+    };
+    drop(backends);
+    if let Some(pod) = pod {
+        let upstream = Arc::clone(&pod.0.upstream);
+        forward::prepare_request(&mut req, found, peer_ip, &pod.0.host, upgrade);
+        guard.pod = Some(pod);
+        match send_to(&upstream, req, upgrade).await {
+            Ok((rsp, lease)) => {
+                guard.lease = lease;
+                return Ok(rsp);
+            }
+            Err(SendError {
+                error,
+                request: Some(unsent),
+            }) => {
+                tracing::debug!(pod = %upstream.addr(), %error, "pod unreachable; sending to the activator");
+                guard.pod = None;
+                req = unsent;
+            }
+            Err(SendError { error, .. }) => return Err(GatewayError::Upstream(name(), error)),
+        }
+    } else {
+        let host = state
+            .activator
+            .as_ref()
+            .map_or_else(|| HeaderValue::from_static("activator"), |a| a.1.clone());
+        forward::prepare_request(&mut req, found, peer_ip, &host, upgrade);
+    }
+    let Some((activator, _)) = &state.activator else {
+        return Err(GatewayError::NoBackend(name()));
+    };
+    let headers = req.headers_mut();
+    headers.insert(kh::NAMESPACE, rev.namespace_header.clone());
+    headers.insert(kh::REVISION, rev.name_header.clone());
+    match send_to(activator, req, upgrade).await {
+        Ok((rsp, lease)) => {
+            guard.lease = lease;
+            Ok(rsp)
+        }
+        Err(e) => Err(GatewayError::Upstream(name(), e.error)),
+    }
+}
+
+async fn send_to(
+    upstream: &Arc<Upstream>,
+    req: Request<UpstreamBody>,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    if upgrade {
+        Box::pin(upstream.send_upgrade(req))
+            .await
+            .map(|r| (r, None))
+    } else if req.version() == Version::HTTP_2 {
+        Box::pin(upstream.send_http2(req)).await.map(|r| (r, None))
+    } else {
+        let (rsp, lease) = upstream.send_http1(req, Instant::now()).await?;
+        Ok((rsp, Some(lease)))
+    }
+}
+
+// === impl RequestGuard ===
+
+impl RequestGuard {
+    fn enter(state: &State, rev: Arc<Rev>) -> Self {
+        let counted = rev.reports();
+        if counted {
+            let now = Instant::now();
+            rev.stats.lock().handle(ReqEvent::In, now);
+            if rev.backends().mode == Mode::Proxy {
+                poke(state, &rev, now);
+            }
+        }
+        Self {
+            rev,
+            counted,
+            lease: None,
+            pod: None,
+            clean: false,
+        }
+    }
+}
+
+/// Tells the autoscaler at once that a revision it scales on the gateway's view has a
+/// request while it is at zero (at most once a second).
+fn poke(state: &State, rev: &Rev, now: Instant) {
+    let Some(pusher) = &state.pusher else { return };
+    {
+        let mut poked = rev.poked.lock();
+        if poked.is_some_and(|at| now.saturating_duration_since(at) < POKE_EVERY) {
+            return;
+        }
+        *poked = Some(now);
+    }
+    let report = StatReport {
+        namespace: rev.namespace.clone(),
+        revision: rev.name.clone(),
+        source: Source::Gateway.into(),
+        stat: Some(Stat {
+            pod_name: state.pod_name.clone(),
+            average_concurrent_requests: 1.0,
+            request_count: 1.0,
+            ..Stat::default()
+        }),
+        poke: true,
+    };
+    if !pusher.try_send(report) {
+        tracing::warn!(namespace = %rev.namespace, revision = %rev.name, "poke dropped: stats push backlogged");
+    }
+}
+
+impl BodyGuard for RequestGuard {
+    fn mark_clean(&mut self) {
+        self.clean = true;
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        if let Some(lease) = self.lease.take() {
+            lease.release(self.clean, now);
+        }
+        self.pod = None;
+        if self.counted {
+            self.rev.stats.lock().handle(ReqEvent::Out, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: &str) -> Request<()> {
+        Request::builder()
+            .header(HOST, host)
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn host_drops_the_port_and_case() {
+        assert_eq!(
+            host_of(&req("Hello.Default.Example.com:8080")).as_deref(),
+            Some("hello.default.example.com")
+        );
+        assert_eq!(
+            host_of(&req("hello.default.example.com")).as_deref(),
+            Some("hello.default.example.com")
+        );
+        assert_eq!(host_of(&req("[::1]:80")).as_deref(), Some("[::1]"));
+        assert_eq!(host_of(&req("[::1]")).as_deref(), Some("[::1]"));
+        let h2 = Request::builder()
+            .uri("http://h2.default.example.com:81/")
+            .body(())
+            .expect("request");
+        assert_eq!(host_of(&h2).as_deref(), Some("h2.default.example.com"));
+    }
+}

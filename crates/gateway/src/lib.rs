@@ -1,0 +1,319 @@
+//! Sluice's gateway: the front door. Routes by `Host` to a service
+//! (`{service}.{namespace}.{domain}`, and `{tag}-{service}…` for a tagged target), splits
+//! by percent between its revisions, and sends each request straight to a ready pod's
+//! queue-proxy (serve mode) or to the activator (proxy mode). For revisions that scale on
+//! the gateway's view (`mpa.autoscaling.knative.dev`) it streams their concurrency to the
+//! autoscaler.
+//!
+//! - [`routes`]: the table, updated through [`Routes`] by the local runtime (in-process)
+//!   or loaded from a file by the standalone binary.
+//! - `handler`: the request path.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use sluice_core::push::Pusher;
+use sluice_core::serve::{BindError, UpgradeTracker, listen, local_addr, serve};
+use sluice_core::upstream::Upstream;
+use sluice_proto::Stat;
+use sluice_proto::v1::{Source, StatReport};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+mod handler;
+pub mod routes;
+
+pub use handler::ProxyBody;
+pub use routes::{Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
+
+/// Reports buffered for the autoscaler.
+const PUSH_BUFFER: usize = 1024;
+/// How often revision concurrency goes to the autoscaler (the queue-proxy's period).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Idle connections kept to the activator.
+const ACTIVATOR_IDLE: usize = 1000;
+/// How long open connections get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `EX_USAGE` from sysexits.h: the configuration is wrong.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// The standalone gateway's flags; each also reads an environment variable.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "gateway",
+    about = "Routes by Host, splits traffic between revisions, and sends requests to pods or the activator"
+)]
+pub struct Args {
+    /// Where requests arrive (HTTP/1.1 and h2c).
+    #[arg(long, env = "SLUICE_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Hosts are `{service}.{namespace}.{domain}`.
+    #[arg(long, env = "SLUICE_DOMAIN", default_value = "example.com")]
+    pub domain: String,
+    /// The activator (`host:port`), for revisions in proxy mode.
+    #[arg(long, env = "SLUICE_ACTIVATOR_ADDRESS")]
+    pub activator: Option<SocketAddr>,
+    /// The autoscaler's gRPC address (`http://host:port`) for the concurrency of revisions
+    /// that scale on the gateway's view.
+    #[arg(long, env = "SLUICE_AUTOSCALER_ADDRESS")]
+    pub autoscaler_address: Option<String>,
+    /// The routing table (YAML: `services` and `revisions`; see the README).
+    #[arg(long, env = "SLUICE_GATEWAY_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// This gateway's name in the stats it sends.
+    #[arg(long, env = "POD_NAME", default_value = "gateway")]
+    pub pod_name: String,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub domain: String,
+    pub activator: Option<SocketAddr>,
+    pub autoscaler: Option<http::Uri>,
+    pub pod_name: String,
+}
+
+/// The standalone binary's routing file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    #[serde(default)]
+    pub services: Vec<ServiceRoute>,
+    #[serde(default)]
+    pub revisions: Vec<RevisionBackends>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Shared by every request.
+#[derive(Debug)]
+pub(crate) struct State {
+    routes: Routes,
+    activator: Option<(Arc<Upstream>, HeaderValue)>,
+    pusher: Option<Pusher>,
+    pod_name: String,
+    upgrades: Arc<UpgradeTracker>,
+}
+
+/// A gateway with its port bound, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Config,
+    routes: Routes,
+    serving: TcpListener,
+}
+
+// === impl Config ===
+
+impl Config {
+    pub fn from_args(a: &Args) -> Result<Self, StartError> {
+        let autoscaler =
+            match a.autoscaler_address.as_deref().filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => {
+                    let with_scheme = if s.contains("://") {
+                        s.to_owned()
+                    } else {
+                        format!("http://{s}")
+                    };
+                    Some(with_scheme.parse().map_err(|e| {
+                        StartError::Config(format!("--autoscaler-address={s:?}: {e}"))
+                    })?)
+                }
+            };
+        if a.domain.trim_matches('.').is_empty() {
+            return Err(StartError::Config("--domain must not be empty".into()));
+        }
+        Ok(Self {
+            listen: a.listen,
+            domain: a.domain.clone(),
+            activator: a.activator,
+            autoscaler,
+            pod_name: a.pod_name.clone(),
+        })
+    }
+}
+
+impl RoutesFile {
+    pub fn load(path: &Path) -> Result<Self, StartError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Config(format!("cannot read {}: {e}", path.display())))?;
+        serde_norway::from_str(&text)
+            .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn apply(self, routes: &Routes) {
+        for s in self.services {
+            routes.set_service(s);
+        }
+        for r in self.revisions {
+            routes.set_backends(r);
+        }
+    }
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Binds the serving port; routes start empty (every host 404) until set through
+    /// [`Gateway::routes`].
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let serving = listen("serving", config.listen).await?;
+        Ok(Self {
+            routes: Routes::new(&config.domain),
+            config,
+            serving,
+        })
+    }
+
+    pub fn serving_addr(&self) -> SocketAddr {
+        local_addr(&self.serving)
+    }
+
+    /// The routing table's handle, to change routes while the gateway runs.
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
+    }
+
+    /// Serves until `shutdown`, then stops accepting and lets open requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            config,
+            routes,
+            serving,
+        } = self;
+        let activator = config.activator.map(|addr| {
+            (
+                Upstream::new(addr, ACTIVATOR_IDLE),
+                HeaderValue::from_str(&addr.to_string())
+                    .expect("a socket address is a valid header value"),
+            )
+        });
+        let state = Arc::new(State {
+            routes,
+            activator,
+            pusher: config.autoscaler.map(|uri| Pusher::spawn(uri, PUSH_BUFFER)),
+            pod_name: config.pod_name,
+            upgrades: Arc::new(UpgradeTracker::default()),
+        });
+        tracing::info!(serving = %local_addr(&serving), "gateway serving");
+        let reporter = state
+            .pusher
+            .clone()
+            .map(|pusher| tokio::spawn(report_loop(Arc::clone(&state), pusher)));
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let st = Arc::clone(&state);
+        let server = tokio::spawn(serve(
+            "serving",
+            serving,
+            move |peer: SocketAddr| {
+                let st = Arc::clone(&st);
+                let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+                    .expect("an IP address is a valid header value");
+                service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
+            },
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+            SHUTDOWN_GRACE,
+        ));
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        state.upgrades.wait(Duration::from_secs(1)).await;
+        if let Some(reporter) = reporter {
+            reporter.abort();
+        }
+        tracing::info!("gateway stopped");
+    }
+}
+
+/// Every second: the concurrency of each revision that scales on the gateway's view.
+async fn report_loop(state: Arc<State>, pusher: Pusher) {
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for rev in state.routes.reporting() {
+            let r = rev.stats.lock().report(now);
+            let report = StatReport {
+                namespace: rev.namespace.clone(),
+                revision: rev.name.clone(),
+                source: Source::Gateway.into(),
+                stat: Some(Stat {
+                    pod_name: state.pod_name.clone(),
+                    average_concurrent_requests: r.average_concurrency,
+                    request_count: r.request_count as f64,
+                    ..Stat::default()
+                }),
+                poke: false,
+            };
+            if !pusher.try_send(report) {
+                tracing::warn!("stats push backlogged; a report was dropped");
+            }
+        }
+    }
+}
+
+/// The gateway process: check the flags and the routes file (exit 64), bind, serve until
+/// SIGTERM or Ctrl-C.
+pub fn main(args: Args) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    sluice_core::telemetry::init("info");
+    let (config, file) = match Config::from_args(&args).and_then(|c| {
+        let file = match &args.routes {
+            Some(path) => RoutesFile::load(path)?,
+            None => RoutesFile::default(),
+        };
+        Ok((c, file))
+    }) {
+        Ok(ok) => ok,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("gateway: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let gateway = match Gateway::bind(config).await {
+            Ok(g) => g,
+            Err(error) => {
+                eprintln!("gateway: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        file.apply(&gateway.routes());
+        gateway
+            .run(async {
+                let signal = sluice_core::shutdown::signal().await;
+                tracing::info!(signal, "received signal");
+            })
+            .await;
+        ExitCode::SUCCESS
+    })
+}
