@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use config::{Config, ConfigError};
+pub use config::{Args, Config, ConfigError};
 
 use crate::config::{Identity, Timeouts};
 use crate::metrics::RequestMetrics;
@@ -263,4 +263,59 @@ where
         stopped,
         grace,
     ))
+}
+
+/// `EX_USAGE` from sysexits.h: the configuration is wrong.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// The queue-proxy process (the `queue-proxy` binary, `sluice queue-proxy`): read Knative's
+/// env (exit 64 on bad config, before binding anything), bind, serve, drain on SIGTERM.
+pub fn main(args: Args) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    sluice_core::telemetry::init("info");
+    let config = match Config::try_from(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("queue-proxy: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // A sidecar gets a slice of a core: one thread does the work with no cross-thread
+    // wake-ups. SLUICE_WORKER_THREADS > 1 opts into the multi-threaded scheduler.
+    let threads: usize = std::env::var("SLUICE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("queue-proxy: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let qp = match QueueProxy::bind(config).await {
+            Ok(qp) => qp,
+            Err(error) => {
+                eprintln!("queue-proxy: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        qp.run(async {
+            let signal = sluice_core::shutdown::signal().await;
+            tracing::info!(signal, "received signal");
+        })
+        .await;
+        ExitCode::SUCCESS
+    })
 }

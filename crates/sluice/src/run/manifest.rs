@@ -1,0 +1,379 @@
+//! Knative manifests as users write them: `serving.knative.dev/v1` `Service`, and the
+//! `config-autoscaler` ConfigMap. One or several YAML documents per file, or a folder of
+//! `.yaml`/`.yml` files. Parsing only: the rules that need the running platform (does
+//! this revision exist?) are in [`super::world`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const SERVICE_API_VERSION: &str = "serving.knative.dev/v1";
+pub const CONFIG_AUTOSCALER: &str = "config-autoscaler";
+pub const KNATIVE_NAMESPACE: &str = "knative-serving";
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Everything a set of documents asks for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Manifests {
+    pub services: Vec<Service>,
+    /// `config-autoscaler`'s `data`, if one was among the documents.
+    pub config_autoscaler: Option<BTreeMap<String, String>>,
+    /// Documents read but not acted on, with why (shown to the user).
+    pub ignored: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub template: RevisionTemplate,
+    /// Absent: all traffic to the latest revision.
+    #[serde(default)]
+    pub traffic: Option<Vec<TrafficTarget>>,
+}
+
+/// `spec.template`: every change to it makes a new revision.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionTemplate {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RevisionSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSpec {
+    pub container_concurrency: Option<u32>,
+    pub timeout_seconds: Option<u32>,
+    pub response_start_timeout_seconds: Option<u32>,
+    pub idle_timeout_seconds: Option<u32>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+    /// Kubernetes' `corev1.Probe`, handed to the queue-proxy as Knative does.
+    #[serde(default)]
+    pub readiness_probe: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub value_from: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub container_port: Option<u32>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficTarget {
+    #[serde(default)]
+    pub revision_name: Option<String>,
+    #[serde(default)]
+    pub latest_revision: Option<bool>,
+    #[serde(default)]
+    pub percent: Option<u32>,
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// The parts of any document needed to tell what it is.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+#[derive(Deserialize)]
+struct ConfigMap {
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+}
+
+// === impl Manifests ===
+
+impl Manifests {
+    /// Reads files and folders (a folder: its `.yaml` and `.yml` files, sorted). Every
+    /// problem is reported, each prefixed with its file and document.
+    pub fn read(paths: &[PathBuf]) -> Result<Self, Vec<String>> {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for path in paths {
+            match yaml_files(path) {
+                Ok(mut found) if found.is_empty() => {
+                    errors.push(format!("{}: no .yaml or .yml file in it", path.display()));
+                    found.clear();
+                }
+                Ok(found) => files.extend(found),
+                Err(e) => errors.push(format!("{}: {e}", path.display())),
+            }
+        }
+        let mut out = Self::default();
+        for file in &files {
+            match std::fs::read_to_string(file) {
+                Ok(text) => {
+                    if let Err(mut e) = out.add(&file.display().to_string(), &text) {
+                        errors.append(&mut e);
+                    }
+                }
+                Err(e) => errors.push(format!("{}: cannot read: {e}", file.display())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Parses one text of YAML documents (`source` names it in messages).
+    pub fn parse(source: &str, text: &str) -> Result<Self, Vec<String>> {
+        let mut out = Self::default();
+        out.add(source, text)?;
+        Ok(out)
+    }
+
+    fn add(&mut self, source: &str, text: &str) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let at = format!("{source} (document {})", i + 1);
+            let value = match serde_norway::Value::deserialize(doc) {
+                Ok(serde_norway::Value::Null) => continue, // an empty document
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(format!("{at}: not valid YAML: {e}"));
+                    // The parser cannot resync after a syntax error.
+                    break;
+                }
+            };
+            if let Err(e) = self.add_document(&at, value) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn add_document(&mut self, at: &str, value: serde_norway::Value) -> Result<(), String> {
+        // Re-read from text so that errors carry the field's path.
+        let text = serde_norway::to_string(&value).map_err(|e| format!("{at}: {e}"))?;
+        let head: Head = serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
+        match (head.api_version.as_str(), head.kind.as_str()) {
+            (SERVICE_API_VERSION, "Service") => {
+                let service: Service =
+                    serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
+                self.services.push(service);
+                Ok(())
+            }
+            ("v1", "ConfigMap") if head.metadata.name == CONFIG_AUTOSCALER => {
+                let ns = head.metadata.namespace.as_deref().unwrap_or(KNATIVE_NAMESPACE);
+                if ns != KNATIVE_NAMESPACE {
+                    return Err(format!(
+                        "{at}: metadata.namespace: ConfigMap {CONFIG_AUTOSCALER} belongs in \
+                         namespace {KNATIVE_NAMESPACE}, not {ns}"
+                    ));
+                }
+                let cm: ConfigMap =
+                    serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
+                self.config_autoscaler = Some(cm.data);
+                Ok(())
+            }
+            ("v1", "ConfigMap") => {
+                self.ignored.push(format!(
+                    "{at}: ConfigMap {} ignored: only {CONFIG_AUTOSCALER} is read",
+                    head.metadata.name
+                ));
+                Ok(())
+            }
+            ("", _) | (_, "") => Err(format!(
+                "{at}: not a Kubernetes object: apiVersion and kind are required"
+            )),
+            (api, kind) => Err(format!(
+                "{at}: {kind} ({api}) is not supported: Sluice reads Service \
+                 ({SERVICE_API_VERSION}) and the ConfigMap {CONFIG_AUTOSCALER}"
+            )),
+        }
+    }
+}
+
+fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        std::fs::metadata(path)?;
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+impl Service {
+    pub fn namespace(&self) -> &str {
+        self.metadata
+            .namespace
+            .as_deref()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: helloworld-go
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/max-scale: "20"
+    spec:
+      containerConcurrency: 5
+      containers:
+        - image: ghcr.io/knative/helloworld-go:latest
+          env:
+            - name: TARGET
+              value: "Knative"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-autoscaler
+  namespace: knative-serving
+data:
+  stable-window: "6s"
+"#;
+
+    #[test]
+    fn reads_a_service_and_the_autoscaler_config_from_one_file() {
+        let m = Manifests::parse("hello.yaml", HELLO).expect("valid");
+        assert_eq!(m.services.len(), 1);
+        let s = &m.services[0];
+        assert_eq!(s.metadata.name, "helloworld-go");
+        assert_eq!(s.namespace(), "default");
+        assert_eq!(s.spec.template.spec.container_concurrency, Some(5));
+        assert_eq!(
+            s.spec.template.metadata.annotations["autoscaling.knative.dev/max-scale"],
+            "20"
+        );
+        assert_eq!(s.spec.template.spec.containers[0].env[0].value.as_deref(), Some("Knative"));
+        assert_eq!(
+            m.config_autoscaler.expect("config")["stable-window"],
+            "6s"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_document_and_the_field() {
+        let bad = HELLO.replace("containerConcurrency: 5", "containerConcurrency: five");
+        let errors = Manifests::parse("hello.yaml", &bad).expect_err("invalid");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("hello.yaml (document 1): "), "{}", errors[0]);
+        assert!(
+            errors[0].contains("spec.template.spec.containerConcurrency"),
+            "the field is named: {}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn unsupported_kinds_and_misplaced_config_are_refused() {
+        let errors = Manifests::parse(
+            "x.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config-autoscaler, namespace: default}\n---\n\
+             just: text\n",
+        )
+        .expect_err("refused");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("Deployment (apps/v1) is not supported"));
+        assert!(errors[1].contains("belongs in namespace knative-serving"));
+        assert!(errors[2].contains("apiVersion and kind are required"));
+    }
+
+    #[test]
+    fn other_configmaps_are_ignored_with_a_note() {
+        let m = Manifests::parse(
+            "x.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config-network, namespace: knative-serving}\n",
+        )
+        .expect("valid");
+        assert_eq!(m.ignored.len(), 1);
+        assert!(m.services.is_empty());
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let errors = Manifests::parse("x.yaml", "kind: [unclosed\n").expect_err("bad");
+        assert!(errors[0].contains("not valid YAML"), "{errors:?}");
+    }
+}

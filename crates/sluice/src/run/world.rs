@@ -1,0 +1,519 @@
+//! What the platform runs: services, their revisions and traffic, and `config-autoscaler`.
+//! [`World::apply`] is pure: it checks a set of manifests against what runs and returns
+//! the next world and what changed, or every rule broken, each naming its field. Nothing
+//! changes unless everything passes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use sluice_autoscaler::config::{AutoscalerConfig, MPA_CLASS};
+use sluice_autoscaler::revision::RevisionScaling;
+
+use super::images::{ImageMap, SAMPLE_APP};
+use super::manifest::{Manifests, RevisionTemplate, Service};
+
+/// Knative's `max-revision-timeout-seconds` default.
+const MAX_TIMEOUT_SECONDS: u32 = 600;
+/// Knative's `revision-timeout-seconds` default.
+const DEFAULT_TIMEOUT_SECONDS: u32 = 300;
+/// Knative's `container-concurrency-max-limit` default.
+const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
+/// Env vars Knative sets itself and refuses in a template.
+const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
+
+#[derive(Clone, Debug, Default)]
+pub struct World {
+    pub services: BTreeMap<(String, String), ServiceState>,
+    pub config_data: BTreeMap<String, String>,
+    pub config: AutoscalerConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceState {
+    pub namespace: String,
+    pub name: String,
+    /// Oldest first; the last is the latest.
+    pub revisions: Vec<Revision>,
+    pub traffic: Vec<Traffic>,
+    /// The traffic as written (re-resolved when `latestRevision` moves).
+    pub traffic_spec: Option<Vec<super::manifest::TrafficTarget>>,
+    pub generation: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Revision {
+    pub name: String,
+    pub template: RevisionTemplate,
+    pub annotations: BTreeMap<String, String>,
+    pub pod: PodSpec,
+    /// Scales on the gateway's view (`mpa.autoscaling.knative.dev`).
+    pub mpa: bool,
+}
+
+/// How to run one pod of a revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    /// The app's command; `argv[0] == sample-app` is Sluice's sample app.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub container_concurrency: u32,
+    pub timeout_seconds: u32,
+    pub response_start_timeout_seconds: Option<u32>,
+    pub idle_timeout_seconds: Option<u32>,
+    /// The container's readiness probe (Kubernetes JSON); `None`: TCP on the app's port.
+    pub readiness_probe: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    pub revision: String,
+    pub percent: u32,
+    pub tag: Option<String>,
+}
+
+/// What an apply changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    /// New revisions, as (namespace, service, revision).
+    pub new_revisions: Vec<(String, String, String)>,
+    /// Services whose traffic changed (new ones included).
+    pub traffic: Vec<(String, String)>,
+    pub config: bool,
+    /// One line per change, for the user.
+    pub summary: Vec<String>,
+}
+
+// === impl World ===
+
+impl World {
+    /// Checks `m` against this world; the next world and what changed, or every error.
+    pub fn apply(&self, m: &Manifests, images: &ImageMap) -> Result<(World, Changes), Vec<String>> {
+        let mut errors = Vec::new();
+        let mut next = self.clone();
+        let mut changes = Changes::default();
+        if let Some(data) = &m.config_autoscaler
+            && *data != self.config_data
+        {
+            match AutoscalerConfig::from_data(data) {
+                Ok(config) => {
+                    next.config = config;
+                    next.config_data = data.clone();
+                    changes.config = true;
+                    changes
+                        .summary
+                        .push("configmap/config-autoscaler configured".to_owned());
+                }
+                Err(e) => errors.push(format!("ConfigMap config-autoscaler: {e}")),
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for s in &m.services {
+            let key = (s.namespace().to_owned(), s.metadata.name.clone());
+            if seen.insert(key.clone(), ()).is_some() {
+                errors.push(format!(
+                    "service {}/{}: given twice in the same apply",
+                    key.0, key.1
+                ));
+                continue;
+            }
+            let at = format!("service {}/{}", key.0, key.1);
+            match plan_service(next.services.get(&key), s, images, &next.config) {
+                Ok((state, new_revision)) => {
+                    let mut changed = false;
+                    if let Some(rev) = new_revision {
+                        changes.summary.push(format!("{at}: revision {rev} created"));
+                        changes
+                            .new_revisions
+                            .push((key.0.clone(), key.1.clone(), rev));
+                        changed = true;
+                    }
+                    let old_traffic = next.services.get(&key).map(|o| &o.traffic);
+                    if old_traffic != Some(&state.traffic) {
+                        let split: Vec<String> = state
+                            .traffic
+                            .iter()
+                            .map(|t| format!("{} {}%", t.revision, t.percent))
+                            .collect();
+                        changes
+                            .summary
+                            .push(format!("{at}: traffic {}", split.join(", ")));
+                        changes.traffic.push(key.clone());
+                        changed = true;
+                    }
+                    if !changed {
+                        changes.summary.push(format!("{at}: unchanged"));
+                    }
+                    next.services.insert(key, state);
+                }
+                Err(mut e) => {
+                    for line in &mut e {
+                        *line = format!("{at}: {line}");
+                    }
+                    errors.append(&mut e);
+                }
+            }
+        }
+        // A new config must suit every revision that stays.
+        if changes.config {
+            for s in next.services.values() {
+                for r in &s.revisions {
+                    if let Err(e) = RevisionScaling::resolve(
+                        &next.config,
+                        &r.annotations,
+                        r.pod.container_concurrency,
+                    ) {
+                        errors.push(format!(
+                            "ConfigMap config-autoscaler: revision {}/{} cannot take it: {e}",
+                            s.namespace, r.name
+                        ));
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok((next, changes))
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn revision(&self, namespace: &str, name: &str) -> Option<(&ServiceState, &Revision)> {
+        self.services
+            .values()
+            .filter(|s| s.namespace == namespace)
+            .find_map(|s| s.revisions.iter().find(|r| r.name == name).map(|r| (s, r)))
+    }
+}
+
+/// One service's next state, and the name of the revision it adds, if any.
+fn plan_service(
+    old: Option<&ServiceState>,
+    s: &Service,
+    images: &ImageMap,
+    config: &AutoscalerConfig,
+) -> Result<(ServiceState, Option<String>), Vec<String>> {
+    let mut errors = Vec::new();
+    let name = &s.metadata.name;
+    if let Err(e) = dns_label(name) {
+        errors.push(format!("metadata.name: {e}"));
+    }
+    let namespace = s.namespace();
+    if let Err(e) = dns_label(namespace) {
+        errors.push(format!("metadata.namespace: {e}"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut state = old.cloned().unwrap_or_else(|| ServiceState {
+        namespace: namespace.to_owned(),
+        name: name.clone(),
+        revisions: Vec::new(),
+        traffic: Vec::new(),
+        traffic_spec: None,
+        generation: 0,
+    });
+    let template = &s.spec.template;
+    let latest = state.revisions.last();
+    let mut new_revision = None;
+    let unchanged = latest.is_some_and(|r| {
+        let mut t = template.clone();
+        if t.metadata.name.is_empty() {
+            t.metadata.name = r.template.metadata.name.clone();
+        }
+        t == r.template
+    });
+    if !unchanged {
+        let generation = state.generation + 1;
+        let given = template.metadata.name.as_str();
+        let rev_name = match Some(given).filter(|n| !n.is_empty()) {
+            Some(n) => {
+                if !n.starts_with(&format!("{name}-")) {
+                    errors.push(format!(
+                        "spec.template.metadata.name: {n:?} must start with \"{name}-\""
+                    ));
+                }
+                if let Err(e) = dns_label(n) {
+                    errors.push(format!("spec.template.metadata.name: {e}"));
+                }
+                if state.revisions.iter().any(|r| r.name == n) {
+                    errors.push(format!(
+                        "spec.template.metadata.name: revision {n} already exists with a \
+                         different template; change the name or leave it out"
+                    ));
+                }
+                n.to_owned()
+            }
+            None => format!("{name}-{generation:05}"),
+        };
+        match plan_revision(namespace, name, &rev_name, template, images, config) {
+            Ok(rev) => {
+                state.revisions.push(rev);
+                state.generation = generation;
+                new_revision = Some(rev_name);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // As `kubectl apply`: the manifest is the whole desired spec.
+    state.traffic_spec = s.spec.traffic.clone();
+    state.traffic = resolve_traffic(&state, state.traffic_spec.as_deref())?;
+    Ok((state, new_revision))
+}
+
+fn plan_revision(
+    namespace: &str,
+    service: &str,
+    name: &str,
+    t: &RevisionTemplate,
+    images: &ImageMap,
+    config: &AutoscalerConfig,
+) -> Result<Revision, Vec<String>> {
+    let mut errors = Vec::new();
+    let spec = &t.spec;
+    let container = match spec.containers.as_slice() {
+        [c] => c,
+        [] => {
+            return Err(vec![
+                "spec.template.spec.containers: one container is required".to_owned(),
+            ]);
+        }
+        _ => {
+            return Err(vec![
+                "spec.template.spec.containers: the local runtime runs one container per pod"
+                    .to_owned(),
+            ]);
+        }
+    };
+    let at = "spec.template.spec.containers[0]";
+    let argv: Vec<String> = if !container.command.is_empty() {
+        container
+            .command
+            .iter()
+            .chain(&container.args)
+            .cloned()
+            .collect()
+    } else {
+        match container.image.as_deref() {
+            Some(image) => match images.command(image) {
+                Some(cmd) => cmd.iter().chain(&container.args).cloned().collect(),
+                None => {
+                    errors.push(format!(
+                        "{at}.image: {image} has no local command: give the container a \
+                         `command`, or map the image in an --images file"
+                    ));
+                    Vec::new()
+                }
+            },
+            None => {
+                errors.push(format!("{at}: give an image or a command"));
+                Vec::new()
+            }
+        }
+    };
+    if let Some(program) = argv.first()
+        && program != SAMPLE_APP
+        && find_program(program).is_none()
+    {
+        errors.push(format!(
+            "{at}.command: program {program:?} not found{}",
+            if program.contains('/') {
+                String::new()
+            } else {
+                " on PATH".to_owned()
+            }
+        ));
+    }
+    let mut env = Vec::new();
+    for (i, e) in container.env.iter().enumerate() {
+        if RESERVED_ENV.contains(&e.name.as_str()) {
+            errors.push(format!(
+                "{at}.env[{i}].name: {} is reserved: Knative sets it",
+                e.name
+            ));
+        } else if e.value_from.is_some() {
+            errors.push(format!(
+                "{at}.env[{i}].valueFrom: not supported by the local runtime; give a value"
+            ));
+        } else {
+            env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
+        }
+    }
+    if container.ports.len() > 1 {
+        errors.push(format!("{at}.ports: at most one port may be named"));
+    }
+    let cc = spec.container_concurrency.unwrap_or(0);
+    if cc > MAX_CONTAINER_CONCURRENCY {
+        errors.push(format!(
+            "spec.template.spec.containerConcurrency: {cc} is over the limit of {MAX_CONTAINER_CONCURRENCY}"
+        ));
+    }
+    let timeout = spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+    if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout) {
+        errors.push(format!(
+            "spec.template.spec.timeoutSeconds: {timeout} must be from 1 to {MAX_TIMEOUT_SECONDS}"
+        ));
+    }
+    for (field, value) in [
+        ("responseStartTimeoutSeconds", spec.response_start_timeout_seconds),
+        ("idleTimeoutSeconds", spec.idle_timeout_seconds),
+    ] {
+        if let Some(v) = value
+            && v > timeout
+        {
+            errors.push(format!(
+                "spec.template.spec.{field}: {v} must not exceed timeoutSeconds ({timeout})"
+            ));
+        }
+    }
+    let annotations = t.metadata.annotations.clone();
+    if let Err(e) = RevisionScaling::resolve(config, &annotations, cc) {
+        errors.push(format!("spec.template.metadata.annotations: {e}"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mpa = annotations
+        .get("autoscaling.knative.dev/class")
+        .is_some_and(|c| c == MPA_CLASS);
+    Ok(Revision {
+        name: name.to_owned(),
+        template: t.clone(),
+        annotations,
+        mpa,
+        pod: PodSpec {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            revision: name.to_owned(),
+            argv,
+            env,
+            container_concurrency: cc,
+            timeout_seconds: timeout,
+            response_start_timeout_seconds: spec.response_start_timeout_seconds,
+            idle_timeout_seconds: spec.idle_timeout_seconds,
+            readiness_probe: container.readiness_probe.clone(),
+        },
+    })
+}
+
+fn resolve_traffic(
+    s: &ServiceState,
+    spec: Option<&[super::manifest::TrafficTarget]>,
+) -> Result<Vec<Traffic>, Vec<String>> {
+    let Some(latest) = s.revisions.last() else {
+        return Ok(Vec::new());
+    };
+    let Some(spec) = spec else {
+        return Ok(vec![Traffic {
+            revision: latest.name.clone(),
+            percent: 100,
+            tag: None,
+        }]);
+    };
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    let mut tags = BTreeMap::new();
+    for (i, t) in spec.iter().enumerate() {
+        let at = format!("spec.traffic[{i}]");
+        let revision = match (t.revision_name.as_deref(), t.latest_revision) {
+            (Some(_), Some(true)) => {
+                errors.push(format!(
+                    "{at}: revisionName and latestRevision: true name two targets; give one"
+                ));
+                continue;
+            }
+            (Some(name), _) => {
+                if !s.revisions.iter().any(|r| r.name == name) {
+                    let known: Vec<&str> = s.revisions.iter().map(|r| r.name.as_str()).collect();
+                    errors.push(format!(
+                        "{at}.revisionName: no revision {name} (this service has {})",
+                        known.join(", ")
+                    ));
+                    continue;
+                }
+                name.to_owned()
+            }
+            (None, Some(true)) => latest.name.clone(),
+            (None, _) => {
+                errors.push(format!(
+                    "{at}: give revisionName, or latestRevision: true"
+                ));
+                continue;
+            }
+        };
+        let percent = t.percent.unwrap_or(0);
+        if percent > 100 {
+            errors.push(format!("{at}.percent: {percent} is over 100"));
+        }
+        if let Some(tag) = &t.tag {
+            if let Err(e) = dns_label(tag) {
+                errors.push(format!("{at}.tag: {e}"));
+            }
+            if tags.insert(tag.clone(), ()).is_some() {
+                errors.push(format!("{at}.tag: {tag} is used twice"));
+            }
+        }
+        out.push(Traffic {
+            revision,
+            percent,
+            tag: t.tag.clone(),
+        });
+    }
+    let total: u32 = spec.iter().map(|t| t.percent.unwrap_or(0)).sum();
+    if total != 100 {
+        errors.push(format!(
+            "spec.traffic: the percentages add up to {total}, not 100"
+        ));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A Kubernetes DNS-1035 label: lower-case letters, digits and '-', starting with a
+/// letter, ending with a letter or digit, at most 63 characters.
+fn dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label (lower-case letters, digits and '-', starting with a \
+             letter, at most 63 characters)"
+        ))
+    }
+}
+
+/// Where `program` runs from: itself if it names a path, else the first match on PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+    })
+}
+
+#[cfg(test)]
+mod tests;

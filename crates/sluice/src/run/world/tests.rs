@@ -1,0 +1,207 @@
+use super::*;
+
+fn service(extra_template: &str, traffic: &str) -> String {
+    format!(
+        r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  template:
+    {extra_template}
+    spec:
+      containers:
+        - image: gcr.io/knative-samples/helloworld-go
+          env:
+            - name: TARGET
+              value: "v1"
+{traffic}
+"#
+    )
+}
+
+fn apply(world: &World, yaml: &str) -> Result<(World, Changes), Vec<String>> {
+    let m = Manifests::parse("test.yaml", yaml).expect("parses");
+    world.apply(&m, &ImageMap::default())
+}
+
+#[test]
+fn a_template_change_makes_the_next_revision_and_an_unchanged_one_does_not() {
+    let (w1, c1) = apply(&World::default(), &service("", "")).expect("valid");
+    assert_eq!(
+        c1.new_revisions,
+        [("default".into(), "hello".into(), "hello-00001".into())]
+    );
+    let s = &w1.services[&("default".to_owned(), "hello".to_owned())];
+    assert_eq!(
+        s.traffic,
+        [Traffic {
+            revision: "hello-00001".into(),
+            percent: 100,
+            tag: None
+        }]
+    );
+    assert_eq!(s.revisions[0].pod.argv, [SAMPLE_APP]);
+    assert_eq!(s.revisions[0].pod.env, [("TARGET".to_owned(), "v1".to_owned())]);
+    assert_eq!(s.revisions[0].pod.timeout_seconds, 300);
+
+    let (w2, c2) = apply(&w1, &service("", "")).expect("valid");
+    assert!(c2.new_revisions.is_empty() && c2.traffic.is_empty(), "{c2:?}");
+    assert_eq!(c2.summary, ["service default/hello: unchanged"]);
+
+    let v2 = service("", "").replace("value: \"v1\"", "value: \"v2\"");
+    let (w3, c3) = apply(&w2, &v2).expect("valid");
+    assert_eq!(c3.new_revisions[0].2, "hello-00002");
+    let s = &w3.services[&("default".to_owned(), "hello".to_owned())];
+    assert_eq!(s.traffic[0].revision, "hello-00002", "latest takes the traffic");
+    assert_eq!(s.revisions.len(), 2);
+}
+
+#[test]
+fn annotations_are_part_of_the_template() {
+    let (w1, _) = apply(&World::default(), &service("", "")).expect("valid");
+    let annotated = service(
+        "metadata:\n      annotations:\n        autoscaling.knative.dev/max-scale: \"3\"",
+        "",
+    );
+    let (_, c) = apply(&w1, &annotated).expect("valid");
+    assert_eq!(c.new_revisions[0].2, "hello-00002");
+}
+
+#[test]
+fn a_split_with_tags_resolves_names_and_latest() {
+    let (w1, _) = apply(&World::default(), &service("", "")).expect("valid");
+    let v2 = service("", "").replace("value: \"v1\"", "value: \"v2\"");
+    let split = format!(
+        "{}  traffic:\n    - revisionName: hello-00001\n      percent: 50\n      tag: blue\n    \
+         - latestRevision: true\n      percent: 50\n      tag: green\n",
+        v2
+    );
+    let (w2, c) = apply(&w1, &split).expect("valid");
+    assert_eq!(c.traffic.len(), 1);
+    let s = &w2.services[&("default".to_owned(), "hello".to_owned())];
+    assert_eq!(
+        s.traffic,
+        [
+            Traffic {
+                revision: "hello-00001".into(),
+                percent: 50,
+                tag: Some("blue".into())
+            },
+            Traffic {
+                revision: "hello-00002".into(),
+                percent: 50,
+                tag: Some("green".into())
+            }
+        ]
+    );
+}
+
+#[test]
+fn traffic_rules_are_each_reported_with_their_field_and_nothing_changes() {
+    let (w1, _) = apply(&World::default(), &service("", "")).expect("valid");
+    let bad = format!(
+        "{}  traffic:\n    - revisionName: hello-00009\n      percent: 60\n    \
+         - revisionName: hello-00001\n      latestRevision: true\n      percent: 30\n    \
+         - percent: 5\n      tag: Bad_Tag\n",
+        service("", "")
+    );
+    let errors = apply(&w1, &bad).expect_err("refused");
+    let all = errors.join("\n");
+    for want in [
+        "service default/hello: spec.traffic[0].revisionName: no revision hello-00009 (this service has hello-00001)",
+        "spec.traffic[1]: revisionName and latestRevision: true name two targets",
+        "spec.traffic[2]: give revisionName, or latestRevision: true",
+        "spec.traffic: the percentages add up to 95, not 100",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    // The world that refused is the one that stays.
+    assert_eq!(w1.services.len(), 1);
+}
+
+#[test]
+fn bad_revisions_name_their_fields() {
+    let bad = service(
+        "metadata:\n      name: other-name\n      annotations:\n        autoscaling.knative.dev/target: \"-3\"",
+        "",
+    )
+    .replace(
+        "image: gcr.io/knative-samples/helloworld-go",
+        "image: example.com/unmapped:1",
+    )
+    .replace("name: TARGET", "name: PORT");
+    let errors = apply(&World::default(), &bad).expect_err("refused");
+    let all = errors.join("\n");
+    for want in [
+        "spec.template.metadata.name: \"other-name\" must start with \"hello-\"",
+        "spec.template.spec.containers[0].image: example.com/unmapped:1 has no local command",
+        "spec.template.spec.containers[0].env[0].name: PORT is reserved",
+        "spec.template.metadata.annotations: ",
+        "autoscaling.knative.dev/target",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn a_missing_program_is_refused() {
+    let yaml = service("", "").replace(
+        "image: gcr.io/knative-samples/helloworld-go",
+        "image: x\n          command: [\"/nonexistent/app\"]",
+    );
+    let errors = apply(&World::default(), &yaml).expect_err("refused");
+    assert!(
+        errors
+            .join("\n")
+            .contains("containers[0].command: program \"/nonexistent/app\" not found"),
+        "{errors:?}"
+    );
+    let on_path = service("", "").replace(
+        "image: gcr.io/knative-samples/helloworld-go",
+        "image: x\n          command: [\"sh\", \"-c\", \"exit 0\"]",
+    );
+    apply(&World::default(), &on_path).expect("sh is on PATH");
+}
+
+#[test]
+fn a_config_change_is_checked_against_running_revisions() {
+    let yaml = service(
+        "metadata:\n      annotations:\n        autoscaling.knative.dev/window: \"10s\"",
+        "",
+    );
+    let (w1, _) = apply(&World::default(), &yaml).expect("valid");
+    let config = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\n  \
+                  namespace: knative-serving\ndata:\n  stable-window: \"20s\"\n";
+    let (w2, c) = apply(&w1, config).expect("valid");
+    assert!(c.config);
+    assert_eq!(w2.config_data["stable-window"], "20s");
+    let bad = config.replace("20s", "forever");
+    let errors = apply(&w2, &bad).expect_err("refused");
+    assert!(errors[0].starts_with("ConfigMap config-autoscaler:"), "{errors:?}");
+}
+
+#[test]
+fn named_revisions_keep_their_name_and_cannot_change_silently() {
+    let named = service("metadata:\n      name: hello-first", "");
+    let (w1, c) = apply(&World::default(), &named).expect("valid");
+    assert_eq!(c.new_revisions[0].2, "hello-first");
+    let changed = named.replace("value: \"v1\"", "value: \"v2\"");
+    let errors = apply(&w1, &changed).expect_err("refused");
+    assert!(
+        errors[0].contains("revision hello-first already exists with a different template"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn the_mpa_class_is_noticed() {
+    let yaml = service(
+        "metadata:\n      annotations:\n        autoscaling.knative.dev/class: mpa.autoscaling.knative.dev",
+        "",
+    );
+    let (w, _) = apply(&World::default(), &yaml).expect("valid");
+    let (_, rev) = w.revision("default", "hello-00001").expect("exists");
+    assert!(rev.mpa);
+}
