@@ -25,7 +25,7 @@ build:
 	$(CARGO) build --workspace $(LOCKED)
 
 release:
-	$(CARGO) build --release $(LOCKED) -p sluice-queue-proxy -p sluice-sample-app -p sluice-autoscaler -p sluice-activator -p sluice
+	$(CARGO) build --release $(LOCKED) -p sluice-queue-proxy -p sluice-sample-app -p sluice-autoscaler -p sluice-activator -p sluice-gateway -p sluice
 
 ## run: the sample app behind a queue-proxy on this machine (Ctrl-C stops both)
 run: release

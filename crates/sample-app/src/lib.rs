@@ -276,6 +276,39 @@ fn num(query: &HashMap<String, String>, key: &str) -> Option<u64> {
     query.get(key).and_then(|v| v.parse().ok())
 }
 
+/// The sample-app process (the `sample-app` binary, `sluice sample-app`).
+pub fn main(args: Args) -> std::process::ExitCode {
+    use std::net::SocketAddr;
+    use std::process::ExitCode;
+    sluice_core::telemetry::init("warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("sample-app: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(args.bind, args.port);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(error) => {
+                eprintln!("sample-app: cannot listen on {addr}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("sample-app listening on {addr}");
+        serve(listener, args.target, async {
+            sluice_core::shutdown::signal().await;
+        })
+        .await;
+        ExitCode::SUCCESS
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,37 +351,4 @@ mod tests {
                 .contains("\"in_flight\":0,\"max_in_flight\":0,\"requests\":0")
         );
     }
-}
-
-/// The sample-app process (the `sample-app` binary, `sluice sample-app`).
-pub fn main(args: Args) -> std::process::ExitCode {
-    use std::net::SocketAddr;
-    use std::process::ExitCode;
-    sluice_core::telemetry::init("warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("sample-app: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let addr = SocketAddr::new(args.bind, args.port);
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(error) => {
-                eprintln!("sample-app: cannot listen on {addr}: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        eprintln!("sample-app listening on {addr}");
-        serve(listener, args.target, async {
-            sluice_core::shutdown::signal().await;
-        })
-        .await;
-        ExitCode::SUCCESS
-    })
 }

@@ -1,7 +1,9 @@
-//! `sluice`: the CLI users run. `sluice simulate SCENARIO.yaml` replays a traffic pattern
-//! through the autoscaler's own code on a virtual clock; `sluice autoscaler` runs the
-//! autoscaler service, the same code as the `autoscaler` binary; `sluice activator` the
-//! activator, the same code as the `activator` binary.
+//! `sluice`: the CLI users run. `sluice run -f SERVICE.yaml` runs the whole platform on
+//! this machine; `sluice apply` and `sluice status` talk to it. `sluice simulate
+//! SCENARIO.yaml` replays a traffic pattern through the autoscaler's own code on a virtual
+//! clock. Every component is a subcommand too (`sluice queue-proxy`, `sluice activator`,
+//! `sluice autoscaler`, `sluice gateway`, `sluice sample-app`), the same code as its own
+//! binary: pods run `sluice queue-proxy` and `sluice sample-app`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,6 +27,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the platform (gateway, activator, autoscaler, pods) from Knative Service manifests.
+    Run(sluice::run::cli::RunArgs),
+    /// Change the running platform: new revisions, traffic, annotations, config-autoscaler.
+    Apply(sluice::run::cli::ApplyArgs),
+    /// Services, revisions, traffic, pods, concurrency and panic mode of the running platform.
+    Status(sluice::run::cli::StatusArgs),
     /// Replay a traffic scenario through the KPA on a virtual clock; one JSON line per tick.
     Simulate {
         /// The scenario (YAML; see the README).
@@ -38,6 +46,12 @@ enum Command {
     /// Run the activator: hold requests for revisions with no ready pod, release them to
     /// pods within their capacity (the same code as the `activator` binary).
     Activator(sluice_activator::Args),
+    /// Run the gateway: Host routing and traffic splits (the same code as the `gateway` binary).
+    Gateway(sluice_gateway::Args),
+    /// Run a queue-proxy from Knative's env (the same code as the `queue-proxy` binary).
+    QueueProxy(Box<sluice_queue_proxy::Args>),
+    /// Run the sample app (Knative's helloworld-go and autoscale-go).
+    SampleApp(sluice_sample_app::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +60,12 @@ fn main() -> ExitCode {
         Command::Simulate { scenario, plot } => simulate(&scenario, plot.as_deref()),
         Command::Autoscaler(args) => sluice_autoscaler::server::main(&args),
         Command::Activator(args) => sluice_activator::main(args),
+        Command::Gateway(args) => sluice_gateway::main(args),
+        Command::QueueProxy(args) => sluice_queue_proxy::main(*args),
+        Command::SampleApp(args) => sluice_sample_app::main(args),
+        Command::Run(args) => sluice::run::cli::run(args),
+        Command::Apply(args) => sluice::run::cli::apply(args),
+        Command::Status(args) => sluice::run::cli::status(args),
     }
 }
 

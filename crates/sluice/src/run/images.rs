@@ -94,9 +94,16 @@ mod tests {
             "registry.local:5000/knative-samples/autoscale-go@sha256:abcd",
             "autoscale-go",
         ] {
-            assert_eq!(map.command(image), Some(&[SAMPLE_APP.to_owned()][..]), "{image}");
+            assert_eq!(
+                map.command(image),
+                Some(&[SAMPLE_APP.to_owned()][..]),
+                "{image}"
+            );
         }
-        assert_eq!(map.command("gcr.io/knative-samples/helloworld-python"), None);
+        assert_eq!(
+            map.command("gcr.io/knative-samples/helloworld-python"),
+            None
+        );
         assert_eq!(map.command("registry.local:5000/other"), None);
     }
 

@@ -224,7 +224,11 @@ impl Manifests {
                 Ok(())
             }
             ("v1", "ConfigMap") if head.metadata.name == CONFIG_AUTOSCALER => {
-                let ns = head.metadata.namespace.as_deref().unwrap_or(KNATIVE_NAMESPACE);
+                let ns = head
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or(KNATIVE_NAMESPACE);
                 if ns != KNATIVE_NAMESPACE {
                     return Err(format!(
                         "{at}: metadata.namespace: ConfigMap {CONFIG_AUTOSCALER} belongs in \
@@ -262,11 +266,7 @@ fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .is_some_and(|e| e == "yaml" || e == "yml")
-        })
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
     Ok(files)
@@ -325,11 +325,11 @@ data:
             s.spec.template.metadata.annotations["autoscaling.knative.dev/max-scale"],
             "20"
         );
-        assert_eq!(s.spec.template.spec.containers[0].env[0].value.as_deref(), Some("Knative"));
         assert_eq!(
-            m.config_autoscaler.expect("config")["stable-window"],
-            "6s"
+            s.spec.template.spec.containers[0].env[0].value.as_deref(),
+            Some("Knative")
         );
+        assert_eq!(m.config_autoscaler.expect("config")["stable-window"], "6s");
     }
 
     #[test]
@@ -337,7 +337,11 @@ data:
         let bad = HELLO.replace("containerConcurrency: 5", "containerConcurrency: five");
         let errors = Manifests::parse("hello.yaml", &bad).expect_err("invalid");
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("hello.yaml (document 1): "), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("hello.yaml (document 1): "),
+            "{}",
+            errors[0]
+        );
         assert!(
             errors[0].contains("spec.template.spec.containerConcurrency"),
             "the field is named: {}",

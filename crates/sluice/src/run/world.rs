@@ -48,6 +48,8 @@ pub struct Revision {
     pub pod: PodSpec,
     /// Scales on the gateway's view (`mpa.autoscaling.knative.dev`).
     pub mpa: bool,
+    /// Pods it starts with, as Knative creates a revision's Deployment.
+    pub initial_scale: u32,
 }
 
 /// How to run one pod of a revision.
@@ -109,22 +111,18 @@ impl World {
                 Err(e) => errors.push(format!("ConfigMap config-autoscaler: {e}")),
             }
         }
-        let mut seen = BTreeMap::new();
+        // A service given twice is applied twice, in order (as two `kubectl apply`s):
+        // one file can make a revision and then split traffic onto the next.
         for s in &m.services {
             let key = (s.namespace().to_owned(), s.metadata.name.clone());
-            if seen.insert(key.clone(), ()).is_some() {
-                errors.push(format!(
-                    "service {}/{}: given twice in the same apply",
-                    key.0, key.1
-                ));
-                continue;
-            }
             let at = format!("service {}/{}", key.0, key.1);
             match plan_service(next.services.get(&key), s, images, &next.config) {
                 Ok((state, new_revision)) => {
                     let mut changed = false;
                     if let Some(rev) = new_revision {
-                        changes.summary.push(format!("{at}: revision {rev} created"));
+                        changes
+                            .summary
+                            .push(format!("{at}: revision {rev} created"));
                         changes
                             .new_revisions
                             .push((key.0.clone(), key.1.clone(), rev));
@@ -224,7 +222,10 @@ fn plan_service(
             t.metadata.name = r.template.metadata.name.clone();
         }
         t == r.template
-    });
+    }) || (!template.metadata.name.is_empty()
+        // A named revision given again as it is: nothing to make (re-applying a file
+        // that names each revision changes nothing).
+        && state.revisions.iter().any(|r| r.template == *template));
     if !unchanged {
         let generation = state.generation + 1;
         let given = template.metadata.name.as_str();
@@ -360,7 +361,10 @@ fn plan_revision(
         ));
     }
     for (field, value) in [
-        ("responseStartTimeoutSeconds", spec.response_start_timeout_seconds),
+        (
+            "responseStartTimeoutSeconds",
+            spec.response_start_timeout_seconds,
+        ),
         ("idleTimeoutSeconds", spec.idle_timeout_seconds),
     ] {
         if let Some(v) = value
@@ -372,9 +376,13 @@ fn plan_revision(
         }
     }
     let annotations = t.metadata.annotations.clone();
-    if let Err(e) = RevisionScaling::resolve(config, &annotations, cc) {
-        errors.push(format!("spec.template.metadata.annotations: {e}"));
-    }
+    let initial_scale = match RevisionScaling::resolve(config, &annotations, cc) {
+        Ok(scaling) => scaling.initial_scale,
+        Err(e) => {
+            errors.push(format!("spec.template.metadata.annotations: {e}"));
+            0
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -386,6 +394,7 @@ fn plan_revision(
         template: t.clone(),
         annotations,
         mpa,
+        initial_scale,
         pod: PodSpec {
             namespace: namespace.to_owned(),
             service: service.to_owned(),
@@ -440,9 +449,7 @@ fn resolve_traffic(
             }
             (None, Some(true)) => latest.name.clone(),
             (None, _) => {
-                errors.push(format!(
-                    "{at}: give revisionName, or latestRevision: true"
-                ));
+                errors.push(format!("{at}: give revisionName, or latestRevision: true"));
                 continue;
             }
         };
@@ -484,8 +491,7 @@ fn dns_label(s: &str) -> Result<(), String> {
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())

@@ -43,18 +43,27 @@ fn a_template_change_makes_the_next_revision_and_an_unchanged_one_does_not() {
         }]
     );
     assert_eq!(s.revisions[0].pod.argv, [SAMPLE_APP]);
-    assert_eq!(s.revisions[0].pod.env, [("TARGET".to_owned(), "v1".to_owned())]);
+    assert_eq!(
+        s.revisions[0].pod.env,
+        [("TARGET".to_owned(), "v1".to_owned())]
+    );
     assert_eq!(s.revisions[0].pod.timeout_seconds, 300);
 
     let (w2, c2) = apply(&w1, &service("", "")).expect("valid");
-    assert!(c2.new_revisions.is_empty() && c2.traffic.is_empty(), "{c2:?}");
+    assert!(
+        c2.new_revisions.is_empty() && c2.traffic.is_empty(),
+        "{c2:?}"
+    );
     assert_eq!(c2.summary, ["service default/hello: unchanged"]);
 
     let v2 = service("", "").replace("value: \"v1\"", "value: \"v2\"");
     let (w3, c3) = apply(&w2, &v2).expect("valid");
     assert_eq!(c3.new_revisions[0].2, "hello-00002");
     let s = &w3.services[&("default".to_owned(), "hello".to_owned())];
-    assert_eq!(s.traffic[0].revision, "hello-00002", "latest takes the traffic");
+    assert_eq!(
+        s.traffic[0].revision, "hello-00002",
+        "latest takes the traffic"
+    );
     assert_eq!(s.revisions.len(), 2);
 }
 
@@ -179,7 +188,10 @@ fn a_config_change_is_checked_against_running_revisions() {
     assert_eq!(w2.config_data["stable-window"], "20s");
     let bad = config.replace("20s", "forever");
     let errors = apply(&w2, &bad).expect_err("refused");
-    assert!(errors[0].starts_with("ConfigMap config-autoscaler:"), "{errors:?}");
+    assert!(
+        errors[0].starts_with("ConfigMap config-autoscaler:"),
+        "{errors:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,392 @@
+//! `sluice run`, `sluice apply` and `sluice status`.
+//!
+//! `sluice run` writes where its admin port is to `run.json` in the state directory
+//! (`$SLUICE_STATE_DIR`, else `$XDG_RUNTIME_DIR/sluice`, else `/tmp/sluice-$UID`), so
+//! `apply` and `status` find it without flags on the same machine.
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::display;
+use super::images::ImageMap;
+use super::manifest::Manifests;
+use super::platform::{Options, Platform, Status};
+
+/// Bad manifests, flags or input.
+const EXIT_BAD_INPUT: u8 = 2;
+/// No running platform to talk to.
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Knative Service manifests: files or folders (repeatable).
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    /// The gateway's address.
+    #[arg(long, env = "SLUICE_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Hosts are `{service}.{namespace}.{domain}`.
+    #[arg(long, env = "SLUICE_DOMAIN", default_value = "example.com")]
+    pub domain: String,
+    /// More images to run locally (YAML `images: {IMAGE: [COMMAND, ARG…]}`).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// The admin port `sluice apply` and `sluice status` use (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
+    /// How long a new pod may take to become ready before it is reported and replaced.
+    #[arg(long, default_value = "60s")]
+    pub pod_ready_timeout: String,
+    /// After SIGTERM, how long a queue-proxy keeps serving with no new request.
+    #[arg(long, default_value = "1s")]
+    pub drain_quiet_period: String,
+    /// Where `run.json` is written.
+    #[arg(long, env = "SLUICE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Manifests: files or folders (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON (the format is in the README; fields are only ever added).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Which platform to talk to.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The platform's admin address (default: the one `sluice run` recorded).
+    #[arg(long, env = "SLUICE_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Where `sluice run` wrote `run.json`.
+    #[arg(long, env = "SLUICE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What `sluice run` records for the other commands.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunFile {
+    pid: u32,
+    admin: SocketAddr,
+    gateway: SocketAddr,
+}
+
+// === sluice run ===
+
+pub fn run(args: RunArgs) -> ExitCode {
+    sluice_core::telemetry::init("warn");
+    let duration = |flag: &str, v: &str| {
+        sluice_core::duration::parse(v)
+            .filter(|d| !d.negative && !d.magnitude.is_zero())
+            .map(|d| d.magnitude)
+            .ok_or_else(|| format!("--{flag}={v:?}: expected a duration such as 500ms or 60s"))
+    };
+    let checked = (|| {
+        let ready_timeout = duration("pod-ready-timeout", &args.pod_ready_timeout)?;
+        let drain = duration("drain-quiet-period", &args.drain_quiet_period)?;
+        let images = match &args.images {
+            Some(p) => ImageMap::load(p)?,
+            None => ImageMap::default(),
+        };
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the sluice binary for pods: {e}"))?;
+        let manifests = Manifests::read(&args.files).map_err(|e| e.join("\n"))?;
+        Ok::<_, String>((ready_timeout, drain, images, exe, manifests))
+    })();
+    let (ready_timeout, drain, images, exe, manifests) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice run: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let state_dir = state_dir(args.state_dir.as_ref());
+    if let Some(other) = running_platform(&state_dir) {
+        eprintln!(
+            "sluice run: a platform is already running (pid {}, gateway {}, admin {}); stop it, \
+             or give this one another --state-dir",
+            other.pid, other.gateway, other.admin
+        );
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice run: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let platform = match Platform::start(Options {
+            exe,
+            gateway_listen: args.listen,
+            admin_listen: args.admin_listen,
+            domain: args.domain,
+            images,
+            ready_timeout,
+            drain_quiet_period: drain,
+        })
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("sluice run: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addrs = platform.addresses();
+        let run_file = state_dir.join("run.json");
+        let record = RunFile {
+            pid: std::process::id(),
+            admin: addrs.admin,
+            gateway: addrs.gateway,
+        };
+        if let Err(e) = std::fs::create_dir_all(&state_dir).and_then(|()| {
+            std::fs::write(
+                &run_file,
+                serde_json::to_vec(&record).expect("a record serializes"),
+            )
+        }) {
+            eprintln!(
+                "sluice run: cannot write {} ({e}); `sluice status` will need --admin {}",
+                run_file.display(),
+                addrs.admin
+            );
+        }
+        println!(
+            "sluice: gateway on http://{}  (admin {}; `sluice status`, `sluice apply -f FILE`; Ctrl-C stops)",
+            addrs.gateway, addrs.admin
+        );
+        let code = match platform.apply(&manifests).await {
+            Ok(summary) => {
+                for line in summary {
+                    println!("{line}");
+                }
+                None
+            }
+            Err(errors) => {
+                eprintln!("sluice run: refused:\n  {}", errors.join("\n  "));
+                Some(ExitCode::from(EXIT_BAD_INPUT))
+            }
+        };
+        if code.is_none() {
+            let signal = show_until_signal(&platform).await;
+            println!("sluice: {signal}: draining pods and stopping");
+        }
+        platform.shutdown().await;
+        let _ = std::fs::remove_file(&run_file);
+        code.unwrap_or(ExitCode::SUCCESS)
+    })
+}
+
+/// Shows the status live until SIGINT or SIGTERM: redrawn in place on a terminal, one
+/// line per change otherwise.
+async fn show_until_signal(platform: &Platform) -> &'static str {
+    let tty = std::io::stdout().is_terminal();
+    let mut changes = display::Changes::default();
+    let mut drawn_lines = 0usize;
+    let signal = sluice_core::shutdown::signal();
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            s = &mut signal => return s,
+            _ = tick.tick() => {}
+        }
+        let status = platform.status();
+        let mut out = std::io::stdout().lock();
+        if tty {
+            let text = display::table(&status);
+            if drawn_lines > 0 {
+                // Up to where the last table started, and clear from there down.
+                let _ = write!(out, "\x1b[{drawn_lines}A\x1b[J");
+            }
+            let _ = write!(out, "{text}");
+            drawn_lines = text.lines().count();
+        } else {
+            for line in changes.lines(&status) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+// === sluice apply / sluice status ===
+
+pub fn apply(args: ApplyArgs) -> ExitCode {
+    // Read and parse here, so errors name the files.
+    if let Err(errors) = Manifests::read(&args.files) {
+        eprintln!(
+            "sluice apply: refused; nothing was changed:\n  {}",
+            errors.join("\n  ")
+        );
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let mut body = String::new();
+    for path in &args.files {
+        let files = if path.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            v.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
+            v.sort();
+            v
+        } else {
+            vec![path.clone()]
+        };
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(t) => {
+                    body.push_str(&t);
+                    body.push_str("\n---\n");
+                }
+                Err(e) => {
+                    eprintln!("sluice apply: {}: {e}", f.display());
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            }
+        }
+    }
+    let admin = match admin_address(&args.target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sluice apply: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    match request(admin, "POST", "/apply", body.as_bytes()) {
+        Ok((200, text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, text)) => {
+            eprint!("sluice apply: {text}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+        Err(e) => {
+            eprintln!("sluice apply: cannot reach the platform at {admin}: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+pub fn status(args: StatusArgs) -> ExitCode {
+    let admin = match admin_address(&args.target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sluice status: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let text = match request(admin, "GET", "/status", b"") {
+        Ok((200, text)) => text,
+        Ok((code, text)) => {
+            eprintln!("sluice status: the platform answered {code}: {text}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("sluice status: cannot reach the platform at {admin}: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        // A closed pipe (`| head`) is not an error worth a message.
+        let _ = writeln!(out, "{}", text.trim_end());
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Status>(&text) {
+        Ok(s) => {
+            let _ = write!(out, "{}", display::table(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice status: unexpected answer from the platform: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin_address(target: &Target) -> Result<SocketAddr, String> {
+    if let Some(a) = target.admin {
+        return Ok(a);
+    }
+    let dir = state_dir(target.state_dir.as_ref());
+    running_platform(&dir).map(|r| r.admin).ok_or_else(|| {
+        format!(
+            "no running platform found (no live {}); start one with `sluice run -f FILE`, \
+             or give --admin ADDRESS",
+            dir.join("run.json").display()
+        )
+    })
+}
+
+/// The platform recorded in `dir`, if its admin port answers.
+fn running_platform(dir: &std::path::Path) -> Option<RunFile> {
+    let text = std::fs::read(dir.join("run.json")).ok()?;
+    let record: RunFile = serde_json::from_slice(&text).ok()?;
+    matches!(request(record.admin, "GET", "/healthz", b""), Ok((200, _))).then_some(record)
+}
+
+/// `$SLUICE_STATE_DIR`, else `$XDG_RUNTIME_DIR/sluice`, else `/tmp/sluice-$UID`.
+pub fn state_dir(given: Option<&PathBuf>) -> PathBuf {
+    if let Some(d) = given {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("sluice");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    std::env::temp_dir().join(format!("sluice-{uid}"))
+}
+
+/// One HTTP/1.1 exchange with the admin port: status code and body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+         Content-Type: application/yaml\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP response"))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
+    Ok((code, body.to_owned()))
+}

@@ -1,0 +1,163 @@
+//! How status looks: the table `sluice status` prints and `sluice run` keeps live, and
+//! the one-line changes `sluice run` prints when its output is not a terminal.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::platform::{RevisionStatus, Status};
+
+/// The status as a table.
+pub fn table(s: &Status) -> String {
+    let mut out = String::new();
+    if s.services.is_empty() {
+        let _ = writeln!(
+            out,
+            "no services yet: `sluice apply -f SERVICE.yaml` adds one (gateway on {})",
+            s.gateway
+        );
+        return out;
+    }
+    for svc in &s.services {
+        let traffic: Vec<String> = svc
+            .traffic
+            .iter()
+            .map(|t| match &t.tag {
+                Some(tag) => format!("{} {}% (tag {tag})", t.revision, t.percent),
+                None => format!("{} {}%", t.revision, t.percent),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}/{}  {}  traffic: {}",
+            svc.namespace,
+            svc.name,
+            svc.url,
+            traffic.join(", ")
+        );
+        let width = svc
+            .revisions
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>7}  {:>5}  {:>11}  {:>5}  MODE",
+            "REVISION", "DESIRED", "READY", "CONCURRENCY", "PANIC"
+        );
+        for r in &svc.revisions {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:>7}  {:>5}  {:>11.1}  {:>5}  {}",
+                r.name,
+                desired(r),
+                r.ready,
+                r.concurrency,
+                if r.panic { "yes" } else { "no" },
+                r.mode
+            );
+            if let Some(e) = &r.error {
+                for line in e.lines() {
+                    let _ = writeln!(out, "    ! {line}");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn desired(r: &RevisionStatus) -> String {
+    if r.desired < 0 {
+        "-".to_owned()
+    } else {
+        r.desired.to_string()
+    }
+}
+
+/// Remembers what was printed, to print only what changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    last: BTreeMap<String, String>,
+}
+
+impl Changes {
+    /// One line per revision whose pods, mode or panic changed since the last call.
+    pub fn lines(&mut self, s: &Status) -> Vec<String> {
+        let mut out = Vec::new();
+        for svc in &s.services {
+            for r in &svc.revisions {
+                let key = format!("{}/{}", svc.namespace, r.name);
+                let state = format!(
+                    "desired={} ready={} mode={} panic={}",
+                    desired(r),
+                    r.ready,
+                    r.mode,
+                    if r.panic { "yes" } else { "no" }
+                );
+                if self.last.get(&key) != Some(&state) {
+                    out.push(format!("{key} {state} concurrency={:.1}", r.concurrency));
+                    self.last.insert(key, state);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::platform::{ServiceStatus, TrafficStatus};
+
+    fn status(ready: u32) -> Status {
+        Status {
+            gateway: "127.0.0.1:8080".into(),
+            services: vec![ServiceStatus {
+                name: "hello".into(),
+                namespace: "default".into(),
+                url: "http://hello.default.example.com".into(),
+                traffic: vec![TrafficStatus {
+                    revision: "hello-00001".into(),
+                    percent: 100,
+                    tag: None,
+                }],
+                revisions: vec![RevisionStatus {
+                    name: "hello-00001".into(),
+                    desired: 2,
+                    ready,
+                    concurrency: 3.25,
+                    panic: false,
+                    mode: "serve".into(),
+                    error: None,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_table_shows_traffic_and_pods() {
+        let t = table(&status(1));
+        assert!(
+            t.contains(
+                "default/hello  http://hello.default.example.com  traffic: hello-00001 100%"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("hello-00001        2      1          3.2     no  serve"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn only_changes_are_printed_again() {
+        let mut c = Changes::default();
+        assert_eq!(c.lines(&status(1)).len(), 1);
+        assert!(c.lines(&status(1)).is_empty());
+        assert_eq!(
+            c.lines(&status(2)),
+            ["default/hello-00001 desired=2 ready=2 mode=serve panic=no concurrency=3.2"]
+        );
+    }
+}

@@ -1,0 +1,524 @@
+//! The platform: autoscaler, activator, gateway and pod supervisor in one process, wired
+//! together in-process, plus the admin port that `sluice apply` and `sluice status` use.
+//!
+//! - The supervisor is the autoscaler's [`Scaler`](sluice_autoscaler::scaler::Scaler);
+//!   queue-proxies, the activator and the gateway send stats over gRPC.
+//! - Ready pods go to the activator (an in-process endpoints publisher) and to the
+//!   gateway's routing table, with the revision's mode from the autoscaler's decisions.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use parking_lot::Mutex;
+use serde::Serialize;
+use sluice_activator::{Activator, EndpointsPublisher, EndpointsSource};
+use sluice_autoscaler::scaler::RevisionKey;
+use sluice_autoscaler::server::{Args as AutoscalerArgs, Server as AutoscalerServer};
+use sluice_autoscaler::service::Autoscaler;
+use sluice_core::respond;
+use sluice_core::serve::{listen, local_addr, serve};
+use sluice_gateway::{Gateway, Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
+use sluice_proto::v1::{self, RevisionEndpoints};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::images::ImageMap;
+use super::manifest::Manifests;
+use super::supervisor::{Supervisor, SupervisorConfig};
+use super::world::World;
+
+/// Largest manifest `sluice apply` may send.
+const MAX_APPLY_BYTES: usize = 4 << 20;
+
+/// How to start the platform.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The `sluice` binary that pods run.
+    pub exe: PathBuf,
+    pub gateway_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub domain: String,
+    pub images: ImageMap,
+    pub ready_timeout: Duration,
+    /// The queue-proxies' and the activator's drain quiet period.
+    pub drain_quiet_period: Duration,
+}
+
+/// A running platform. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    images: ImageMap,
+    /// Applies take turns; status reads the last applied world.
+    apply_lock: tokio::sync::Mutex<()>,
+    world: Mutex<World>,
+    autoscaler: Autoscaler,
+    supervisor: Supervisor,
+    routes: Routes,
+    publisher: EndpointsPublisher,
+    decisions: Mutex<HashMap<RevisionKey, v1::Decision>>,
+    addrs: Addresses,
+    /// Stops the gateway, the activator and the admin port; then the autoscaler.
+    stop: watch::Sender<bool>,
+    stop_autoscaler: watch::Sender<bool>,
+    tasks: Mutex<Tasks>,
+}
+
+#[derive(Debug, Default)]
+struct Tasks {
+    front: Vec<tokio::task::JoinHandle<()>>,
+    autoscaler: Option<tokio::task::JoinHandle<()>>,
+    followers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Where each part listens.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Addresses {
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    pub activator: SocketAddr,
+    pub autoscaler: SocketAddr,
+}
+
+/// `sluice status --json`: documented in the README; fields are only ever added.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Status {
+    pub gateway: String,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub namespace: String,
+    pub url: String,
+    pub traffic: Vec<TrafficStatus>,
+    pub revisions: Vec<RevisionStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct TrafficStatus {
+    pub revision: String,
+    pub percent: u32,
+    pub tag: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct RevisionStatus {
+    pub name: String,
+    /// The autoscaler's desired pods; −1 before its first decision.
+    pub desired: i32,
+    pub ready: u32,
+    /// Average concurrency over the stable window.
+    pub concurrency: f64,
+    pub panic: bool,
+    /// `serve` (gateway → pods) or `proxy` (gateway → activator).
+    pub mode: String,
+    /// Why the last pod failed, while no pod has become ready since.
+    pub error: Option<String>,
+}
+
+// === impl Platform ===
+
+impl Platform {
+    /// Binds every port and starts every part, with no service yet.
+    pub async fn start(opts: Options) -> Result<Self, String> {
+        let (changed_tx, changed_rx) = mpsc::unbounded_channel();
+        let supervisor = Supervisor::new(
+            SupervisorConfig {
+                exe: opts.exe.clone(),
+                ready_timeout: opts.ready_timeout,
+                drain_quiet_period: opts.drain_quiet_period,
+            },
+            changed_tx,
+        );
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let autoscaler = AutoscalerServer::bind(
+            &AutoscalerArgs {
+                listen: loopback(0),
+                metrics_listen: loopback(0),
+                config: None,
+                no_auto_register: true,
+            },
+            Some(Arc::new(supervisor.clone())),
+        )
+        .await
+        .map_err(|e| format!("autoscaler: {e}"))?;
+        let autoscaler_addr = autoscaler.grpc_addr();
+        let autoscaler_uri = format!("http://{autoscaler_addr}");
+        supervisor.set_autoscaler(autoscaler_uri.clone());
+        let publisher = EndpointsPublisher::new();
+        let activator = Activator::bind(
+            sluice_activator::Config {
+                listen: loopback(0),
+                metrics_listen: loopback(0),
+                autoscaler: autoscaler_uri.parse().ok(),
+                endpoints: None,
+                pod_name: "activator".into(),
+                queue_depth: 10_000,
+                probe_timeout: Duration::from_millis(300),
+                probe_frequency: Duration::from_millis(200),
+                drain_quiet_period: opts.drain_quiet_period,
+                max_idle_per_pod: 100,
+            },
+            Some(EndpointsSource::InProcess(publisher.clone())),
+        )
+        .await
+        .map_err(|e| format!("activator: {e}"))?;
+        let activator_addr = activator.serving_addr();
+        let gateway = Gateway::bind(sluice_gateway::Config {
+            listen: opts.gateway_listen,
+            domain: opts.domain.clone(),
+            activator: Some(activator_addr),
+            autoscaler: autoscaler_uri.parse().ok(),
+            pod_name: "gateway".into(),
+        })
+        .await
+        .map_err(|e| format!("gateway: {e}"))?;
+        let admin = listen("admin", opts.admin_listen)
+            .await
+            .map_err(|e| format!("admin: {e}"))?;
+        let addrs = Addresses {
+            gateway: gateway.serving_addr(),
+            admin: local_addr(&admin),
+            activator: activator_addr,
+            autoscaler: autoscaler_addr,
+        };
+        let (stop, _) = watch::channel(false);
+        let (stop_autoscaler, _) = watch::channel(false);
+        let platform = Self {
+            inner: Arc::new(Inner {
+                images: opts.images,
+                apply_lock: tokio::sync::Mutex::new(()),
+                world: Mutex::new(World::default()),
+                autoscaler: autoscaler.autoscaler().clone(),
+                supervisor,
+                routes: gateway.routes(),
+                publisher,
+                decisions: Mutex::new(HashMap::new()),
+                addrs,
+                stop,
+                stop_autoscaler,
+                tasks: Mutex::new(Tasks::default()),
+            }),
+        };
+        let stopped = |stop: &watch::Sender<bool>| {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let inner = &platform.inner;
+        let p = platform.clone();
+        let admin_page = move |_| {
+            let p = p.clone();
+            service_fn(move |req| admin_page(p.clone(), req))
+        };
+        let tasks = Tasks {
+            front: vec![
+                tokio::spawn(activator.run(stopped(&inner.stop))),
+                tokio::spawn(gateway.run(stopped(&inner.stop))),
+                tokio::spawn(serve(
+                    "admin",
+                    admin,
+                    admin_page,
+                    stopped(&inner.stop),
+                    Duration::from_secs(1),
+                )),
+            ],
+            autoscaler: Some(tokio::spawn(
+                autoscaler.run(stopped(&inner.stop_autoscaler)),
+            )),
+            followers: vec![
+                tokio::spawn(follow_pods(platform.clone(), changed_rx)),
+                tokio::spawn(follow_decisions(platform.clone())),
+            ],
+        };
+        *inner.tasks.lock() = tasks;
+        Ok(platform)
+    }
+
+    pub fn addresses(&self) -> Addresses {
+        self.inner.addrs
+    }
+
+    /// Applies manifests: everything or, when any rule is broken, nothing.
+    pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
+        let inner = &self.inner;
+        let _turn = inner.apply_lock.lock().await;
+        let current = inner.world.lock().clone();
+        let (next, changes) = current.apply(m, &inner.images)?;
+        if changes.config
+            && let Err(refused) = inner.autoscaler.set_config(next.config.clone())
+        {
+            return Err(refused
+                .0
+                .iter()
+                .map(|(rev, e)| format!("ConfigMap config-autoscaler: revision {rev}: {e}"))
+                .collect());
+        }
+        for (namespace, _, name) in &changes.new_revisions {
+            let (_, rev) = next
+                .revision(namespace, name)
+                .expect("a planned revision is in the next world");
+            let key = RevisionKey::new(namespace, name);
+            inner
+                .supervisor
+                .add_revision(rev.pod.clone(), rev.initial_scale);
+            // The activator must know the revision before any request for it arrives.
+            self.sync_revision(&next, &key);
+            if let Err(e) = inner.autoscaler.upsert_revision(
+                &key,
+                rev.annotations.clone(),
+                rev.pod.container_concurrency,
+            ) {
+                // Checked while planning against the same config: a bug if it happens.
+                tracing::error!(revision = %key, %e, "autoscaler refused a checked revision");
+            }
+        }
+        for (namespace, name) in &changes.traffic {
+            let s = &next.services[&(namespace.clone(), name.clone())];
+            inner.routes.set_service(ServiceRoute {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                traffic: s
+                    .traffic
+                    .iter()
+                    .map(|t| TrafficTarget {
+                        revision: t.revision.clone(),
+                        percent: t.percent,
+                        tag: t.tag.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        *inner.world.lock() = next;
+        let mut summary = changes.summary;
+        summary.extend(m.ignored.iter().cloned());
+        Ok(summary)
+    }
+
+    /// Services, revisions, traffic, pods and the autoscaler's view, now.
+    pub fn status(&self) -> Status {
+        let inner = &self.inner;
+        let world = inner.world.lock().clone();
+        let decisions = inner.decisions.lock().clone();
+        let services = world
+            .services
+            .values()
+            .map(|s| ServiceStatus {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                url: inner.routes.url(&s.namespace, &s.name),
+                traffic: s
+                    .traffic
+                    .iter()
+                    .map(|t| TrafficStatus {
+                        revision: t.revision.clone(),
+                        percent: t.percent,
+                        tag: t.tag.clone(),
+                    })
+                    .collect(),
+                revisions: s
+                    .revisions
+                    .iter()
+                    .map(|r| {
+                        let key = RevisionKey::new(&s.namespace, &r.name);
+                        let d = decisions.get(&key);
+                        RevisionStatus {
+                            name: r.name.clone(),
+                            desired: d.map_or(-1, |d| d.desired_scale),
+                            ready: u32::try_from(inner.supervisor.ready(&key).len())
+                                .unwrap_or(u32::MAX),
+                            concurrency: d.map_or(0.0, |d| d.stable_value),
+                            panic: d.is_some_and(|d| d.panic),
+                            mode: match mode_of(d) {
+                                Mode::Serve => "serve",
+                                Mode::Proxy => "proxy",
+                            }
+                            .to_owned(),
+                            error: inner.supervisor.last_error(&key),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            gateway: inner.addrs.gateway.to_string(),
+            services,
+        }
+    }
+
+    /// Drains and stops every pod, then the gateway, the activator and the admin port,
+    /// then the autoscaler.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.supervisor.shutdown().await;
+        let tasks = std::mem::take(&mut *inner.tasks.lock());
+        inner.stop.send_replace(true);
+        for task in tasks.front {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a component did not stop in time");
+            }
+        }
+        for task in tasks.followers {
+            task.abort();
+        }
+        inner.stop_autoscaler.send_replace(true);
+        if let Some(task) = tasks.autoscaler {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Tells the gateway and the activator where a revision's requests may go now.
+    fn sync_revision(&self, world: &World, key: &RevisionKey) {
+        let inner = &self.inner;
+        let Some((_, rev)) = world.revision(&key.namespace, &key.name) else {
+            return;
+        };
+        let ready = inner.supervisor.ready(key);
+        let mode = mode_of(inner.decisions.lock().get(key));
+        inner.routes.set_backends(RevisionBackends {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            mode,
+            pods: ready.clone(),
+            report: rev.mpa,
+        });
+        inner.publisher.publish(RevisionEndpoints {
+            namespace: key.namespace.clone(),
+            revision: key.name.clone(),
+            removed: false,
+            container_concurrency: rev.pod.container_concurrency,
+            timeout_seconds: rev.pod.timeout_seconds,
+            addresses: ready.iter().map(ToString::to_string).collect(),
+        });
+    }
+
+    fn sync(&self, key: &RevisionKey) {
+        let world = self.inner.world.lock().clone();
+        self.sync_revision(&world, key);
+    }
+}
+
+fn mode_of(d: Option<&v1::Decision>) -> Mode {
+    match d.map(|d| d.mode()) {
+        Some(v1::Mode::Serve) => Mode::Serve,
+        _ => Mode::Proxy,
+    }
+}
+
+/// Ready pods changed: tell the gateway and the activator.
+async fn follow_pods(platform: Platform, mut changed: mpsc::UnboundedReceiver<RevisionKey>) {
+    while let Some(key) = changed.recv().await {
+        platform.sync(&key);
+    }
+}
+
+/// Keeps the latest decision per revision; a change of mode moves the gateway's traffic.
+async fn follow_decisions(platform: Platform) {
+    let inner = &platform.inner;
+    let mut rx = inner.autoscaler.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(d) => {
+                let key = RevisionKey::new(&d.namespace, &d.revision);
+                let old_mode = {
+                    let mut decisions = inner.decisions.lock();
+                    let old = decisions.get(&key).map(v1::Decision::mode);
+                    if d.removed {
+                        decisions.remove(&key);
+                    } else {
+                        decisions.insert(key.clone(), (*d).clone());
+                    }
+                    old
+                };
+                if old_mode != Some(d.mode()) {
+                    platform.sync(&key);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let all = inner.autoscaler.decisions(None);
+                let keys: Vec<RevisionKey> = {
+                    let mut decisions = inner.decisions.lock();
+                    all.into_iter()
+                        .map(|d| {
+                            let key = RevisionKey::new(&d.namespace, &d.revision);
+                            decisions.insert(key.clone(), d);
+                            key
+                        })
+                        .collect()
+                };
+                for key in keys {
+                    platform.sync(&key);
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The admin port: `GET /status` (JSON), `POST /apply` (YAML manifests), `GET /healthz`.
+async fn admin_page(
+    platform: Platform,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/status") => {
+            let body =
+                serde_json::to_vec_pretty(&platform.status()).expect("a status always serializes");
+            let mut rsp = Response::new(Full::new(Bytes::from(body)));
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            rsp
+        }
+        (&Method::POST, "/apply") => {
+            let body = match Limited::new(req.into_body(), MAX_APPLY_BYTES)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(respond::text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("cannot read the manifests: {e}"),
+                    ));
+                }
+            };
+            let text = String::from_utf8_lossy(&body);
+            let applied = match Manifests::parse("apply", &text) {
+                Ok(m) => platform.apply(&m).await,
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(summary) => respond::text(StatusCode::OK, summary.join("\n") + "\n"),
+                Err(errors) => respond::text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("refused; nothing was changed:\n  {}\n", errors.join("\n  ")),
+                ),
+            }
+        }
+        (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "sluice"),
+        _ => respond::text(
+            StatusCode::NOT_FOUND,
+            "not found: this port serves GET /status, POST /apply and GET /healthz",
+        ),
+    })
+}

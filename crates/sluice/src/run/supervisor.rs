@@ -1,0 +1,542 @@
+//! The pod supervisor: the local runtime's [`Scaler`]. A pod is two processes on free
+//! loopback ports, the app (with `PORT` and Knative's `K_*` env) and `sluice queue-proxy`
+//! in front of it (Knative's env). It counts as ready once its queue-proxy answers
+//! `K-Network-Probe: queue` with 200, which it does once the app passes its readiness
+//! probe.
+//!
+//! Each revision has a manager task that moves its pods toward the autoscaler's desired
+//! count. Scale-down takes a pod out of rotation first, then SIGTERMs the queue-proxy
+//! (which drains) and the app once the queue-proxy has exited. A pod whose app or
+//! queue-proxy exits on its own is replaced, with a growing back-off if it keeps failing.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use sluice_autoscaler::kpa::PodCounts;
+use sluice_autoscaler::scaler::{RevisionKey, Scaler};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::images::SAMPLE_APP;
+use super::world::PodSpec;
+
+/// Output lines kept per pod, shown when it fails.
+const TAIL_LINES: usize = 20;
+const PROBE_EVERY: Duration = Duration::from_millis(25);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const APP_STOP_GRACE: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    /// The `sluice` binary: pods run `sluice queue-proxy` and `sluice sample-app`.
+    pub exe: PathBuf,
+    /// How long a new pod may take to become ready before it is reported and replaced.
+    pub ready_timeout: Duration,
+    /// The queue-proxies' drain quiet period.
+    pub drain_quiet_period: Duration,
+}
+
+/// Cheap to clone, every clone the same supervisor.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: SupervisorConfig,
+    /// The autoscaler's gRPC address, for the queue-proxies' stats (known once it is bound).
+    autoscaler: Mutex<String>,
+    revisions: Mutex<HashMap<RevisionKey, Arc<RevPods>>>,
+    /// A revision's ready pods changed.
+    changed: mpsc::UnboundedSender<RevisionKey>,
+    next_pod: AtomicU64,
+}
+
+/// One revision's pods.
+#[derive(Debug)]
+struct RevPods {
+    key: RevisionKey,
+    spec: PodSpec,
+    desired: watch::Sender<u32>,
+    replicas: AtomicU32,
+    ready: Mutex<Vec<SocketAddr>>,
+    /// Why the last pod failed, for `sluice status`.
+    last_error: Mutex<Option<String>>,
+    stop: watch::Sender<bool>,
+    done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A pod as its manager sees it.
+struct PodHandle {
+    id: u64,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// The last lines a process wrote.
+#[derive(Clone, Debug, Default)]
+struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+// === impl Supervisor ===
+
+impl Supervisor {
+    /// A supervisor; ready-set changes are sent on `changed`.
+    pub fn new(config: SupervisorConfig, changed: mpsc::UnboundedSender<RevisionKey>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                autoscaler: Mutex::new(String::new()),
+                revisions: Mutex::new(HashMap::new()),
+                changed,
+                next_pod: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Where pods send their stats.
+    pub fn set_autoscaler(&self, address: String) {
+        *self.inner.autoscaler.lock() = address;
+    }
+
+    /// Starts managing a revision with `initial` pods (Knative creates a revision's
+    /// Deployment at its initial scale; the autoscaler takes over from there).
+    pub fn add_revision(&self, spec: PodSpec, initial: u32) {
+        let key = RevisionKey::new(&spec.namespace, &spec.revision);
+        let rev = Arc::new(RevPods {
+            key: key.clone(),
+            spec,
+            desired: watch::Sender::new(initial),
+            replicas: AtomicU32::new(0),
+            ready: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
+            stop: watch::Sender::new(false),
+            done: Mutex::new(None),
+        });
+        let task = tokio::spawn(manage(Arc::clone(&self.inner), Arc::clone(&rev)));
+        *rev.done.lock() = Some(task);
+        self.inner.revisions.lock().insert(key, rev);
+    }
+
+    /// The ready pods' queue-proxy addresses.
+    pub fn ready(&self, key: &RevisionKey) -> Vec<SocketAddr> {
+        self.inner
+            .revisions
+            .lock()
+            .get(key)
+            .map(|r| r.ready.lock().clone())
+            .unwrap_or_default()
+    }
+
+    /// Why the revision's last pod failed, if one did since the last ready pod.
+    pub fn last_error(&self, key: &RevisionKey) -> Option<String> {
+        let rev = self.inner.revisions.lock().get(key).cloned()?;
+        rev.last_error.lock().clone()
+    }
+
+    /// Drains and stops every pod of every revision.
+    pub async fn shutdown(&self) {
+        let revisions: Vec<Arc<RevPods>> = self
+            .inner
+            .revisions
+            .lock()
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for rev in &revisions {
+            rev.stop.send_replace(true);
+        }
+        for rev in revisions {
+            let task = rev.done.lock().take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+impl Scaler for Supervisor {
+    fn pods(&self, revision: &RevisionKey) -> Option<PodCounts> {
+        let rev = self.inner.revisions.lock().get(revision).cloned();
+        Some(rev.map_or_else(PodCounts::default, |r| PodCounts {
+            ready: u32::try_from(r.ready.lock().len()).unwrap_or(u32::MAX),
+            replicas: r.replicas.load(Ordering::Relaxed),
+        }))
+    }
+
+    fn scale(&self, revision: &RevisionKey, replicas: u32) {
+        if let Some(rev) = self.inner.revisions.lock().get(revision) {
+            rev.desired
+                .send_if_modified(|d| std::mem::replace(d, replicas) != replicas);
+        }
+    }
+}
+
+// === the manager ===
+
+/// Moves a revision's pods toward the desired count until told to stop.
+async fn manage(inner: Arc<Inner>, rev: Arc<RevPods>) {
+    let mut desired = rev.desired.subscribe();
+    let mut stop = rev.stop.subscribe();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(u64, Result<(), String>)>();
+    let mut pods: Vec<PodHandle> = Vec::new();
+    // Pods told to stop but not yet gone.
+    let mut stopping = 0usize;
+    let mut failures = 0u32;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let shutting_down = *stop.borrow();
+        let want = if shutting_down {
+            0
+        } else {
+            *desired.borrow_and_update() as usize
+        };
+        let now = Instant::now();
+        let may_start = retry_at.is_none_or(|at| now >= at);
+        while pods.len() < want && may_start {
+            let id = inner.next_pod.fetch_add(1, Ordering::Relaxed);
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ended = ended_tx.clone();
+            let task_inner = Arc::clone(&inner);
+            let task_rev = Arc::clone(&rev);
+            let task_ready = Arc::clone(&ready);
+            tokio::spawn(async move {
+                let result = run_pod(&task_inner, &task_rev, id, stop_rx, &task_ready).await;
+                let _ = ended.send((id, result));
+            });
+            pods.push(PodHandle {
+                id,
+                ready,
+                stop: Some(stop_tx),
+            });
+        }
+        if pods.len() > want {
+            // Surplus: pods not ready yet go first, then the newest.
+            pods.sort_by_key(|p| (p.ready.load(Ordering::Relaxed), std::cmp::Reverse(p.id)));
+            for mut pod in pods.drain(..pods.len() - want) {
+                if let Some(tx) = pod.stop.take() {
+                    let _ = tx.send(());
+                    stopping += 1;
+                }
+            }
+            pods.sort_by_key(|p| p.id);
+        }
+        rev.replicas.store(
+            u32::try_from(pods.len()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        if shutting_down && pods.is_empty() && stopping == 0 {
+            return;
+        }
+        let backoff = async {
+            match retry_at {
+                Some(at) if pods.len() < want => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() { rev.stop.send_replace(true); }
+            }
+            _ = stop.changed() => {}
+            Some((id, result)) = ended_rx.recv() => {
+                if let Some(i) = pods.iter().position(|p| p.id == id) {
+                    pods.remove(i);
+                } else {
+                    stopping = stopping.saturating_sub(1);
+                }
+                match result {
+                    Ok(()) => failures = 0,
+                    Err(why) => {
+                        failures += 1;
+                        let wait = BACKOFF_MIN
+                            .saturating_mul(1 << failures.min(6))
+                            .min(BACKOFF_MAX);
+                        retry_at = Some(Instant::now() + wait);
+                        tracing::warn!(revision = %rev.key, "{why}");
+                        *rev.last_error.lock() = Some(why);
+                    }
+                }
+            }
+            () = backoff => retry_at = None,
+        }
+    }
+}
+
+// === one pod ===
+
+/// Runs one pod until it is told to stop (`Ok`) or fails (`Err`, with why).
+async fn run_pod(
+    inner: &Inner,
+    rev: &RevPods,
+    id: u64,
+    mut stop: oneshot::Receiver<()>,
+    ready_flag: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    let spec = &rev.spec;
+    let pod_name = format!("{}-deployment-{id:05}", spec.revision);
+    let (user_port, queue_port) = match (free_port(), free_port()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("pod {pod_name}: no free port: {e}")),
+    };
+    let app_tail = Tail::default();
+    let qp_tail = Tail::default();
+    let mut app = spawn_app(inner, spec, user_port, &app_tail)
+        .map_err(|e| format!("pod {pod_name}: cannot start the app {:?}: {e}", spec.argv))?;
+    let mut qp = match spawn_queue_proxy(inner, spec, &pod_name, user_port, queue_port, &qp_tail) {
+        Ok(qp) => qp,
+        Err(e) => {
+            stop_process(&mut app, APP_STOP_GRACE).await;
+            return Err(format!("pod {pod_name}: cannot start its queue-proxy: {e}"));
+        }
+    };
+    let qp_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, queue_port));
+    let failed = |what: String, tails: &[(&str, &Tail)]| {
+        let mut msg = format!("pod {pod_name}: {what}");
+        for (name, tail) in tails {
+            let lines = tail.lines();
+            if !lines.is_empty() {
+                msg.push_str(&format!(
+                    "\n  last output of the {name}:\n    {}",
+                    lines.join("\n    ")
+                ));
+            }
+        }
+        msg
+    };
+    let tails = [("app", &app_tail), ("queue-proxy", &qp_tail)];
+
+    // Starting: until the queue-proxy says the app is ready.
+    let deadline = Instant::now() + inner.config.ready_timeout;
+    let outcome: Result<bool, String> = loop {
+        tokio::select! {
+            status = app.wait() => break Err(format!("the app exited before it was ready ({})", describe(status))),
+            status = qp.wait() => break Err(format!("the queue-proxy exited before the pod was ready ({})", describe(status))),
+            _ = &mut stop => break Ok(false),
+            () = tokio::time::sleep_until(deadline) => break Err(format!(
+                "not ready after {:?}; it is stopped and will be replaced", inner.config.ready_timeout
+            )),
+            ready = probe(qp_addr) => if ready { break Ok(true); }
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    };
+    let result = match outcome {
+        Ok(false) => Ok(()),
+        Err(what) => {
+            // Let the last lines it wrote arrive.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(failed(what, &tails))
+        }
+        Ok(true) => {
+            ready_flag.store(true, Ordering::Relaxed);
+            *rev.last_error.lock() = None;
+            rev.ready.lock().push(qp_addr);
+            let _ = inner.changed.send(rev.key.clone());
+            tracing::debug!(pod = %pod_name, addr = %qp_addr, "ready");
+            let running = tokio::select! {
+                status = app.wait() => Err(format!("the app exited ({})", describe(status))),
+                status = qp.wait() => Err(format!("the queue-proxy exited ({})", describe(status))),
+                _ = &mut stop => Ok(()),
+            };
+            // Out of rotation before anything is stopped.
+            rev.ready.lock().retain(|a| *a != qp_addr);
+            let _ = inner.changed.send(rev.key.clone());
+            running.map_err(|what| failed(what, &tails))
+        }
+    };
+    // The queue-proxy drains first; the app stops once it has gone.
+    let qp_grace = Duration::from_secs(u64::from(spec.timeout_seconds))
+        + inner.config.drain_quiet_period
+        + Duration::from_secs(5);
+    stop_process(&mut qp, qp_grace).await;
+    stop_process(&mut app, APP_STOP_GRACE).await;
+    tracing::debug!(pod = %pod_name, "stopped");
+    result
+}
+
+fn spawn_app(inner: &Inner, spec: &PodSpec, port: u16, tail: &Tail) -> std::io::Result<Child> {
+    let mut cmd = if spec.argv.first().map(String::as_str) == Some(SAMPLE_APP) {
+        let mut c = Command::new(&inner.config.exe);
+        c.arg(SAMPLE_APP).env("SAMPLE_APP_BIND", "127.0.0.1");
+        c.args(&spec.argv[1..]);
+        c
+    } else {
+        let mut c = Command::new(&spec.argv[0]);
+        c.args(&spec.argv[1..]);
+        c
+    };
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("PORT", port.to_string())
+        .env("K_SERVICE", &spec.service)
+        .env("K_CONFIGURATION", &spec.service)
+        .env("K_REVISION", &spec.revision);
+    spawn(cmd, tail)
+}
+
+fn spawn_queue_proxy(
+    inner: &Inner,
+    spec: &PodSpec,
+    pod: &str,
+    user_port: u16,
+    queue_port: u16,
+    tail: &Tail,
+) -> std::io::Result<Child> {
+    let probe = match &spec.readiness_probe {
+        Some(p) => readiness_probe_for(p, user_port),
+        None => serde_json::json!({
+            "tcpSocket": {"port": user_port, "host": "127.0.0.1"},
+            "successThreshold": 1
+        }),
+    };
+    let optional = |v: Option<u32>| v.map(|s| s.to_string()).unwrap_or_default();
+    let mut cmd = Command::new(&inner.config.exe);
+    cmd.arg("queue-proxy")
+        .env("SERVING_NAMESPACE", &spec.namespace)
+        .env("SERVING_SERVICE", &spec.service)
+        .env("SERVING_CONFIGURATION", &spec.service)
+        .env("SERVING_REVISION", &spec.revision)
+        .env("SERVING_POD", pod)
+        .env("SERVING_POD_IP", "127.0.0.1")
+        .env("QUEUE_SERVING_PORT", queue_port.to_string())
+        .env("USER_PORT", user_port.to_string())
+        .env(
+            "CONTAINER_CONCURRENCY",
+            spec.container_concurrency.to_string(),
+        )
+        .env("REVISION_TIMEOUT_SECONDS", spec.timeout_seconds.to_string())
+        .env(
+            "REVISION_RESPONSE_START_TIMEOUT_SECONDS",
+            optional(spec.response_start_timeout_seconds),
+        )
+        .env(
+            "REVISION_IDLE_TIMEOUT_SECONDS",
+            optional(spec.idle_timeout_seconds),
+        )
+        .env("SERVING_READINESS_PROBE", probe.to_string())
+        .env("SLUICE_BIND_ADDRESS", "127.0.0.1")
+        .env("SLUICE_ADMIN_PORT", "0")
+        .env("SLUICE_METRICS_PORT", "0")
+        .env("SLUICE_USER_METRICS_PORT", "0")
+        .env(
+            "SLUICE_AUTOSCALER_ADDRESS",
+            inner.autoscaler.lock().as_str(),
+        )
+        .env(
+            "SLUICE_DRAIN_QUIET_PERIOD",
+            format!("{}ms", inner.config.drain_quiet_period.as_millis()),
+        )
+        .env("RUST_LOG", "warn");
+    spawn(cmd, tail)
+}
+
+/// The user's probe pointed at the app's local port, as Knative's reconciler rewrites it.
+fn readiness_probe_for(probe: &serde_json::Value, user_port: u16) -> serde_json::Value {
+    let mut p = probe.clone();
+    for action in ["httpGet", "tcpSocket", "grpc"] {
+        if let Some(a) = p.get_mut(action).and_then(serde_json::Value::as_object_mut) {
+            a.insert("port".into(), user_port.into());
+            if action != "grpc" {
+                a.insert("host".into(), "127.0.0.1".into());
+            }
+        }
+    }
+    p
+}
+
+fn spawn(mut cmd: Command, tail: &Tail) -> std::io::Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group: a Ctrl-C at the terminal reaches `sluice run` alone,
+        // which then drains the pods in order.
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(tail.clone().collect(out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(tail.clone().collect(err));
+    }
+    Ok(child)
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+async fn stop_process(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(pid = child.id(), ?grace, "did not stop in time; killing it");
+        let _ = child.kill().await;
+    }
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("cannot wait for it: {e}"),
+    }
+}
+
+/// Whether the queue-proxy at `addr` says its pod is ready (the activator's probe).
+pub async fn probe(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nK-Network-Probe: queue\r\n\
+              User-Agent: Knative-Activator-Probe\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        std::io::Result::Ok(&head == b"HTTP/1.1 200")
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// A port free now on 127.0.0.1 (the OS picks it; the pod binds it a moment later).
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+// === impl Tail ===
+
+impl Tail {
+    async fn collect(self, out: impl tokio::io::AsyncRead + Unpin) {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::trace!("{line}");
+            let mut t = self.0.lock();
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().iter().cloned().collect()
+    }
+}

@@ -1,0 +1,500 @@
+//! `sluice run` end to end: the platform in-process (gateway, activator, autoscaler,
+//! supervisor) with real pods (`sluice sample-app` behind `sluice queue-proxy`, separate
+//! processes) over loopback, driven through the gateway. The stable window is Knative's
+//! minimum, 6 s, to keep the tests short; the README gives a manual run at the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice::run::images::ImageMap;
+use sluice::run::manifest::Manifests;
+use sluice::run::platform::RevisionStatus;
+use sluice::run::{Options, Platform, Status};
+use sluice_test_support::{client, hey, load};
+use tokio::time::Instant;
+
+const FAST_CONFIG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-autoscaler
+  namespace: knative-serving
+data:
+  stable-window: "6s"
+  scale-to-zero-grace-period: "6s"
+"#;
+
+async fn start() -> Platform {
+    Platform::start(Options {
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
+        gateway_listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_listen: "127.0.0.1:0".parse().expect("addr"),
+        domain: "example.com".into(),
+        images: ImageMap::default(),
+        ready_timeout: Duration::from_secs(30),
+        drain_quiet_period: Duration::from_millis(500),
+    })
+    .await
+    .expect("the platform starts")
+}
+
+fn example(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn apply(p: &Platform, yaml: &str) -> Vec<String> {
+    let m = Manifests::parse("test", yaml).expect("manifests parse");
+    p.apply(&m).await.expect("applied")
+}
+
+fn revision(s: &Status, name: &str) -> RevisionStatus {
+    s.services
+        .iter()
+        .flat_map(|svc| &svc.revisions)
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no revision {name} in {s:?}"))
+        .clone()
+}
+
+/// Polls the status until `done` holds for `name`, or panics after `limit`.
+async fn wait_for(
+    p: &Platform,
+    name: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&RevisionStatus) -> bool,
+) -> RevisionStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = revision(&p.status(), name);
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: not {what} after {limit:?}: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn url(gw: SocketAddr, path: &str) -> String {
+    format!("http://{gw}{path}")
+}
+
+async fn get(gw: SocketAddr, host: &str, path: &str) -> client::Reply {
+    client::get_with(&url(gw, path), &[("host", host)]).await
+}
+
+/// Runs hey against the gateway on a blocking thread.
+async fn hey(args: &[&str], gw: SocketAddr, host: &str, path: &str) -> hey::HeyReport {
+    let mut argv: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    argv.extend(["-host".to_owned(), host.to_owned()]);
+    let target = url(gw, path);
+    tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        hey::run(&argv, &target)
+    })
+    .await
+    .expect("hey ran")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_autoscale_go_target_10_at_50_concurrent_makes_8_pods() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    apply(&p, &example("autoscale-go.yaml")).await;
+    let host = "autoscale-go.default.example.com";
+    wait_for(
+        &p,
+        "autoscale-go-00001",
+        Duration::from_secs(30),
+        "ready",
+        |r| r.ready == 1,
+    )
+    .await;
+
+    let load = hey(&["-z", "20s", "-c", "50"], gw, host, "/?sleep=100");
+    tokio::pin!(load);
+    let mut most = 0;
+    let report = loop {
+        tokio::select! {
+            report = &mut load => break report,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                most = most.max(revision(&p.status(), "autoscale-go-00001").desired);
+            }
+        }
+    };
+    let r = revision(&p.status(), "autoscale-go-00001");
+    println!(
+        "desired {} (most {most}), ready {}, stable concurrency {:.1}",
+        r.desired, r.ready, r.concurrency
+    );
+    assert_eq!(report.errors, 0, "{}", report.output);
+    assert_eq!(
+        report.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{}",
+        report.output
+    );
+    assert_eq!(r.desired, 8, "ceil(50 / (10 x 0.7)) = 8: {r:?}");
+    assert_eq!(most, 8, "never above 8 on the way: {r:?}");
+    assert_eq!(r.ready, 8, "{r:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_min_scale_1_max_scale_3_caps_at_3_and_keeps_1() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    apply(&p, &example("autoscale-go-bounded.yaml")).await;
+    let name = "autoscale-go-00001";
+    wait_for(&p, name, Duration::from_secs(30), "ready", |r| r.ready == 1).await;
+    let load = hey(
+        &["-z", "10s", "-c", "50"],
+        gw,
+        "autoscale-go.default.example.com",
+        "/?sleep=100",
+    );
+    tokio::pin!(load);
+    let (mut most_desired, mut most_ready) = (0, 0);
+    let report = loop {
+        tokio::select! {
+            report = &mut load => break report,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                let r = revision(&p.status(), name);
+                most_desired = most_desired.max(r.desired);
+                most_ready = most_ready.max(r.ready);
+            }
+        }
+    };
+    assert_eq!(report.errors, 0, "{}", report.output);
+    assert_eq!(most_desired, 3, "scaled out, to max-scale and no further");
+    assert!(
+        most_ready <= 3,
+        "never more than 3 pods ready: {most_ready}"
+    );
+    // Idle: down to min-scale, and it stays there.
+    wait_for(&p, name, Duration::from_secs(60), "back to 1", |r| {
+        r.desired == 1 && r.ready == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let r = revision(&p.status(), name);
+    assert_eq!(
+        (r.desired, r.ready),
+        (1, 1),
+        "min-scale keeps one pod: {r:?}"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_helloworld_hey_100k_all_answered_200() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    apply(&p, &example("helloworld-go.yaml")).await;
+    let host = "helloworld-go.default.example.com";
+    wait_for(
+        &p,
+        "helloworld-go-00001",
+        Duration::from_secs(30),
+        "ready",
+        |r| r.ready >= 1,
+    )
+    .await;
+    let reply = get(gw, host, "/").await;
+    assert_eq!(reply.text(), "Hello Knative!\n");
+    let report = hey(&["-n", "100000", "-c", "50"], gw, host, "/").await;
+    assert_eq!(report.errors, 0, "{}", report.output);
+    assert_eq!(
+        report.statuses.get(&200),
+        Some(&100_000),
+        "{}",
+        report.output
+    );
+    let r = revision(&p.status(), "helloworld-go-00001");
+    println!(
+        "{:.0} req/s; desired {} ready {}",
+        report.requests_per_sec, r.desired, r.ready
+    );
+    assert!(r.desired <= 20, "max-scale 20: {r:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_50_50_split_alternates_and_100_0_rolls_back_without_a_failure() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    let split = example("traffic-split.yaml");
+    apply(&p, &split).await;
+    for rev in ["hello-v1", "hello-v2"] {
+        wait_for(&p, rev, Duration::from_secs(30), "ready", |r| r.ready >= 1).await;
+    }
+    let host = "hello.default.example.com";
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let reply = get(gw, host, "/").await;
+        assert_eq!(reply.status, 200);
+        answers.push(reply.text());
+    }
+    let blue = answers.iter().filter(|a| a.contains("blue")).count();
+    assert_eq!(blue, 10, "half each: {answers:?}");
+    assert!(
+        answers.windows(2).all(|w| w[0] != w[1]),
+        "they alternate: {answers:?}"
+    );
+    assert!(
+        get(gw, "green-hello.default.example.com", "/")
+            .await
+            .text()
+            .contains("green")
+    );
+
+    // Roll back under load.
+    let target = url(gw, "/");
+    let background = tokio::spawn(async move {
+        load::run_with_headers(
+            client::http1(),
+            &target,
+            &[("host", host)],
+            8,
+            Some(200_000),
+            Duration::from_secs(6),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rollback = split
+        .replace(
+            "      percent: 50\n      tag: blue",
+            "      percent: 100\n      tag: blue",
+        )
+        .replace(
+            "      percent: 50\n      tag: green",
+            "      percent: 0\n      tag: green",
+        );
+    let summary = apply(&p, &rollback).await;
+    assert!(
+        !summary.iter().any(|l| l.contains("created")),
+        "no new revision: {summary:?}"
+    );
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.contains("traffic hello-v1 100%, hello-v2 0%")),
+        "{summary:?}"
+    );
+    for _ in 0..10 {
+        assert!(
+            get(gw, host, "/").await.text().contains("blue"),
+            "only the old revision answers"
+        );
+    }
+    let report = background.await.expect("load ran");
+    assert_eq!(report.errors, 0, "{:?}", report.sample_errors);
+    assert_eq!(
+        report.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{:?}",
+        report.statuses
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_idle_scales_to_zero_and_the_next_request_waits_for_a_pod() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    apply(&p, &example("helloworld-go.yaml")).await;
+    let name = "helloworld-go-00001";
+    wait_for(&p, name, Duration::from_secs(30), "ready", |r| r.ready == 1).await;
+    wait_for(&p, name, Duration::from_secs(90), "at zero", |r| {
+        r.ready == 0 && r.desired == 0
+    })
+    .await;
+    let start = Instant::now();
+    let reply = get(gw, "helloworld-go.default.example.com", "/").await;
+    println!("answered from zero in {:?}", start.elapsed());
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "Hello Knative!\n");
+    let r = revision(&p.status(), name);
+    assert!(r.ready >= 1, "a pod came up for it: {r:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_apply_of_a_new_revision_under_load_drops_nothing() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    let v1 = example("helloworld-go.yaml");
+    apply(&p, &v1).await;
+    wait_for(
+        &p,
+        "helloworld-go-00001",
+        Duration::from_secs(30),
+        "ready",
+        |r| r.ready == 1,
+    )
+    .await;
+    let host = "helloworld-go.default.example.com";
+    let target = url(gw, "/");
+    let background = tokio::spawn(async move {
+        load::run_with_headers(
+            client::http1(),
+            &target,
+            &[("host", host)],
+            8,
+            Some(200_000),
+            Duration::from_secs(8),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let summary = apply(&p, &v1.replace("value: \"Knative\"", "value: \"v2\"")).await;
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.contains("revision helloworld-go-00002 created")),
+        "{summary:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(gw, host, "/").await.text() != "Hello v2!\n" {
+        assert!(Instant::now() < deadline, "the new revision never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = background.await.expect("load ran");
+    assert_eq!(report.errors, 0, "{:?}", report.sample_errors);
+    assert_eq!(
+        report.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{:?}",
+        report.statuses
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_an_mpa_revision_scales_on_the_gateway_count_out_and_back_to_zero() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    let mpa = example("autoscale-go.yaml").replace(
+        "autoscaling.knative.dev/target: \"10\"",
+        "autoscaling.knative.dev/target: \"10\"\n        autoscaling.knative.dev/class: mpa.autoscaling.knative.dev",
+    );
+    apply(&p, &mpa).await;
+    let name = "autoscale-go-00001";
+    wait_for(&p, name, Duration::from_secs(30), "ready", |r| r.ready == 1).await;
+    let report = hey(
+        &["-z", "10s", "-c", "30"],
+        gw,
+        "autoscale-go.default.example.com",
+        "/?sleep=100",
+    )
+    .await;
+    assert_eq!(report.errors, 0, "{}", report.output);
+    let r = revision(&p.status(), name);
+    assert_eq!(
+        r.desired, 5,
+        "ceil(30 / 7) = 5 from the gateway's count: {r:?}"
+    );
+    wait_for(&p, name, Duration::from_secs(90), "at zero", |r| {
+        r.desired == 0 && r.ready == 0
+    })
+    .await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_bad_manifest_is_refused_whole_and_nothing_changes() {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, &example("helloworld-go.yaml")).await;
+    let before = p.status();
+    let bad = format!(
+        "{}\n---\n{}  traffic:\n    - revisionName: nope-00001\n      percent: 100\n",
+        example("autoscale-go.yaml"),
+        example("helloworld-go.yaml").replace("\"Knative\"", "\"changed\"")
+    );
+    let errors = p
+        .apply(&Manifests::parse("bad", &bad).expect("parses"))
+        .await
+        .expect_err("refused");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("spec.traffic[0].revisionName: no revision nope-00001")),
+        "{errors:?}"
+    );
+    assert_eq!(p.status(), before, "nothing was added or changed");
+    // An unknown host lists the known ones.
+    let reply = get(gw, "nope.default.example.com", "/").await;
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.text().contains("helloworld-go.default.example.com"),
+        "{}",
+        reply.text()
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_an_app_that_never_becomes_ready_is_reported_with_its_output() {
+    let p = start_with_ready_timeout(Duration::from_secs(2)).await;
+    apply(
+        &p,
+        r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: broken
+spec:
+  template:
+    spec:
+      containers:
+        - image: local/broken
+          command: ["sh", "-c", "echo starting up; echo cannot open the database >&2; sleep 600"]
+"#,
+    )
+    .await;
+    let r = wait_for(
+        &p,
+        "broken-00001",
+        Duration::from_secs(20),
+        "reported",
+        |r| r.error.is_some(),
+    )
+    .await;
+    let error = r.error.expect("an error");
+    assert!(error.contains("not ready after 2s"), "{error}");
+    assert!(
+        error.contains("cannot open the database"),
+        "the app's last lines are shown: {error}"
+    );
+    p.shutdown().await;
+}
+
+async fn start_with_ready_timeout(ready_timeout: Duration) -> Platform {
+    Platform::start(Options {
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
+        gateway_listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_listen: "127.0.0.1:0".parse().expect("addr"),
+        domain: "example.com".into(),
+        images: ImageMap::default(),
+        ready_timeout,
+        drain_quiet_period: Duration::from_millis(500),
+    })
+    .await
+    .expect("the platform starts")
+}
