@@ -27,9 +27,10 @@ build:
 release:
 	$(CARGO) build --release $(LOCKED) -p sluice-queue-proxy -p sluice-sample-app -p sluice-autoscaler -p sluice-activator -p sluice-gateway -p sluice
 
-## run: the sample app behind a queue-proxy on this machine (Ctrl-C stops both)
+## run: the whole platform on this machine from a Knative Service manifest (Ctrl-C drains and stops)
+MANIFEST ?= examples/autoscale-go.yaml
 run: release
-	./scripts/run-local.sh
+	./target/release/sluice run -f $(MANIFEST)
 
 ## bench: load benchmarks (hey, pinned) and criterion micro-benchmarks; figures to stdout
 bench: release
