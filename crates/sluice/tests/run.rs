@@ -26,17 +26,7 @@ data:
 "#;
 
 async fn start() -> Platform {
-    Platform::start(Options {
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
-        gateway_listen: "127.0.0.1:0".parse().expect("addr"),
-        admin_listen: "127.0.0.1:0".parse().expect("addr"),
-        domain: "example.com".into(),
-        images: ImageMap::default(),
-        ready_timeout: Duration::from_secs(30),
-        drain_quiet_period: Duration::from_millis(500),
-    })
-    .await
-    .expect("the platform starts")
+    start_with_ready_timeout(Duration::from_secs(30)).await
 }
 
 fn example(name: &str) -> String {
