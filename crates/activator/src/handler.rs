@@ -214,7 +214,7 @@ async fn send(
         let pod = Arc::clone(grant.pod.tracker());
         // Boxed: a held request's future must not carry the proxying states it has not
         // reached yet (kilobytes, times 10,000 held requests).
-        match Box::pin(send_to(&pod, req, upgrade, guard.start)).await {
+        match Box::pin(pod.upstream().send(req, upgrade, guard.start)).await {
             Ok((rsp, lease)) => {
                 guard.lease = lease;
                 guard.grant = Some(grant);
@@ -239,25 +239,6 @@ async fn send(
                 return Err(ActivatorError::Upstream(rev_name(rev), error));
             }
         }
-    }
-}
-
-async fn send_to(
-    pod: &PodTracker,
-    req: Request<UpstreamBody>,
-    upgrade: bool,
-    now: Instant,
-) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-    let upstream = pod.upstream();
-    if upgrade {
-        Box::pin(upstream.send_upgrade(req))
-            .await
-            .map(|r| (r, None))
-    } else if req.version() == Version::HTTP_2 {
-        Box::pin(upstream.send_http2(req)).await.map(|r| (r, None))
-    } else {
-        let (rsp, lease) = upstream.send_http1(req, now).await?;
-        Ok((rsp, Some(lease)))
     }
 }
 

@@ -226,6 +226,26 @@ impl Upstream {
         }
     }
 
+    /// Sends on the right kind of connection: a protocol upgrade on a connection of its
+    /// own, HTTP/2 on the shared one, HTTP/1.1 on a pooled one (whose [`Lease`] comes
+    /// back, to be released when the response body ends). The rarer paths are boxed, so
+    /// the common HTTP/1.1 future stays small.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        upgrade: bool,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if upgrade {
+            Box::pin(self.send_upgrade(req)).await.map(|r| (r, None))
+        } else if req.version() == http::Version::HTTP_2 {
+            Box::pin(self.send_http2(req)).await.map(|r| (r, None))
+        } else {
+            let (rsp, lease) = self.send_http1(req, now).await?;
+            Ok((rsp, Some(lease)))
+        }
+    }
+
     /// Sends an `Upgrade` request on a connection of its own, which hyper hands over
     /// to the caller if the app answers 101.
     pub async fn send_upgrade(

@@ -15,12 +15,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::header::{HOST, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use sluice_core::forward::{self, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::serve::splice;
-use sluice_core::upstream::{self, Lease, SendError, Upstream, UpstreamBody, UpstreamError};
+use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
 use sluice_core::{BodyGuard, ReqEvent, respond};
 use sluice_proto::Stat;
 use sluice_proto::v1::{Source, StatReport};
@@ -164,7 +164,7 @@ async fn send(
         let upstream = Arc::clone(&pod.0.upstream);
         forward::prepare_request(&mut req, found, peer_ip, &pod.0.host, upgrade);
         guard.pod = Some(pod);
-        match send_to(&upstream, req, upgrade).await {
+        match upstream.send(req, upgrade, Instant::now()).await {
             Ok((rsp, lease)) => {
                 guard.lease = lease;
                 return Ok(rsp);
@@ -192,29 +192,12 @@ async fn send(
     let headers = req.headers_mut();
     headers.insert(kh::NAMESPACE, rev.namespace_header.clone());
     headers.insert(kh::REVISION, rev.name_header.clone());
-    match send_to(activator, req, upgrade).await {
+    match activator.send(req, upgrade, Instant::now()).await {
         Ok((rsp, lease)) => {
             guard.lease = lease;
             Ok(rsp)
         }
         Err(e) => Err(GatewayError::Upstream(name(), e.error)),
-    }
-}
-
-async fn send_to(
-    upstream: &Arc<Upstream>,
-    req: Request<UpstreamBody>,
-    upgrade: bool,
-) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-    if upgrade {
-        Box::pin(upstream.send_upgrade(req))
-            .await
-            .map(|r| (r, None))
-    } else if req.version() == Version::HTTP_2 {
-        Box::pin(upstream.send_http2(req)).await.map(|r| (r, None))
-    } else {
-        let (rsp, lease) = upstream.send_http1(req, Instant::now()).await?;
-        Ok((rsp, Some(lease)))
     }
 }
 

@@ -72,6 +72,30 @@ async fn wait_for(
     }
 }
 
+/// Every request of a load run answered, and with 200.
+fn assert_all_200(report: &load::LoadReport) {
+    assert_eq!(report.errors, 0, "{:?}", report.sample_errors);
+    assert_eq!(
+        report.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{:?}",
+        report.statuses
+    );
+}
+
+/// A platform with the 6 s window, one example applied, and its first revision ready.
+async fn serving(example_file: &str, revision_name: &str) -> (Platform, SocketAddr) {
+    let p = start().await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    apply(&p, &example(example_file)).await;
+    wait_for(&p, revision_name, Duration::from_secs(30), "ready", |r| {
+        r.ready >= 1
+    })
+    .await;
+    (p, gw)
+}
+
 fn url(gw: SocketAddr, path: &str) -> String {
     format!("http://{gw}{path}")
 }
@@ -95,19 +119,8 @@ async fn hey(args: &[&str], gw: SocketAddr, host: &str, path: &str) -> hey::HeyR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_autoscale_go_target_10_at_50_concurrent_makes_8_pods() {
-    let p = start().await;
-    let gw = p.addresses().gateway;
-    apply(&p, FAST_CONFIG).await;
-    apply(&p, &example("autoscale-go.yaml")).await;
+    let (p, gw) = serving("autoscale-go.yaml", "autoscale-go-00001").await;
     let host = "autoscale-go.default.example.com";
-    wait_for(
-        &p,
-        "autoscale-go-00001",
-        Duration::from_secs(30),
-        "ready",
-        |r| r.ready == 1,
-    )
-    .await;
 
     let load = hey(&["-z", "20s", "-c", "50"], gw, host, "/?sleep=100");
     tokio::pin!(load);
@@ -140,12 +153,8 @@ async fn e2e_autoscale_go_target_10_at_50_concurrent_makes_8_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_min_scale_1_max_scale_3_caps_at_3_and_keeps_1() {
-    let p = start().await;
-    let gw = p.addresses().gateway;
-    apply(&p, FAST_CONFIG).await;
-    apply(&p, &example("autoscale-go-bounded.yaml")).await;
     let name = "autoscale-go-00001";
-    wait_for(&p, name, Duration::from_secs(30), "ready", |r| r.ready == 1).await;
+    let (p, gw) = serving("autoscale-go-bounded.yaml", name).await;
     let load = hey(
         &["-z", "10s", "-c", "50"],
         gw,
@@ -187,19 +196,8 @@ async fn e2e_min_scale_1_max_scale_3_caps_at_3_and_keeps_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_helloworld_hey_100k_all_answered_200() {
-    let p = start().await;
-    let gw = p.addresses().gateway;
-    apply(&p, FAST_CONFIG).await;
-    apply(&p, &example("helloworld-go.yaml")).await;
+    let (p, gw) = serving("helloworld-go.yaml", "helloworld-go-00001").await;
     let host = "helloworld-go.default.example.com";
-    wait_for(
-        &p,
-        "helloworld-go-00001",
-        Duration::from_secs(30),
-        "ready",
-        |r| r.ready >= 1,
-    )
-    .await;
     let reply = get(gw, host, "/").await;
     assert_eq!(reply.text(), "Hello Knative!\n");
     let report = hey(&["-n", "100000", "-c", "50"], gw, host, "/").await;
@@ -289,25 +287,14 @@ async fn e2e_a_50_50_split_alternates_and_100_0_rolls_back_without_a_failure() {
             "only the old revision answers"
         );
     }
-    let report = background.await.expect("load ran");
-    assert_eq!(report.errors, 0, "{:?}", report.sample_errors);
-    assert_eq!(
-        report.statuses.keys().copied().collect::<Vec<_>>(),
-        [200],
-        "{:?}",
-        report.statuses
-    );
+    assert_all_200(&background.await.expect("load ran"));
     p.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_idle_scales_to_zero_and_the_next_request_waits_for_a_pod() {
-    let p = start().await;
-    let gw = p.addresses().gateway;
-    apply(&p, FAST_CONFIG).await;
-    apply(&p, &example("helloworld-go.yaml")).await;
     let name = "helloworld-go-00001";
-    wait_for(&p, name, Duration::from_secs(30), "ready", |r| r.ready == 1).await;
+    let (p, gw) = serving("helloworld-go.yaml", name).await;
     wait_for(&p, name, Duration::from_secs(90), "at zero", |r| {
         r.ready == 0 && r.desired == 0
     })
@@ -363,14 +350,7 @@ async fn e2e_apply_of_a_new_revision_under_load_drops_nothing() {
         assert!(Instant::now() < deadline, "the new revision never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let report = background.await.expect("load ran");
-    assert_eq!(report.errors, 0, "{:?}", report.sample_errors);
-    assert_eq!(
-        report.statuses.keys().copied().collect::<Vec<_>>(),
-        [200],
-        "{:?}",
-        report.statuses
-    );
+    assert_all_200(&background.await.expect("load ran"));
     p.shutdown().await;
 }
 

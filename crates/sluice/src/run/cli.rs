@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::display;
 use super::images::ImageMap;
-use super::manifest::Manifests;
+use super::manifest::{self, Manifests};
 use super::platform::{Options, Platform, Status};
 
 /// Bad manifests, flags or input.
@@ -234,38 +234,36 @@ async fn show_until_signal(platform: &Platform) -> &'static str {
 // === sluice apply / sluice status ===
 
 pub fn apply(args: ApplyArgs) -> ExitCode {
-    // Read and parse here, so errors name the files.
-    if let Err(errors) = Manifests::read(&args.files) {
+    // Each file is read once, and parsed here too so that errors name the files.
+    let mut body = String::new();
+    let mut errors = Vec::new();
+    for path in &args.files {
+        let files = match manifest::yaml_files(path) {
+            Ok(files) => files,
+            Err(e) => {
+                errors.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(text) => {
+                    if let Err(mut e) = Manifests::parse(&f.display().to_string(), &text) {
+                        errors.append(&mut e);
+                    }
+                    body.push_str(&text);
+                    body.push_str("\n---\n");
+                }
+                Err(e) => errors.push(format!("{}: cannot read: {e}", f.display())),
+            }
+        }
+    }
+    if !errors.is_empty() {
         eprintln!(
             "sluice apply: refused; nothing was changed:\n  {}",
             errors.join("\n  ")
         );
         return ExitCode::from(EXIT_BAD_INPUT);
-    }
-    let mut body = String::new();
-    for path in &args.files {
-        let files = if path.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            v.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
-            v.sort();
-            v
-        } else {
-            vec![path.clone()]
-        };
-        for f in files {
-            match std::fs::read_to_string(&f) {
-                Ok(t) => {
-                    body.push_str(&t);
-                    body.push_str("\n---\n");
-                }
-                Err(e) => {
-                    eprintln!("sluice apply: {}: {e}", f.display());
-                    return ExitCode::from(EXIT_BAD_INPUT);
-                }
-            }
-        }
     }
     let admin = match admin_address(&args.target) {
         Ok(a) => a,

@@ -258,7 +258,8 @@ impl Manifests {
     }
 }
 
-fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// `path` itself, or a folder's `.yaml` and `.yml` files, sorted.
+pub fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     if !path.is_dir() {
         std::fs::metadata(path)?;
         return Ok(vec![path.to_owned()]);
