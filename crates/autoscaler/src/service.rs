@@ -423,6 +423,7 @@ impl Inner {
         // Carried out and published under the revision's lock (neither blocks), so that
         // nothing about a revision goes out after its removal.
         if let Some(replicas) = d.apply {
+            tracing::debug!(revision = %revision.key, replicas, desired = d.desired, "scale");
             self.scaler.scale(&revision.key, replicas);
         }
         if changed {

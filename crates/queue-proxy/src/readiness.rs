@@ -18,7 +18,9 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Aggressive probing (period 0): how often, each attempt's bound, and for how long.
+/// Aggressive probing (period 0): the longest pause between attempts (Knative's interval;
+/// the first pauses are 1, 2, 4 … ms, so an app that starts in a few milliseconds is seen
+/// within a millisecond or two), each attempt's bound, and for how long.
 pub const AGGRESSIVE_INTERVAL: Duration = Duration::from_millis(50);
 pub const AGGRESSIVE_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
 pub const AGGRESSIVE_POLL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -255,6 +257,7 @@ impl Prober {
         // Aggressive mode: poll until enough consecutive successes or the poll timeout.
         let give_up = Instant::now() + AGGRESSIVE_POLL_TIMEOUT;
         let mut last_error = None;
+        let mut pause = FIRST_PAUSE;
         loop {
             let result = attempt(&spec.action, AGGRESSIVE_ATTEMPT_TIMEOUT).await;
             let ok = result.is_ok();
@@ -264,15 +267,23 @@ impl Prober {
             if record(successes, ok) >= threshold {
                 return true;
             }
-            if Instant::now() + AGGRESSIVE_INTERVAL >= give_up {
+            if Instant::now() + pause >= give_up {
                 if let Some(error) = last_error {
                     tracing::warn!(%error, probe = ?spec.action, "app not ready after polling");
                 }
                 return false;
             }
-            tokio::time::sleep(AGGRESSIVE_INTERVAL).await;
+            tokio::time::sleep(pause).await;
+            pause = next_pause(pause);
         }
     }
+}
+
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+
+/// Aggressive mode's pauses double from `FIRST_PAUSE` up to `AGGRESSIVE_INTERVAL`.
+fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(AGGRESSIVE_INTERVAL)
 }
 
 /// Consecutive successes after this attempt, kept across calls (as Knative).

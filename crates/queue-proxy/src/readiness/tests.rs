@@ -118,6 +118,15 @@ async fn aggressive_mode_waits_for_the_app_to_come_up() {
     late.abort();
 }
 
+#[test]
+fn aggressive_pauses_start_at_a_millisecond_and_settle_at_knatives_interval() {
+    let pauses: Vec<u128> = std::iter::successors(Some(FIRST_PAUSE), |p| Some(next_pause(*p)))
+        .take(9)
+        .map(|p| p.as_millis())
+        .collect();
+    assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 50, 50, 50]);
+}
+
 #[tokio::test]
 async fn normal_mode_needs_consecutive_successes_across_calls() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")

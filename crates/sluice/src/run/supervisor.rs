@@ -33,6 +33,11 @@ use super::world::PodSpec;
 
 /// Output lines kept per pod, shown when it fails.
 const TAIL_LINES: usize = 20;
+/// A starting pod's queue-proxy is probed every `PROBE_FAST` for its first `PROBE_FAST_FOR`
+/// (a refused loopback connect costs microseconds, and a cold request waits on this
+/// probe), then every `PROBE_EVERY`.
+const PROBE_FAST: Duration = Duration::from_millis(1);
+const PROBE_FAST_FOR: Duration = Duration::from_millis(250);
 const PROBE_EVERY: Duration = Duration::from_millis(25);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const APP_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -293,6 +298,7 @@ async fn run_pod(
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return Err(format!("pod {pod_name}: no free port: {e}")),
     };
+    tracing::debug!(pod = %pod_name, "starting");
     let app_tail = Tail::default();
     let qp_tail = Tail::default();
     let mut app = spawn_app(inner, spec, user_port, &app_tail)
@@ -321,7 +327,8 @@ async fn run_pod(
     let tails = [("app", &app_tail), ("queue-proxy", &qp_tail)];
 
     // Starting: until the queue-proxy says the app is ready.
-    let deadline = Instant::now() + inner.config.ready_timeout;
+    let started = Instant::now();
+    let deadline = started + inner.config.ready_timeout;
     let outcome: Result<bool, String> = loop {
         tokio::select! {
             status = app.wait() => break Err(format!("the app exited before it was ready ({})", describe(status))),
@@ -332,7 +339,8 @@ async fn run_pod(
             )),
             ready = probe(qp_addr) => if ready { break Ok(true); }
         }
-        tokio::time::sleep(PROBE_EVERY).await;
+        let fast = started.elapsed() < PROBE_FAST_FOR;
+        tokio::time::sleep(if fast { PROBE_FAST } else { PROBE_EVERY }).await;
     };
     let result = match outcome {
         Ok(false) => Ok(()),
