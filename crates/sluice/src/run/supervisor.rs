@@ -473,6 +473,7 @@ fn spawn(mut cmd: Command, tail: &Tail) -> std::io::Result<Child> {
         // Its own process group: a Ctrl-C at the terminal reaches `sluice run` alone,
         // which then drains the pods in order.
         .process_group(0);
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(tail.clone().collect(out));
@@ -481,6 +482,31 @@ fn spawn(mut cmd: Command, tail: &Tail) -> std::io::Result<Child> {
         tokio::spawn(tail.clone().collect(err));
     }
     Ok(child)
+}
+
+/// The child gets SIGTERM when `sluice run` dies, even by SIGKILL, so that no pod outlives
+/// the platform (`kill_on_drop` covers only the exits that run destructors).
+///
+/// Linux sends it when the thread that forked the child exits: pods are spawned from the
+/// runtime's worker threads, which live as long as the platform.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    let hook = move || {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+        // The parent died before the line above: nothing would signal this child.
+        if nix::unistd::getppid() == parent {
+            Ok(())
+        } else {
+            Err(std::io::Error::from(nix::errno::Errno::ESRCH))
+        }
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: the hook runs in the forked child before exec. It calls only prctl(2),
+    // getppid(2) and builds an io::Error from an errno, all async-signal-safe: it neither
+    // allocates nor takes a lock another thread may have held at the fork.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
 }
 
 /// SIGTERM, then SIGKILL after `grace`.
