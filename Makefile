@@ -38,6 +38,8 @@ bench: release
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench kpa_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench autoscaler_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench activator_load
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench gateway_load
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench cold_start
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench hot_paths
 
 clean:

@@ -12,79 +12,20 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use sluice_activator::EndpointsPublisher;
-use sluice_benches::{cpu_seconds, free_addr, pin_self_to, sample, scrape, status_mib};
+use sluice_benches::{
+    Procs, cpu_seconds, free_addr, hey, pin_self_to, queue_proxy_env, sample, scrape, setting,
+    spawn_pinned, spawn_sample_app, status_mib, wait_port,
+};
 use sluice_proto::v1::RevisionEndpoints;
 
 const HELD: usize = 10_000;
 const HELD_CONNECTIONS: usize = 50;
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn_pinned(bin: &str, args: &[String], env: &[(&str, String)]) -> Child {
-    let path = format!("{}/../target/release/{bin}", env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} is missing: run `make release` first"
-    );
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0", &path]).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_port(addr: std::net::SocketAddr) {
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("nothing listens on {addr}");
-}
-
-/// hey's requests/second and number of answered requests.
-fn hey(seconds: u64, url: &str, headers: &[&str]) -> (f64, f64) {
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "1", "hey", "-z", &format!("{seconds}s"), "-c", "50"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd.arg(url).output().expect("hey is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0);
-    let ok = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("[200]"))
-        .and_then(|v| v.split_whitespace().next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0);
-    (rps, ok)
-}
 
 fn revision(name: &str, cc: u32, pods: &[std::net::SocketAddr]) -> RevisionEndpoints {
     RevisionEndpoints {
@@ -97,23 +38,14 @@ fn revision(name: &str, cc: u32, pods: &[std::net::SocketAddr]) -> RevisionEndpo
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("SLUICE_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let seconds: u64 = setting("SLUICE_BENCH_SECONDS", 20);
     pin_self_to("1");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let (app, qp, act, act_metrics, source) = (
-        free_addr(),
-        free_addr(),
-        free_addr(),
-        free_addr(),
-        free_addr(),
-    );
+    let (qp, act, act_metrics, source) = (free_addr(), free_addr(), free_addr(), free_addr());
 
     let publisher = EndpointsPublisher::new();
     let service = publisher.service();
@@ -125,31 +57,9 @@ fn main() {
             .unwrap();
     });
 
-    let mut procs = Procs(Vec::new());
-    procs.0.push(spawn_pinned(
-        "sample-app",
-        &[],
-        &[
-            ("PORT", app.port().to_string()),
-            ("SAMPLE_APP_BIND", "127.0.0.1".into()),
-        ],
-    ));
-    wait_port(app);
-    let qp_env: Vec<(&str, String)> = vec![
-        ("SERVING_NAMESPACE", "default".into()),
-        ("SERVING_CONFIGURATION", "bench".into()),
-        ("SERVING_REVISION", "bench-00001".into()),
-        ("SERVING_POD", "bench-pod".into()),
-        ("SERVING_POD_IP", "127.0.0.1".into()),
-        ("QUEUE_SERVING_PORT", qp.port().to_string()),
-        ("USER_PORT", app.port().to_string()),
-        ("CONTAINER_CONCURRENCY", "0".into()),
-        ("REVISION_TIMEOUT_SECONDS", "300".into()),
-        ("SLUICE_BIND_ADDRESS", "127.0.0.1".into()),
-        ("SLUICE_ADMIN_PORT", "0".into()),
-        ("SLUICE_METRICS_PORT", "0".into()),
-        ("SLUICE_USER_METRICS_PORT", "0".into()),
-    ];
+    let mut procs = Procs::default();
+    let app = spawn_sample_app(&mut procs);
+    let qp_env = queue_proxy_env(qp, app, 0);
     procs.0.push(spawn_pinned("queue-proxy", &[], &qp_env));
     wait_port(qp);
     let activator = spawn_pinned(
@@ -186,11 +96,20 @@ fn main() {
         "Knative-Serving-Namespace: default",
         "Knative-Serving-Revision: bench-00001",
     ];
-    hey(3, &format!("http://{qp}/"), &[]);
-    hey(3, &format!("http://{act}/"), &headers);
-    let (direct_rps, _) = hey(seconds, &format!("http://{qp}/"), &[]);
+    let run = |secs: u64, url: String, headers: &[&str]| {
+        let duration = format!("{secs}s");
+        let mut args = vec!["-z", &duration, "-c", "50"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        hey(&args, &url)
+    };
+    run(3, format!("http://{qp}/"), &[]);
+    run(3, format!("http://{act}/"), &headers);
+    let direct_rps = run(seconds, format!("http://{qp}/"), &[]).rps;
     let cpu0 = cpu_seconds(&act_pid);
-    let (via_rps, via_ok) = hey(seconds, &format!("http://{act}/"), &headers);
+    let via = run(seconds, format!("http://{act}/"), &headers);
+    let (via_rps, via_ok) = (via.rps, via.ok);
     let cpu = cpu_seconds(&act_pid) - cpu0;
     let us_per_req = cpu * 1e6 / via_ok.max(1.0);
 

@@ -14,7 +14,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sluice_benches::{cpu_seconds, free_addr, pin_self_to, sample, scrape, status_mib};
+use sluice_benches::{cpu_seconds, free_addr, pin_self_to, sample, scrape, setting, status_mib};
 use sluice_proto::Stat;
 use sluice_proto::v1::decision_service_client::DecisionServiceClient;
 use sluice_proto::v1::stats_service_client::StatsServiceClient;
@@ -27,13 +27,6 @@ const REVISIONS: usize = 10_000;
 const PODS: usize = 10;
 /// Reporter streams; each carries REVISIONS / STREAMS revisions' pods.
 const STREAMS: usize = 100;
-
-fn env_secs(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Cumulative decision-lag buckets (upper bound, count) and the total count.
 fn lag_buckets(text: &str) -> (Vec<(f64, f64)>, f64) {
@@ -65,8 +58,8 @@ fn main() {
         eprintln!("autoscaler_load: {bin} not found; run `make release` first");
         std::process::exit(2);
     }
-    let warmup = env_secs("SLUICE_BENCH_WARMUP", 15);
-    let seconds = env_secs("SLUICE_BENCH_SECONDS", 30);
+    let warmup = setting("SLUICE_BENCH_WARMUP", 15);
+    let seconds = setting("SLUICE_BENCH_SECONDS", 30);
     pin_self_to("1");
     let (grpc, metrics) = (free_addr(), free_addr());
     let mut child = Command::new("taskset")
