@@ -199,6 +199,29 @@ impl Autoscaler {
         Ok(())
     }
 
+    /// Whether any route sends the revision traffic (Knative's PA reachability). An
+    /// unreachable revision has no min-scale, no pod retention and no scale-down limits,
+    /// so it goes to zero once idle. A change is decided at once. False if it is unknown.
+    pub fn set_reachable(&self, key: &RevisionKey, reachable: bool) -> bool {
+        let Some(revision) = self.lookup(&key.namespace, &key.name) else {
+            return false;
+        };
+        let config = self.inner.config.read().clone();
+        let changed = {
+            let mut st = revision.state.lock();
+            let changed = st.kpa.reachable() != reachable;
+            if changed {
+                st.kpa.set_reachable(&config, reachable);
+            }
+            changed
+        };
+        if changed {
+            tracing::debug!(revision = %key, reachable, "reachability");
+            revision.poke.notify_one();
+        }
+        true
+    }
+
     /// Stops scaling a revision; watchers are told it is gone. False if it was unknown.
     pub fn remove_revision(&self, key: &RevisionKey) -> bool {
         let removed = {

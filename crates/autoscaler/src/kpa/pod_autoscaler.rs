@@ -68,6 +68,16 @@ pub struct PodAutoscaler {
 /// marked active (Knative's 3 s).
 const PROXY_RECHECK: Duration = Duration::from_secs(3);
 
+// === impl ScaleBounds ===
+
+impl ScaleBounds {
+    /// The lower bound in force: `min_scale`, or 0 for an unreachable revision (Knative's
+    /// `ScaleBounds`, which the scale and the active threshold both use).
+    fn effective_min(&self) -> u32 {
+        if self.reachable { self.min_scale } else { 0 }
+    }
+}
+
 // === impl PodAutoscaler ===
 
 impl PodAutoscaler {
@@ -150,7 +160,7 @@ impl PodAutoscaler {
         if desired < 0 && self.activity != Activity::Activating {
             return (desired, None, None);
         }
-        let mut min = if b.reachable { b.min_scale } else { 0 };
+        let mut min = b.effective_min();
         if b.initial_scale > 1 && !self.initialized && b.reachable {
             min = min.max(b.initial_scale);
         }
@@ -218,9 +228,9 @@ impl PodAutoscaler {
     /// Knative's `computeActiveCondition`.
     fn update_activity(&mut self, now: Duration, b: &ScaleBounds, want: i32, ready: u32) {
         let min_ready = if self.initialized {
-            b.min_scale.max(1)
+            b.effective_min().max(1)
         } else {
-            b.min_scale.max(b.initial_scale)
+            b.effective_min().max(b.initial_scale)
         };
         if ready >= min_ready {
             self.initialized = true;

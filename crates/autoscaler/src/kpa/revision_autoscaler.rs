@@ -101,6 +101,11 @@ impl RevisionAutoscaler {
         self.scaling = scaling;
     }
 
+    /// Whether the revision is routed traffic (new revisions are).
+    pub fn reachable(&self) -> bool {
+        self.bounds.reachable
+    }
+
     /// Whether the revision is routed traffic (an unreachable one has no min-scale and no
     /// scale-down limits).
     pub fn set_reachable(&mut self, cfg: &AutoscalerConfig, reachable: bool) {

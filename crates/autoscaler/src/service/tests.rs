@@ -227,3 +227,42 @@ async fn removing_a_revision_tells_watchers_and_stops_its_ticks() {
     assert!(scaler.calls().is_empty());
     assert!(changes.try_recv().is_err(), "no ticks after removal");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_revision_drops_its_min_scale_and_a_routed_one_gets_it_back() {
+    let scaler = Arc::new(RecordingScaler::following());
+    let a = autoscaler(scaler.clone(), false);
+    let rev = key("old-00001");
+    a.upsert_revision(&rev, annotations(&[("min-scale", "2")]), 0)
+        .expect("valid");
+    assert!(!a.set_reachable(&key("nobody-00001"), false), "unknown");
+    let idle = |a: &Autoscaler| {
+        for pod in ["p0", "p1"] {
+            a.record(&report("old-00001", Source::QueueProxy, pod, 0.0))
+                .expect("registered");
+        }
+    };
+    // Idle, but routed: min-scale holds it at 2.
+    for _ in 0..40 {
+        idle(&a);
+        advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(scaler.calls().last(), Some(&(rev.clone(), 2)));
+    let routed_calls = scaler.calls().len();
+
+    // No route sends it traffic any more: down to zero once idle for a stable window and
+    // the grace period, not held at one pod until the activation timeout.
+    assert!(a.set_reachable(&rev, false));
+    for _ in 0..120 {
+        idle(&a);
+        advance(Duration::from_secs(1)).await;
+    }
+    let calls = scaler.calls();
+    assert!(calls.len() > routed_calls, "{calls:?}");
+    assert_eq!(calls.last(), Some(&(rev.clone(), 0)), "{calls:?}");
+
+    // Routed again: min-scale is back, decided at once.
+    assert!(a.set_reachable(&rev, true));
+    settle().await;
+    assert_eq!(scaler.calls().last(), Some(&(rev.clone(), 2)));
+}

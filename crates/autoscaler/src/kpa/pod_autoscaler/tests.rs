@@ -235,6 +235,32 @@ fn min_scale_holds_pods_unless_unreachable() {
 }
 
 #[test]
+fn an_unreachable_revision_is_active_with_one_ready_pod_whatever_its_min_scale() {
+    // Knative's active threshold is max(ScaleBounds' min, 1), and ScaleBounds' min is 0
+    // when unreachable: 1 ready pod of a min-scale-2 revision is enough. Counting the
+    // annotation instead left it Activating, held at 1 pod until the activation timeout.
+    let unreachable = ScaleBounds {
+        min_scale: 2,
+        reachable: false,
+        ..bounds()
+    };
+    let secs_1 = Duration::from_secs(1);
+    // Idle, active for less than a stable window: one pod kept, and still active.
+    let s = run(&mut pa(Activity::Active, WINDOW - secs_1), &unreachable, 0, 1);
+    assert_eq!((s.want, s.activity), (1, Activity::Active));
+    let reachable = ScaleBounds {
+        reachable: true,
+        ..unreachable
+    };
+    let s = run(&mut pa(Activity::Active, WINDOW - secs_1), &reachable, 0, 1);
+    assert_eq!(
+        (s.want, s.activity),
+        (2, Activity::Activating),
+        "routed, 1 ready of min-scale 2 is still activating"
+    );
+}
+
+#[test]
 fn mode_serves_only_with_pods_and_spare_capacity() {
     let mut p = PodAutoscaler::new(NOW);
     let b = bounds();
