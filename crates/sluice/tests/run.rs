@@ -355,6 +355,30 @@ async fn e2e_apply_of_a_new_revision_under_load_drops_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_revision_no_longer_routed_drops_its_min_scale() {
+    let (p, _gw) = serving("autoscale-go-bounded.yaml", "autoscale-go-00001").await;
+    // A new template: the new revision takes all the traffic (latestRevision).
+    let next = example("autoscale-go-bounded.yaml").replace(
+        "        - image: ghcr.io/knative/autoscale-go:latest",
+        "        - image: ghcr.io/knative/autoscale-go:latest\n          env:\n            - name: V\n              value: \"2\"",
+    );
+    apply(&p, &next).await;
+    wait_for(&p, "autoscale-go-00002", Duration::from_secs(30), "ready", |r| {
+        r.ready == 1
+    })
+    .await;
+    // min-scale 1 held the old one while routed; unrouted, it goes to zero when idle.
+    wait_for(&p, "autoscale-go-00001", Duration::from_secs(60), "at zero", |r| {
+        r.ready == 0 && r.desired == 0
+    })
+    .await;
+    // The routed one keeps its min-scale.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(revision(&p.status(), "autoscale-go-00002").ready, 1);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_an_mpa_revision_scales_on_the_gateway_count_out_and_back_to_zero() {
     let p = start().await;
     let gw = p.addresses().gateway;

@@ -304,6 +304,16 @@ impl Platform {
                     .collect(),
             });
         }
+        // Knative's routing state: a revision that no traffic target names is
+        // unreachable, so its min-scale no longer holds pods.
+        for s in next.services.values() {
+            for r in &s.revisions {
+                let routed = s.traffic.iter().any(|t| t.revision == r.name);
+                inner
+                    .autoscaler
+                    .set_reachable(&RevisionKey::new(&s.namespace, &r.name), routed);
+            }
+        }
         *inner.world.lock() = next;
         let mut summary = changes.summary;
         summary.extend(m.ignored.iter().cloned());
