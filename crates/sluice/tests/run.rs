@@ -363,14 +363,22 @@ async fn e2e_a_revision_no_longer_routed_drops_its_min_scale() {
         "        - image: ghcr.io/knative/autoscale-go:latest\n          env:\n            - name: V\n              value: \"2\"",
     );
     apply(&p, &next).await;
-    wait_for(&p, "autoscale-go-00002", Duration::from_secs(30), "ready", |r| {
-        r.ready == 1
-    })
+    wait_for(
+        &p,
+        "autoscale-go-00002",
+        Duration::from_secs(30),
+        "ready",
+        |r| r.ready == 1,
+    )
     .await;
     // min-scale 1 held the old one while routed; unrouted, it goes to zero when idle.
-    wait_for(&p, "autoscale-go-00001", Duration::from_secs(60), "at zero", |r| {
-        r.ready == 0 && r.desired == 0
-    })
+    wait_for(
+        &p,
+        "autoscale-go-00001",
+        Duration::from_secs(60),
+        "at zero",
+        |r| r.ready == 0 && r.desired == 0,
+    )
     .await;
     // The routed one keeps its min-scale.
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -246,7 +246,12 @@ fn an_unreachable_revision_is_active_with_one_ready_pod_whatever_its_min_scale()
     };
     let secs_1 = Duration::from_secs(1);
     // Idle, active for less than a stable window: one pod kept, and still active.
-    let s = run(&mut pa(Activity::Active, WINDOW - secs_1), &unreachable, 0, 1);
+    let s = run(
+        &mut pa(Activity::Active, WINDOW - secs_1),
+        &unreachable,
+        0,
+        1,
+    );
     assert_eq!((s.want, s.activity), (1, Activity::Active));
     let reachable = ScaleBounds {
         reachable: true,
