@@ -112,37 +112,27 @@ impl World {
             }
         }
         // A service given twice is applied twice, in order (as two `kubectl apply`s):
-        // one file can make a revision and then split traffic onto the next.
+        // one file can make a revision and then split traffic onto the next. What is
+        // reported is each new revision and, per service, how its final traffic differs
+        // from before the apply (not the steps in between).
+        let mut touched: Vec<((String, String), Vec<String>)> = Vec::new();
         for s in &m.services {
             let key = (s.namespace().to_owned(), s.metadata.name.clone());
             let at = format!("service {}/{}", key.0, key.1);
             match plan_service(next.services.get(&key), s, images, &next.config) {
                 Ok((state, new_revision)) => {
-                    let mut changed = false;
+                    let i = touched
+                        .iter()
+                        .position(|(k, _)| *k == key)
+                        .unwrap_or_else(|| {
+                            touched.push((key.clone(), Vec::new()));
+                            touched.len() - 1
+                        });
                     if let Some(rev) = new_revision {
-                        changes
-                            .summary
-                            .push(format!("{at}: revision {rev} created"));
+                        touched[i].1.push(format!("{at}: revision {rev} created"));
                         changes
                             .new_revisions
                             .push((key.0.clone(), key.1.clone(), rev));
-                        changed = true;
-                    }
-                    let old_traffic = next.services.get(&key).map(|o| &o.traffic);
-                    if old_traffic != Some(&state.traffic) {
-                        let split: Vec<String> = state
-                            .traffic
-                            .iter()
-                            .map(|t| format!("{} {}%", t.revision, t.percent))
-                            .collect();
-                        changes
-                            .summary
-                            .push(format!("{at}: traffic {}", split.join(", ")));
-                        changes.traffic.push(key.clone());
-                        changed = true;
-                    }
-                    if !changed {
-                        changes.summary.push(format!("{at}: unchanged"));
                     }
                     next.services.insert(key, state);
                 }
@@ -153,6 +143,23 @@ impl World {
                     errors.append(&mut e);
                 }
             }
+        }
+        for ((namespace, name), mut lines) in touched {
+            let at = format!("service {namespace}/{name}");
+            let key = (namespace, name);
+            let traffic = &next.services[&key].traffic;
+            if self.services.get(&key).map(|o| &o.traffic) != Some(traffic) {
+                let split: Vec<String> = traffic
+                    .iter()
+                    .map(|t| format!("{} {}%", t.revision, t.percent))
+                    .collect();
+                lines.push(format!("{at}: traffic {}", split.join(", ")));
+                changes.traffic.push(key);
+            }
+            if lines.is_empty() {
+                lines.push(format!("{at}: unchanged"));
+            }
+            changes.summary.append(&mut lines);
         }
         // A new config must suit every revision that stays.
         if changes.config {

@@ -68,6 +68,34 @@ fn a_template_change_makes_the_next_revision_and_an_unchanged_one_does_not() {
 }
 
 #[test]
+fn a_service_given_twice_reports_its_final_traffic_against_the_world_before() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/traffic-split.yaml"
+    ))
+    .expect("example");
+    let (w1, c1) = apply(&World::default(), &yaml).expect("valid");
+    assert_eq!(
+        c1.summary,
+        [
+            "service default/hello: revision hello-v1 created",
+            "service default/hello: revision hello-v2 created",
+            "service default/hello: traffic hello-v1 50%, hello-v2 50%",
+        ],
+        "the first document's 100% to hello-v1 was a step, not the result"
+    );
+    assert_eq!(c1.traffic, [("default".to_owned(), "hello".to_owned())]);
+    // Again: the first document alone would send everything to hello-v2, the second
+    // splits again; nothing changes and nothing is reported as changed.
+    let (_, c2) = apply(&w1, &yaml).expect("valid");
+    assert_eq!(c2.summary, ["service default/hello: unchanged"]);
+    assert!(
+        c2.traffic.is_empty() && c2.new_revisions.is_empty(),
+        "{c2:?}"
+    );
+}
+
+#[test]
 fn annotations_are_part_of_the_template() {
     let (w1, _) = apply(&World::default(), &service("", "")).expect("valid");
     let annotated = service(
