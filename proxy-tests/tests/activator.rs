@@ -7,7 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use sluice_test_support::activator::{revision, routing, start_activator};
+use sluice_activator::EndpointsPublisher;
+use sluice_test_support::activator::{
+    revision, routing, serve_endpoints, start_activator, start_activator_following,
+};
 use sluice_test_support::client::{self, app_stats};
 use sluice_test_support::relay::Relay;
 use sluice_test_support::stats_sink::StatsSink;
@@ -322,4 +325,73 @@ async fn the_first_request_pokes_the_autoscaler_at_once() {
         "the poked request is not counted twice"
     );
     held.abort();
+}
+
+/// `GET /` for `revision` through the activator at `act`: its status.
+async fn status_via(act: SocketAddr, revision: &str) -> u16 {
+    let client = client::http1();
+    client::send(&client, get(&format!("http://{act}/"), revision))
+        .await
+        .map_or(0, |r| r.status.as_u16())
+}
+
+/// Polls until a request for `revision` gets `want`, or panics after 10 s.
+async fn until_status(act: SocketAddr, revision: &str, want: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = status_via(act, revision).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {revision} answered {got}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_over_grpc_are_followed_and_resynced_after_the_source_restarts() {
+    let (_app, qp) = start_pod(10, &[]).await;
+    until_ready(qp.serving).await;
+    // Two sources that disagree: the first knows REV, the second only "other-00001".
+    let first = EndpointsPublisher::new();
+    first.publish(revision(REV, 10, 0, &[qp.serving]));
+    let second = EndpointsPublisher::new();
+    second.publish(revision("other-00001", 10, 0, &[qp.serving]));
+    let (first_addr, first_server) = serve_endpoints(&first).await;
+    let (second_addr, _second_server) = serve_endpoints(&second).await;
+    // The activator reaches its source through a relay, which can die and come back at
+    // the same address in front of the other source.
+    let relay = Relay::start(first_addr).await;
+    let source = relay.addr;
+    let act = start_activator_following(source).await;
+
+    until_status(act.addr, REV, 200, "from the first source").await;
+    // A change on the open stream: a revision published now is served.
+    first.publish(revision("late-00001", 10, 0, &[qp.serving]));
+    until_status(act.addr, "late-00001", 200, "a change on the open stream").await;
+    assert_eq!(
+        status_via(act.addr, "other-00001").await,
+        404,
+        "not known yet"
+    );
+
+    // The source dies and comes back with another state: the activator reconnects and
+    // takes that whole state, forgetting what the new source does not list.
+    relay.kill().await;
+    first_server.abort();
+    let _relay = Relay::start_at(source, second_addr).await;
+    until_status(act.addr, "other-00001", 200, "after the reconnect").await;
+    assert_eq!(
+        status_via(act.addr, REV).await,
+        404,
+        "forgotten after the resync"
+    );
+    assert_eq!(
+        status_via(act.addr, "late-00001").await,
+        404,
+        "forgotten after the resync"
+    );
 }

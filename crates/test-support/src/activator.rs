@@ -1,4 +1,5 @@
-//! An activator started in-process with an in-process endpoint source.
+//! An activator started in-process, with an in-process endpoint source or following one
+//! over gRPC.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -74,8 +75,46 @@ impl ActivatorHandle {
     }
 }
 
+/// `publisher` served as `sluice.v1.EndpointsService` on a free loopback port, as a
+/// remote endpoint source; stopped when the returned task is aborted.
+pub async fn serve_endpoints(
+    publisher: &EndpointsPublisher,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = crate::loopback_listener().await;
+    let addr = listener.local_addr().expect("addr");
+    let service = publisher.service();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .expect("endpoints server");
+    });
+    (addr, task)
+}
+
 /// An activator on free loopback ports with a short drain; `extra` flags override.
 pub async fn start_activator(extra: &[&str]) -> ActivatorHandle {
+    let publisher = EndpointsPublisher::new();
+    let (running, metrics) =
+        run_activator(extra, Some(EndpointsSource::InProcess(publisher.clone()))).await;
+    ActivatorHandle {
+        serving: running.addr,
+        metrics,
+        publisher,
+        running,
+    }
+}
+
+/// An activator that follows the `EndpointsService` at `endpoints` over gRPC, as a
+/// standalone activator does (`--endpoints-address`); `running.addr` is its serving port.
+pub async fn start_activator_following(endpoints: SocketAddr) -> Running {
+    let flag = format!("--endpoints-address=http://{endpoints}");
+    run_activator(&[&flag], None).await.0
+}
+
+/// Binds and runs an activator; `source` None: the one its flags name.
+async fn run_activator(extra: &[&str], source: Option<EndpointsSource>) -> (Running, SocketAddr) {
     let mut argv = vec![
         "activator",
         "--listen=127.0.0.1:0",
@@ -85,21 +124,14 @@ pub async fn start_activator(extra: &[&str]) -> ActivatorHandle {
     argv.extend_from_slice(extra);
     let config =
         Config::try_from(Args::try_parse_from(argv).expect("flags")).expect("valid config");
-    let publisher = EndpointsPublisher::new();
-    let activator = Activator::bind(config, Some(EndpointsSource::InProcess(publisher.clone())))
-        .await
-        .expect("bind");
+    let activator = Activator::bind(config, source).await.expect("bind");
     let (serving, metrics) = (activator.serving_addr(), activator.metrics_addr());
     let (stop, stopped) = crate::stop_channel();
     let task = tokio::spawn(activator.run(stopped));
-    ActivatorHandle {
-        serving,
-        metrics,
-        publisher,
-        running: Running {
-            addr: serving,
-            stop: Some(stop),
-            task,
-        },
-    }
+    let running = Running {
+        addr: serving,
+        stop: Some(stop),
+        task,
+    };
+    (running, metrics)
 }

@@ -13,7 +13,19 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(target: SocketAddr) -> Self {
-        let listener = crate::loopback_listener().await;
+        Self::serve(crate::loopback_listener().await, target)
+    }
+
+    /// A relay on a given address: the one a killed relay had, to bring a "restarted"
+    /// server back where its clients look for it.
+    pub async fn start_at(listen: SocketAddr, target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        Self::serve(listener, target)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, target: SocketAddr) -> Self {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             // Connections live in the set, so aborting the accept task drops them all.
