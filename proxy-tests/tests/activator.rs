@@ -9,7 +9,7 @@ use http::Request;
 use http_body_util::Full;
 use sluice_activator::EndpointsPublisher;
 use sluice_test_support::activator::{
-    revision, routing, serve_endpoints, start_activator, start_activator_following,
+    ActivatorHandle, revision, routing, serve_endpoints, start_activator, start_activator_following,
 };
 use sluice_test_support::client::{self, app_stats};
 use sluice_test_support::relay::Relay;
@@ -325,6 +325,54 @@ async fn the_first_request_pokes_the_autoscaler_at_once() {
         "the poked request is not counted twice"
     );
     held.abort();
+}
+
+/// Polls the activator's `/healthz` until it answers `want`, or panics after 10 s.
+async fn until_health(act: &ActivatorHandle, want: u16, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client::get(&act.url("/healthz")).await;
+        if r.status.as_u16() == want {
+            return r.text();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /healthz answered {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_autoscaler_stream_and_requests_flow_without_it() {
+    let sink = StatsSink::start().await;
+    let sink_addr = sink.addr;
+    let autoscaler = format!("--autoscaler-address={}", sink.url());
+    let act = start_activator(&[autoscaler.as_str()]).await;
+    let (_app, qp) = start_pod(10, &[]).await;
+    until_ready(qp.serving).await;
+    act.publisher.publish(revision(REV, 10, 0, &[qp.serving]));
+    assert_eq!(until_health(&act, 200, "stream up").await, "activator");
+
+    // The autoscaler goes away: 500, as Knative's activator answers its probes then (so
+    // Kubernetes stops sending it new work), but the requests it gets are still proxied.
+    sink.kill().await;
+    let why = until_health(&act, 500, "stream down").await;
+    assert!(why.contains("not connected to the autoscaler"), "{why}");
+    until_status(act.serving, REV, 200, "while the autoscaler is away").await;
+
+    // It comes back at the same address: the stream reconnects and health returns.
+    let sink = StatsSink::start_on(sink_addr).await;
+    until_health(&act, 200, "stream back").await;
+    assert_eq!(status_via(act.serving, REV).await, 200);
+    assert!(
+        sink.wait_for(Duration::from_secs(5), |r| r.revision == REV)
+            .await
+            .is_some(),
+        "reports reach the autoscaler again"
+    );
 }
 
 /// `GET /` for `revision` through the activator at `act`: its status.
