@@ -229,40 +229,18 @@ pub const EXIT_CONFIG: u8 = 64;
 /// The activator process: check the configuration (exit 64 naming every bad value, before
 /// binding anything), bind, serve, and drain on SIGTERM or Ctrl-C.
 pub fn main(args: Args) -> std::process::ExitCode {
-    use std::process::ExitCode;
     sluice_core::telemetry::init("info");
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("activator: {error}");
-            return ExitCode::from(EXIT_CONFIG);
+            return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("activator: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let activator = match Activator::bind(config, None).await {
-            Ok(a) => a,
-            Err(error) => {
-                eprintln!("activator: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        activator
-            .run(async {
-                let signal = sluice_core::shutdown::signal().await;
-                tracing::info!(signal, "received signal");
-            })
-            .await;
-        ExitCode::SUCCESS
+    sluice_core::process::run("activator", None, async {
+        let activator = Activator::bind(config, None).await?;
+        activator.run(sluice_core::shutdown::logged_signal()).await;
+        Ok(())
     })
 }
 

@@ -78,34 +78,15 @@ pub const EXIT_CONFIG: u8 = 64;
 /// The whole process (the `autoscaler` binary, `sluice autoscaler`): a runtime, bind,
 /// serve until SIGTERM or Ctrl-C. A bad config exits 64 before anything is bound.
 pub fn main(args: &Args) -> std::process::ExitCode {
-    use std::process::ExitCode;
+    use sluice_core::process::Exit;
     sluice_core::telemetry::init("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("autoscaler: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let server = match Server::bind(args, None).await {
-            Ok(server) => server,
-            Err(error) => {
-                eprintln!("autoscaler: {error}");
-                let code = if error.is_config() { EXIT_CONFIG } else { 1 };
-                return ExitCode::from(code);
-            }
-        };
-        server
-            .run(async {
-                let signal = sluice_core::shutdown::signal().await;
-                tracing::info!(signal, "received signal");
-            })
-            .await;
-        ExitCode::SUCCESS
+    sluice_core::process::run("autoscaler", None, async {
+        let server = Server::bind(args, None).await.map_err(|error| {
+            let code = if error.is_config() { EXIT_CONFIG } else { 1 };
+            Exit::new(code, error)
+        })?;
+        server.run(sluice_core::shutdown::logged_signal()).await;
+        Ok(())
     })
 }
 

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod process;
 pub mod proxy_body;
 pub mod push;
 pub mod respond;

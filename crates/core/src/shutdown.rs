@@ -15,3 +15,9 @@ pub async fn signal() -> &'static str {
         _ = int.recv() => "SIGINT",
     }
 }
+
+/// [`signal`], logged when it comes: what a component's `run` waits on to start its drain.
+pub async fn logged_signal() {
+    let signal = signal().await;
+    tracing::info!(signal, "received signal");
+}

@@ -289,31 +289,10 @@ pub fn main(args: Args) -> std::process::ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("gateway: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let gateway = match Gateway::bind(config).await {
-            Ok(g) => g,
-            Err(error) => {
-                eprintln!("gateway: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
+    sluice_core::process::run("gateway", None, async {
+        let gateway = Gateway::bind(config).await?;
         file.apply(&gateway.routes());
-        gateway
-            .run(async {
-                let signal = sluice_core::shutdown::signal().await;
-                tracing::info!(signal, "received signal");
-            })
-            .await;
-        ExitCode::SUCCESS
+        gateway.run(sluice_core::shutdown::logged_signal()).await;
+        Ok(())
     })
 }

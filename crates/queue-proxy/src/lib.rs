@@ -271,13 +271,12 @@ pub const EXIT_CONFIG: u8 = 64;
 /// The queue-proxy process (the `queue-proxy` binary, `sluice queue-proxy`): read Knative's
 /// env (exit 64 on bad config, before binding anything), bind, serve, drain on SIGTERM.
 pub fn main(args: Args) -> std::process::ExitCode {
-    use std::process::ExitCode;
     sluice_core::telemetry::init("info");
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("queue-proxy: {error}");
-            return ExitCode::from(EXIT_CONFIG);
+            return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
     // A sidecar gets a slice of a core: one thread does the work with no cross-thread
@@ -286,36 +285,9 @@ pub fn main(args: Args) -> std::process::ExitCode {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("queue-proxy: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let qp = match QueueProxy::bind(config).await {
-            Ok(qp) => qp,
-            Err(error) => {
-                eprintln!("queue-proxy: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        qp.run(async {
-            let signal = sluice_core::shutdown::signal().await;
-            tracing::info!(signal, "received signal");
-        })
-        .await;
-        ExitCode::SUCCESS
+    sluice_core::process::run("queue-proxy", Some(threads), async {
+        let qp = QueueProxy::bind(config).await?;
+        qp.run(sluice_core::shutdown::logged_signal()).await;
+        Ok(())
     })
 }

@@ -278,34 +278,19 @@ fn num(query: &HashMap<String, String>, key: &str) -> Option<u64> {
 
 /// The sample-app process (the `sample-app` binary, `sluice sample-app`).
 pub fn main(args: Args) -> std::process::ExitCode {
-    use std::net::SocketAddr;
-    use std::process::ExitCode;
+    use sluice_core::process::Exit;
     sluice_core::telemetry::init("warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("sample-app: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let addr = SocketAddr::new(args.bind, args.port);
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(error) => {
-                eprintln!("sample-app: cannot listen on {addr}: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
+    sluice_core::process::run("sample-app", None, async move {
+        let addr = std::net::SocketAddr::new(args.bind, args.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| Exit::new(1, format!("cannot listen on {addr}: {error}")))?;
         eprintln!("sample-app listening on {addr}");
         serve(listener, args.target, async {
             sluice_core::shutdown::signal().await;
         })
         .await;
-        ExitCode::SUCCESS
+        Ok(())
     })
 }
 
