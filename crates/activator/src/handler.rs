@@ -25,8 +25,7 @@ use sluice_core::headers as kh;
 use sluice_core::respond;
 use sluice_core::serve::splice;
 use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
-use sluice_proto::Stat;
-use sluice_proto::v1::{Source, StatReport};
+use sluice_proto::v1::Source;
 use tokio::time::Instant;
 
 use crate::State;
@@ -286,21 +285,12 @@ impl RequestGuard {
         rev.metrics.concurrency.inc();
         let poke = rev.report.lock().request_in(start);
         if poke && let Some(pusher) = &state.pusher {
-            let report = StatReport {
-                namespace: rev.namespace.clone(),
-                revision: rev.name.clone(),
-                source: Source::Activator.into(),
-                stat: Some(Stat {
-                    pod_name: state.pod_name.clone(),
-                    average_concurrent_requests: 1.0,
-                    request_count: 1.0,
-                    ..Stat::default()
-                }),
-                poke: true,
-            };
-            if !pusher.try_send(report) {
-                tracing::warn!(namespace = %rev.namespace, revision = %rev.name, "poke dropped: stats push backlogged");
-            }
+            pusher.poke(
+                Source::Activator,
+                &state.pod_name,
+                &rev.namespace,
+                &rev.name,
+            );
         }
         Self {
             rev,

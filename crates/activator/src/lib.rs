@@ -27,14 +27,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use sluice_core::drain::{DrainOutcome, Drainer};
-use sluice_core::push::Pusher;
+use sluice_core::push::{Pusher, revision_stat};
 use sluice_core::serve::{
-    BindError, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, serve,
+    BindError, Stop, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, peer_ip, serve,
 };
-use sluice_proto::Stat;
-use sluice_proto::v1::{Source, StatReport};
+use sluice_proto::v1::Source;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -169,13 +167,7 @@ impl Activator {
             ));
         }
 
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
+        let stop = Stop::default();
         let st = Arc::clone(&state);
         let servers = [
             tokio::spawn(serve(
@@ -183,11 +175,10 @@ impl Activator {
                 serving,
                 move |peer: SocketAddr| {
                     let st = Arc::clone(&st);
-                    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-                        .expect("an IP address is a valid header value");
+                    let peer_ip = peer_ip(peer);
                     service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
                 },
-                stopped(),
+                stop.stopped(),
                 DEFAULT_TIMEOUT,
             )),
             {
@@ -199,7 +190,7 @@ impl Activator {
                         let st = Arc::clone(&st);
                         service_fn(move |req| metrics_page(Arc::clone(&st), req))
                     },
-                    stopped(),
+                    stop.stopped(),
                     Duration::from_secs(1),
                 ))
             },
@@ -208,7 +199,7 @@ impl Activator {
         shutdown.await;
         tracing::info!(quiet_period = ?state.drainer.quiet_period(), "shutdown requested; draining");
         while state.drainer.drain().await == DrainOutcome::Reset {}
-        let _ = stop_tx.send(true);
+        stop.stop();
         for server in servers {
             let _ = server.await;
         }
@@ -255,18 +246,14 @@ async fn report_loop(state: Arc<State>, pusher: Pusher) {
             let Some(r) = rev.report.lock().report(now) else {
                 continue;
             };
-            let report = StatReport {
-                namespace: rev.namespace.clone(),
-                revision: rev.name.clone(),
-                source: Source::Activator.into(),
-                stat: Some(Stat {
-                    pod_name: state.pod_name.clone(),
-                    average_concurrent_requests: r.concurrency,
-                    request_count: r.request_count,
-                    ..Stat::default()
-                }),
-                poke: false,
-            };
+            let report = revision_stat(
+                Source::Activator,
+                &state.pod_name,
+                &rev.namespace,
+                &rev.name,
+                r.concurrency,
+                r.request_count,
+            );
             if !pusher.try_send(report) {
                 tracing::debug!("stats push backlogged; report dropped");
             }

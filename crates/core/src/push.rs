@@ -1,5 +1,5 @@
 //! The stats push to the autoscaler: one `sluice.v1.StatsService/Report` client stream,
-//! kept open and reconnected with backoff. The queue-proxy and the activator both feed it
+//! kept open and reconnected with backoff. The queue-proxy, the activator and the gateway feed it
 //! through a bounded channel, so a slow or absent autoscaler never slows a request: a
 //! full channel drops reports, which are stale by the time a reconnect could send them.
 
@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sluice_proto::v1::StatReport;
+use sluice_proto::Stat;
 use sluice_proto::v1::stats_service_client::StatsServiceClient;
+use sluice_proto::v1::{Source, StatReport};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
@@ -43,9 +44,43 @@ impl Pusher {
         self.reports.try_send(report).is_ok()
     }
 
+    /// Tells the autoscaler at once that `namespace/revision`, at zero, has a request:
+    /// concurrency 1, one request, `poke` set. Dropped with a warning when backlogged.
+    pub fn poke(&self, source: Source, pod_name: &str, namespace: &str, revision: &str) {
+        let mut report = revision_stat(source, pod_name, namespace, revision, 1.0, 1.0);
+        report.poke = true;
+        if !self.try_send(report) {
+            tracing::warn!(%namespace, %revision, "poke dropped: stats push backlogged");
+        }
+    }
+
     /// Whether the stream to the autoscaler is open right now.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+}
+
+/// A front component's (activator's, gateway's) stat for a whole revision: what it, as
+/// `pod_name`, counted for `namespace/revision` over the last period.
+pub fn revision_stat(
+    source: Source,
+    pod_name: &str,
+    namespace: &str,
+    revision: &str,
+    concurrency: f64,
+    requests: f64,
+) -> StatReport {
+    StatReport {
+        namespace: namespace.to_owned(),
+        revision: revision.to_owned(),
+        source: source.into(),
+        stat: Some(Stat {
+            pod_name: pod_name.to_owned(),
+            average_concurrent_requests: concurrency,
+            request_count: requests,
+            ..Stat::default()
+        }),
+        poke: false,
     }
 }
 

@@ -11,6 +11,7 @@
 //!    left, the activator, told the revision in `Knative-Serving-Namespace` /
 //!    `Knative-Serving-Revision`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -22,8 +23,7 @@ use sluice_core::headers as kh;
 use sluice_core::serve::splice;
 use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
 use sluice_core::{BodyGuard, ReqEvent, respond};
-use sluice_proto::Stat;
-use sluice_proto::v1::{Source, StatReport};
+use sluice_proto::v1::Source;
 use tokio::time::Instant;
 
 use crate::State;
@@ -107,8 +107,8 @@ pub(crate) async fn handle(
     ))
 }
 
-/// The request's host, lower-cased and without a port.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
+/// The request's host, lower-cased and without a port (borrowed when it already is).
+fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match req.headers().get(HOST) {
         Some(h) => h.to_str().ok()?,
         None => req.uri().host()?,
@@ -118,7 +118,11 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     } else {
         raw.split_once(':').map_or(raw, |(h, _)| h)
     };
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn unknown_host(state: &State, host: &str) -> Response<ProxyBody> {
@@ -234,21 +238,7 @@ fn poke(state: &State, rev: &Rev, now: Instant) {
         }
         *poked = Some(now);
     }
-    let report = StatReport {
-        namespace: rev.namespace.clone(),
-        revision: rev.name.clone(),
-        source: Source::Gateway.into(),
-        stat: Some(Stat {
-            pod_name: state.pod_name.clone(),
-            average_concurrent_requests: 1.0,
-            request_count: 1.0,
-            ..Stat::default()
-        }),
-        poke: true,
-    };
-    if !pusher.try_send(report) {
-        tracing::warn!(namespace = %rev.namespace, revision = %rev.name, "poke dropped: stats push backlogged");
-    }
+    pusher.poke(Source::Gateway, &state.pod_name, &rev.namespace, &rev.name);
 }
 
 impl BodyGuard for RequestGuard {

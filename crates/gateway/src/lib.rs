@@ -17,13 +17,11 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::service::service_fn;
-use sluice_core::push::Pusher;
-use sluice_core::serve::{BindError, UpgradeTracker, listen, local_addr, serve};
+use sluice_core::push::{Pusher, revision_stat};
+use sluice_core::serve::{BindError, Stop, UpgradeTracker, listen, local_addr, peer_ip, serve};
 use sluice_core::upstream::Upstream;
-use sluice_proto::Stat;
-use sluice_proto::v1::{Source, StatReport};
+use sluice_proto::v1::Source;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 mod handler;
@@ -215,24 +213,21 @@ impl Gateway {
             .pusher
             .clone()
             .map(|pusher| tokio::spawn(report_loop(Arc::clone(&state), pusher)));
-        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let stop = Stop::default();
         let st = Arc::clone(&state);
         let server = tokio::spawn(serve(
             "serving",
             serving,
             move |peer: SocketAddr| {
                 let st = Arc::clone(&st);
-                let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-                    .expect("an IP address is a valid header value");
+                let peer_ip = peer_ip(peer);
                 service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
             },
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
+            stop.stopped(),
             SHUTDOWN_GRACE,
         ));
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stop.stop();
         let _ = server.await;
         state.upgrades.wait(Duration::from_secs(1)).await;
         if let Some(reporter) = reporter {
@@ -252,18 +247,14 @@ async fn report_loop(state: Arc<State>, pusher: Pusher) {
         let now = Instant::now();
         for rev in state.routes.reporting() {
             let r = rev.stats.lock().report(now);
-            let report = StatReport {
-                namespace: rev.namespace.clone(),
-                revision: rev.name.clone(),
-                source: Source::Gateway.into(),
-                stat: Some(Stat {
-                    pod_name: state.pod_name.clone(),
-                    average_concurrent_requests: r.average_concurrency,
-                    request_count: r.request_count as f64,
-                    ..Stat::default()
-                }),
-                poke: false,
-            };
+            let report = revision_stat(
+                Source::Gateway,
+                &state.pod_name,
+                &rev.namespace,
+                &rev.name,
+                r.average_concurrency,
+                r.request_count as f64,
+            );
             if !pusher.try_send(report) {
                 tracing::warn!("stats push backlogged; a report was dropped");
             }

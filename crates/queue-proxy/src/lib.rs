@@ -27,12 +27,11 @@ use sluice_core::breaker::{Breaker, BreakerParams};
 use sluice_core::drain::{DrainOutcome, Drainer};
 use sluice_core::push::Pusher;
 use sluice_core::serve::{
-    BindError, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, serve,
+    BindError, Stop, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, peer_ip, serve,
 };
 use sluice_core::stats::RequestStats;
 use sluice_proto::Stat;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use config::{Args, Config, ConfigError};
@@ -174,13 +173,7 @@ impl QueueProxy {
             }
         };
 
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
+        let stop = Stop::default();
         let grace = state.timeouts.total;
         let st = Arc::clone(&state);
         let servers = [
@@ -189,21 +182,19 @@ impl QueueProxy {
                 serving,
                 move |peer: SocketAddr| {
                     let st = Arc::clone(&st);
-                    // Rendered once per connection, for X-Forwarded-For.
-                    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-                        .expect("an IP address is a valid header value");
+                    let peer_ip = peer_ip(peer);
                     service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
                 },
-                stopped(),
+                stop.stopped(),
                 grace,
             )),
-            side_port("admin", admin, &state, admin::admin, stopped(), grace),
+            side_port("admin", admin, &state, admin::admin, stop.stopped(), grace),
             side_port(
                 "metrics",
                 metrics,
                 &state,
                 admin::autoscaling_metrics,
-                stopped(),
+                stop.stopped(),
                 grace,
             ),
             side_port(
@@ -211,7 +202,7 @@ impl QueueProxy {
                 user_metrics,
                 &state,
                 admin::request_metrics,
-                stopped(),
+                stop.stopped(),
                 grace,
             ),
         ];
@@ -220,7 +211,7 @@ impl QueueProxy {
         state.sigterm.store(true, Ordering::Release);
         tracing::info!(quiet_period = ?state.drainer.quiet_period(), "shutdown requested; draining");
         while state.drainer.drain().await == DrainOutcome::Reset {}
-        let _ = stop_tx.send(true);
+        stop.stop();
         for server in servers {
             let _ = server.await;
         }

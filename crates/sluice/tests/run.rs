@@ -104,6 +104,26 @@ async fn get(gw: SocketAddr, host: &str, path: &str) -> client::Reply {
     client::get_with(&url(gw, path), &[("host", host)]).await
 }
 
+/// 8 clients sending `GET /` for `host` through the gateway for `time`, in the background.
+fn background_load(
+    gw: SocketAddr,
+    host: &'static str,
+    time: Duration,
+) -> tokio::task::JoinHandle<load::LoadReport> {
+    let target = url(gw, "/");
+    tokio::spawn(async move {
+        load::run_with_headers(
+            client::http1(),
+            &target,
+            &[("host", host)],
+            8,
+            Some(200_000),
+            time,
+        )
+        .await
+    })
+}
+
 /// Runs hey against the gateway on a blocking thread.
 async fn hey(args: &[&str], gw: SocketAddr, host: &str, path: &str) -> hey::HeyReport {
     let mut argv: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
@@ -248,18 +268,7 @@ async fn e2e_a_50_50_split_alternates_and_100_0_rolls_back_without_a_failure() {
     );
 
     // Roll back under load.
-    let target = url(gw, "/");
-    let background = tokio::spawn(async move {
-        load::run_with_headers(
-            client::http1(),
-            &target,
-            &[("host", host)],
-            8,
-            Some(200_000),
-            Duration::from_secs(6),
-        )
-        .await
-    });
+    let background = background_load(gw, host, Duration::from_secs(6));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rollback = split
         .replace(
@@ -311,32 +320,10 @@ async fn e2e_idle_scales_to_zero_and_the_next_request_waits_for_a_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_apply_of_a_new_revision_under_load_drops_nothing() {
-    let p = start().await;
-    let gw = p.addresses().gateway;
-    apply(&p, FAST_CONFIG).await;
+    let (p, gw) = serving("helloworld-go.yaml", "helloworld-go-00001").await;
     let v1 = example("helloworld-go.yaml");
-    apply(&p, &v1).await;
-    wait_for(
-        &p,
-        "helloworld-go-00001",
-        Duration::from_secs(30),
-        "ready",
-        |r| r.ready == 1,
-    )
-    .await;
     let host = "helloworld-go.default.example.com";
-    let target = url(gw, "/");
-    let background = tokio::spawn(async move {
-        load::run_with_headers(
-            client::http1(),
-            &target,
-            &[("host", host)],
-            8,
-            Some(200_000),
-            Duration::from_secs(8),
-        )
-        .await
-    });
+    let background = background_load(gw, host, Duration::from_secs(8));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let summary = apply(&p, &v1.replace("value: \"Knative\"", "value: \"v2\"")).await;
     assert!(
