@@ -53,6 +53,8 @@ pub struct Args {
     /// Idle connections kept to each pod (fewer if its containerConcurrency is lower).
     #[arg(long, env = "MAX_IDLE_PROXY_CONNS_PER_HOST", default_value_t = 100)]
     pub max_idle_proxy_conns_per_host: usize,
+    #[command(flatten)]
+    pub limits: sluice_core::serve::LimitArgs,
 }
 
 /// A checked configuration.
@@ -68,6 +70,8 @@ pub struct Config {
     pub probe_frequency: Duration,
     pub drain_quiet_period: Duration,
     pub max_idle_per_pod: usize,
+    /// The bounds on client connections.
+    pub limits: sluice_core::serve::Limits,
 }
 
 /// Every bad value, one per line.
@@ -129,6 +133,7 @@ impl TryFrom<Args> for Config {
         if a.pod_name.trim().is_empty() {
             bad.push("--pod-name is empty".to_owned());
         }
+        let limits = a.limits.limits(&mut bad);
         if !bad.is_empty() {
             return Err(ConfigError(bad));
         }
@@ -143,6 +148,7 @@ impl TryFrom<Args> for Config {
             probe_frequency,
             drain_quiet_period,
             max_idle_per_pod: a.max_idle_proxy_conns_per_host.max(1),
+            limits,
         })
     }
 }

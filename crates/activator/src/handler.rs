@@ -23,7 +23,7 @@ use sluice_core::BodyGuard;
 use sluice_core::forward::{self, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::respond;
-use sluice_core::serve::splice;
+use sluice_core::serve::{ExchangeDeadline, splice};
 use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
 use sluice_proto::v1::Source;
 use tokio::time::Instant;
@@ -181,6 +181,9 @@ async fn proxy(
         return Response::from_parts(parts, ProxyBody::empty());
     }
     forward::remove_hop_by_hop(rsp.headers_mut());
+    // A client that stops reading holds the pod's slot no longer than the revision's
+    // timeout: its connection is cut then.
+    rsp.extensions_mut().insert(ExchangeDeadline(deadline));
     let (parts, body) = rsp.into_parts();
     Response::from_parts(parts, ProxyBody::upstream(body, guard))
 }

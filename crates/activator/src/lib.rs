@@ -29,7 +29,8 @@ use hyper::service::service_fn;
 use sluice_core::drain::{DrainOutcome, Drainer};
 use sluice_core::push::{Pusher, revision_stat};
 use sluice_core::serve::{
-    BindError, Stop, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, peer_ip, serve,
+    BindError, Limits, LocalConnector, LocalListener, Serving, Stop, Tracker,
+    UPGRADE_DRAIN_TIMEOUT, listen, local_addr, peer_ip, serve,
 };
 use sluice_proto::v1::Source;
 use tokio::net::TcpListener;
@@ -64,7 +65,7 @@ pub(crate) struct State {
     pusher: Option<Pusher>,
     pod_name: String,
     drainer: Drainer,
-    upgrades: Arc<UpgradeTracker>,
+    upgrades: Arc<Tracker>,
     metrics: Arc<Metrics>,
 }
 
@@ -76,6 +77,9 @@ pub struct Activator {
     autoscaler: Option<http::Uri>,
     serving: TcpListener,
     metrics: TcpListener,
+    limits: Limits,
+    /// In-process connections, once [`Activator::connect_in_process`] was called.
+    local: Option<LocalListener>,
 }
 
 // === impl State ===
@@ -115,7 +119,7 @@ impl Activator {
             pusher: None,
             pod_name: config.pod_name,
             drainer: Drainer::new(config.drain_quiet_period),
-            upgrades: Arc::new(UpgradeTracker::default()),
+            upgrades: Arc::new(Tracker::default()),
             metrics,
         });
         Ok(Self {
@@ -124,11 +128,21 @@ impl Activator {
             autoscaler: config.autoscaler,
             serving: listen("serving", config.listen).await?,
             metrics: listen("metrics", config.metrics_listen).await?,
+            limits: config.limits,
+            local: None,
         })
     }
 
     pub fn serving_addr(&self) -> SocketAddr {
         local_addr(&self.serving)
+    }
+
+    /// A way to reach the serving port from this process without a socket (the gateway
+    /// in `sluice run`): the connections it opens are served like TCP ones.
+    pub fn connect_in_process(&mut self) -> LocalConnector {
+        let (connector, listener) = sluice_core::serve::local::pair();
+        self.local = Some(listener);
+        connector
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
@@ -145,6 +159,8 @@ impl Activator {
             autoscaler,
             serving,
             metrics,
+            limits,
+            local,
         } = self;
         // The push task needs a runtime, so it starts here rather than in `bind`.
         if let Some(uri) = autoscaler {
@@ -179,7 +195,7 @@ impl Activator {
                     service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
                 },
                 stop.stopped(),
-                DEFAULT_TIMEOUT,
+                Serving::new(DEFAULT_TIMEOUT).limits(limits).local(local),
             )),
             {
                 let st = Arc::clone(&state);
@@ -191,7 +207,7 @@ impl Activator {
                         service_fn(move |req| metrics_page(Arc::clone(&st), req))
                     },
                     stop.stopped(),
-                    Duration::from_secs(1),
+                    Serving::new(Duration::from_secs(1)).limits(limits),
                 ))
             },
         ];

@@ -163,7 +163,7 @@ impl Server {
                 service_fn(move |req| metrics_port(autoscaler.clone(), req))
             },
             stopped(),
-            SHUTDOWN_GRACE,
+            sluice_core::serve::Serving::new(SHUTDOWN_GRACE),
         ));
         shutdown.await;
         tracing::info!("shutting down");

@@ -36,6 +36,8 @@ pub fn run<F>(name: &str, worker_threads: Option<usize>, body: F) -> ExitCode
 where
     F: Future<Output = Result<(), Exit>>,
 {
+    // Overload must meet the connection bound (a 503), not the open-file limit.
+    crate::serve::limits::raise_fd_limit();
     let runtime = match worker_threads {
         Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,26 +1,43 @@
 //! The serve loop every Sluice listener runs: HTTP/1.1 and h2c on one port (hyper-util's
-//! `auto` builder), one task per connection, and a graceful shutdown that stops accepting,
-//! lets requests in flight finish, then waits (bounded) for upgraded connections.
+//! `auto` builder), one task per connection, every connection held to the port's
+//! [`Limits`] (header-read and idle timeouts, HTTP/2 keep-alive and stream cap, a
+//! connection bound past which the answer is 503), and a graceful shutdown that stops
+//! accepting, lets requests in flight finish, then waits (bounded) for upgraded
+//! connections.
 
+use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::HeaderValue;
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
+
+mod conn;
+mod io;
+pub mod limits;
+pub mod local;
+
+pub use conn::{DEADLINE_SLACK, ExchangeDeadline, InFlight};
+pub use io::Io;
+pub use limits::{LimitArgs, Limits};
+pub use local::{LocalConnector, LocalListener};
+
+use conn::{ConnShared, Counted};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -60,32 +77,33 @@ pub async fn splice(
 /// Knative's `HijackTracker` bound on waiting for upgraded connections at shutdown.
 pub const UPGRADE_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Counts upgraded (e.g. websocket) connections, which outlive hyper's connection
-/// tracking once upgraded, so shutdown can wait for them.
+/// Counts things that outlive a single request and that shutdown waits for: a server's
+/// open connections, and upgraded (e.g. websocket) connections, which leave hyper's
+/// connection once upgraded.
 #[derive(Debug, Default)]
-pub struct UpgradeTracker {
+pub struct Tracker {
     active: AtomicUsize,
     idle: Notify,
 }
 
-/// One upgraded connection; dropping it marks it finished.
+/// One tracked thing; dropping it marks it finished.
 #[derive(Debug)]
-pub struct UpgradeGuard(Arc<UpgradeTracker>);
+pub struct TrackGuard(Arc<Tracker>);
 
-// === impl UpgradeTracker ===
+// === impl Tracker ===
 
-impl UpgradeTracker {
-    pub fn track(self: &Arc<Self>) -> UpgradeGuard {
+impl Tracker {
+    pub fn track(self: &Arc<Self>) -> TrackGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
-        UpgradeGuard(Arc::clone(self))
+        TrackGuard(Arc::clone(self))
     }
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Waits until no upgraded connection is left, or `limit` passes. Returns how many
-    /// were still open.
+    /// Waits until nothing tracked is left, or `limit` passes. Returns how many were
+    /// still open.
     pub async fn wait(&self, limit: Duration) -> usize {
         let wait = async {
             loop {
@@ -102,7 +120,7 @@ impl UpgradeTracker {
     }
 }
 
-impl Drop for UpgradeGuard {
+impl Drop for TrackGuard {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
@@ -139,35 +157,80 @@ impl Stop {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then closes gracefully: no new
-/// connections, keep-alive turned off, requests in flight allowed to finish within
-/// `grace`. `make_service` is called once per connection with the peer's address.
+/// How a port serves besides its handler: the bounds on its clients, how long open
+/// connections get at shutdown, and the in-process connections it also accepts.
+#[derive(Debug)]
+pub struct Serving {
+    pub limits: Limits,
+    pub grace: Duration,
+    pub local: Option<LocalListener>,
+}
+
+impl Serving {
+    /// Default limits, `grace` at shutdown, TCP only.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            limits: Limits::default(),
+            grace,
+            local: None,
+        }
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn local(mut self, local: Option<LocalListener>) -> Self {
+        self.local = local;
+        self
+    }
+}
+
+/// The peer given to `make_service` for an in-process connection.
+const LOCAL_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// Serves `listener` (and in-process connections, if any) until `shutdown` resolves, then
+/// closes gracefully: no new connections, keep-alive turned off, requests in flight
+/// allowed to finish within the grace period. `make_service` is called once per
+/// connection with the peer's address. Every connection is held to `serving.limits`.
 pub async fn serve<M, S, B>(
     name: &'static str,
     listener: TcpListener,
     mut make_service: M,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    serving: Serving,
 ) where
     M: FnMut(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let local = listener.local_addr().ok();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let Serving {
+        limits,
+        grace,
+        mut local,
+    } = serving;
+    let local_addr = listener.local_addr().ok();
+    let max_connections = limits.max_connections();
+    let builder = builder(&limits);
+    let connections = Arc::new(Tracker::default());
+    let (stop, stopped) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
-    tracing::debug!(server = name, ?local, "serving");
+    tracing::debug!(server = name, local = ?local_addr, max_connections, "serving");
     loop {
-        let (stream, peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, peer)) => {
+                    // Small request/response exchanges must not wait on Nagle.
+                    let _ = stream.set_nodelay(true);
+                    (Io::Tcp(stream), peer)
+                }
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(server = name, %error, "accept failed");
@@ -175,36 +238,107 @@ pub async fn serve<M, S, B>(
                     continue;
                 }
             },
+            Some(stream) = next_local(&mut local) => (Io::Local(stream), LOCAL_PEER),
         };
-        // Small request/response exchanges must not wait on Nagle.
-        let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
         let span = tracing::debug_span!("conn", server = name, %peer);
+        let tracked = connections.track();
+        if connections.active() > max_connections {
+            tokio::spawn(
+                refuse(
+                    builder.clone(),
+                    io,
+                    max_connections,
+                    limits.header_read_timeout,
+                    tracked,
+                )
+                .instrument(span),
+            );
+            continue;
+        }
+        let shared = ConnShared::new(tokio::time::Instant::now(), limits.idle_timeout);
+        let service = Counted {
+            inner: make_service(peer),
+            conn: Arc::clone(&shared),
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let mut stopped = stopped.clone();
+        let idle = limits.idle_timeout;
         tokio::spawn(
             async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(error = %error, "connection closed with error");
-                }
+                let _tracked = tracked;
+                let conn = pin!(conn);
+                let stopped = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                conn::drive(conn, |c| c.graceful_shutdown(), &shared, idle, stopped).await;
             }
             .instrument(span),
         );
     }
     drop(listener);
+    drop(local);
     tracing::debug!(server = name, "stopped accepting; closing connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stop.send_replace(true);
+    let left = connections.wait(grace).await;
+    if left > 0 {
         tracing::warn!(
             server = name,
             ?grace,
+            left,
             "connections still open after the grace period"
         );
     }
+}
+
+/// The next in-process connection, or never when there is no in-process listener.
+async fn next_local(local: &mut Option<LocalListener>) -> Option<tokio::io::DuplexStream> {
+    match local {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// hyper's builder with the port's limits.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(limits.h2_keepalive_timeout)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams);
+    builder
+}
+
+/// A connection past the port's bound: each request on it gets 503 naming the bound, and
+/// it closes after the first (HTTP/1.1) or within the header-read timeout.
+async fn refuse(
+    builder: auto::Builder<TokioExecutor>,
+    io: Io,
+    max: usize,
+    limit: Duration,
+    tracked: TrackGuard,
+) {
+    tracing::debug!(max, "connection limit reached; answering 503");
+    let body = Bytes::from(format!(
+        "overloaded: this server already has {max} open connections (its connection limit)\n"
+    ));
+    let service = service_fn(move |_req: Request<Incoming>| {
+        let mut rsp: Response<Full<Bytes>> =
+            crate::respond::text(StatusCode::SERVICE_UNAVAILABLE, body.clone());
+        rsp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        std::future::ready(Ok::<_, Infallible>(rsp))
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(limit, conn).await;
+    drop(tracked);
 }
 
 #[cfg(test)]
@@ -213,7 +347,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn upgrade_tracker_waits_for_the_last_guard() {
-        let tracker = Arc::new(UpgradeTracker::default());
+        let tracker = Arc::new(Tracker::default());
         assert_eq!(
             tracker.wait(Duration::from_secs(1)).await,
             0,
@@ -232,7 +366,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn upgrade_tracker_gives_up_after_the_limit() {
-        let tracker = Arc::new(UpgradeTracker::default());
+        let tracker = Arc::new(Tracker::default());
         let _g = tracker.track();
         assert_eq!(tracker.wait(Duration::from_secs(60)).await, 1);
     }

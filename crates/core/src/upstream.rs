@@ -19,8 +19,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+use crate::serve::{Io, LocalConnector};
 
 /// Knative's dial backoff: the first connect attempt may take 50 ms, each retry 1.4×
 /// longer, 15 attempts in all. Only timeouts are retried: a refusal fails at once.
@@ -55,19 +58,35 @@ pub struct SendError {
     pub request: Option<Request<UpstreamBody>>,
 }
 
+/// Go's `http.Transport.IdleConnTimeout`: a pooled connection unused this long is closed.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 #[derive(Debug)]
 pub struct Upstream {
     addr: SocketAddr,
+    /// In-process origins are reached through this instead of `addr`.
+    local: Option<LocalConnector>,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
+    idle_timeout: Duration,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
 /// An idle HTTP/1.1 connection and since when.
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: Conn1,
     since: Instant,
+}
+
+/// An HTTP/1.1 connection: its sender, and the task that drives it, aborted when the
+/// connection is dropped. Without that, a connection whose request was abandoned while
+/// its body was still being written (the next hop not reading) would wait forever with
+/// its socket, its peer's slot and every hop behind it.
+#[derive(Debug)]
+struct Conn1 {
+    sender: http1::SendRequest<UpstreamBody>,
+    task: AbortHandle,
 }
 
 /// What a request to the origin carries: the client's body streamed through, or bytes
@@ -89,7 +108,7 @@ pub fn body_of(body: Incoming) -> UpstreamBody {
 #[derive(Debug)]
 pub struct Lease {
     upstream: Arc<Upstream>,
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: Conn1,
 }
 
 // === impl SendError ===
@@ -121,12 +140,61 @@ impl From<SendError> for UpstreamError {
 impl Upstream {
     /// `max_idle`: Knative keeps CC idle connections, or 1000 when CC is 0.
     pub fn new(addr: SocketAddr, max_idle: usize) -> Arc<Self> {
-        Arc::new(Self {
+        Self::build(addr, None, max_idle, DEFAULT_POOL_IDLE_TIMEOUT)
+    }
+
+    /// An origin in this process, reached over in-process pipes (`addr` names it in logs
+    /// and in the `Host` of requests that came without one).
+    pub fn in_process(addr: SocketAddr, local: LocalConnector, max_idle: usize) -> Arc<Self> {
+        Self::build(addr, Some(local), max_idle, DEFAULT_POOL_IDLE_TIMEOUT)
+    }
+
+    /// With a pool idle timeout other than [`DEFAULT_POOL_IDLE_TIMEOUT`].
+    pub fn with_idle_timeout(
+        addr: SocketAddr,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        Self::build(addr, None, max_idle, idle_timeout)
+    }
+
+    fn build(
+        addr: SocketAddr,
+        local: Option<LocalConnector>,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        let upstream = Arc::new(Self {
             addr,
+            local,
             idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
             max_idle,
+            idle_timeout,
             h2: tokio::sync::Mutex::new(None),
-        })
+        });
+        // Idle connections are closed after the timeout even when no request comes to
+        // notice: a task per origin, gone with the origin.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(evict_idle(Arc::downgrade(&upstream)));
+        }
+        upstream
+    }
+
+    /// Closes the pooled connections idle for the idle timeout at `now`; how many.
+    pub fn evict_idle(&self, now: Instant) -> usize {
+        let mut idle = self.idle.lock();
+        // The pool is a stack: the longest idle are at the bottom.
+        let stale = idle
+            .iter()
+            .take_while(|i| now.saturating_duration_since(i.since) >= self.idle_timeout)
+            .count();
+        idle.drain(..stale);
+        stale
+    }
+
+    /// Connections idle in the pool now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -142,7 +210,7 @@ impl Upstream {
         req: Request<UpstreamBody>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        let (mut sender, idle_since) = match self.checkout().await {
+        let (mut conn, idle_since) = match self.checkout().await {
             Ok(checked_out) => checked_out,
             Err(error) => return Err(SendError::unsent(error, req)),
         };
@@ -158,7 +226,8 @@ impl Upstream {
             }
             _ => None,
         };
-        let rsp = match sender
+        let rsp = match conn
+            .sender
             .try_send_request(Request::from_parts(parts, body))
             .await
         {
@@ -172,11 +241,11 @@ impl Upstream {
                     return Err(SendError::sent(e.into_error().into()));
                 };
                 tracing::debug!(error = %e.error(), "pooled connection gone; retrying on a new one");
-                sender = match Box::pin(self.new_http1()).await {
-                    Ok(sender) => sender,
+                conn = match Box::pin(self.new_http1()).await {
+                    Ok(conn) => conn,
                     Err(error) => return Err(SendError::unsent(error, req)),
                 };
-                sender
+                conn.sender
                     .send_request(req)
                     .await
                     .map_err(|e| SendError::sent(e.into()))?
@@ -186,7 +255,7 @@ impl Upstream {
             rsp,
             Lease {
                 upstream: Arc::clone(self),
-                sender,
+                conn,
             },
         ))
     }
@@ -268,17 +337,15 @@ impl Upstream {
     }
 
     /// A ready connection, and since when it sat idle (`None` when new).
-    async fn checkout(
-        &self,
-    ) -> Result<(http1::SendRequest<UpstreamBody>, Option<Instant>), UpstreamError> {
+    async fn checkout(&self) -> Result<(Conn1, Option<Instant>), UpstreamError> {
         loop {
-            let Some(Idle { mut sender, since }) = self.idle.lock().pop() else {
+            let Some(Idle { mut conn, since }) = self.idle.lock().pop() else {
                 break;
             };
             // A lease comes back right after its body ends; the connection task may not
             // have marked it idle yet, so wait for readiness rather than test it.
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok((sender, Some(since)));
+            if !conn.sender.is_closed() && conn.sender.ready().await.is_ok() {
+                return Ok((conn, Some(since)));
             }
         }
         // Boxed: connecting is rare, and inlining it would make every request's
@@ -286,11 +353,11 @@ impl Upstream {
         Ok((Box::pin(self.new_http1()).await?, None))
     }
 
-    async fn new_http1(&self) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn new_http1(&self) -> Result<Conn1, UpstreamError> {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        tokio::spawn(drive("h1", conn));
-        Ok(sender)
+        let task = tokio::spawn(drive("h1", conn)).abort_handle();
+        Ok(Conn1 { sender, task })
     }
 
     async fn new_http2(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
@@ -300,13 +367,23 @@ impl Upstream {
         Ok(sender)
     }
 
-    async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+    async fn connect(&self) -> Result<Io, UpstreamError> {
+        if let Some(local) = &self.local {
+            return local
+                .connect()
+                .await
+                .map(Io::Local)
+                .map_err(|source| UpstreamError::Connect {
+                    addr: self.addr,
+                    source,
+                });
+        }
         let mut limit = DIAL_FIRST_TIMEOUT;
         for _ in 0..DIAL_ATTEMPTS {
             match tokio::time::timeout(limit, TcpStream::connect(self.addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok(stream);
+                    return Ok(Io::Tcp(stream));
                 }
                 Ok(Err(source)) => {
                     return Err(UpstreamError::Connect {
@@ -320,10 +397,10 @@ impl Upstream {
         Err(UpstreamError::ConnectTimeout(self.addr))
     }
 
-    fn put(&self, sender: http1::SendRequest<UpstreamBody>, since: Instant) {
+    fn put(&self, conn: Conn1, since: Instant) {
         let mut idle = self.idle.lock();
         if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since });
+            idle.push(Idle { conn, since });
         }
     }
 }
@@ -332,10 +409,19 @@ impl Upstream {
 
 impl Lease {
     /// Ends the lease at `now`; `clean`: the response body reached its end without error.
+    /// Anything else closes the connection at once, whatever it was doing.
     pub fn release(self, clean: bool, now: Instant) {
-        if clean && !self.sender.is_closed() {
-            self.upstream.put(self.sender, now);
+        if clean && !self.conn.sender.is_closed() {
+            self.upstream.put(self.conn, now);
         }
+    }
+}
+
+// === impl Conn1 ===
+
+impl Drop for Conn1 {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -347,6 +433,28 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     head.version = parts.version;
     head.headers = parts.headers.clone();
     head
+}
+
+/// Every half idle timeout, closes the origin's connections idle past it; ends with the
+/// origin.
+async fn evict_idle(upstream: std::sync::Weak<Upstream>) {
+    let period = match upstream.upgrade() {
+        Some(u) => (u.idle_timeout / 2).max(Duration::from_millis(10)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        let closed = upstream.evict_idle(Instant::now());
+        if closed > 0 {
+            tracing::debug!(origin = %upstream.addr, closed, "idle pooled connections closed");
+        }
+    }
 }
 
 async fn drive<F, E>(kind: &'static str, conn: F)

@@ -20,7 +20,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use sluice_core::forward::{self, Found, is_upgrade};
 use sluice_core::headers as kh;
-use sluice_core::serve::splice;
+use sluice_core::serve::{ExchangeDeadline, splice};
 use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
 use sluice_core::{BodyGuard, ReqEvent, respond};
 use sluice_proto::v1::Source;
@@ -75,7 +75,8 @@ pub(crate) async fn handle(
         ));
     };
     drop(route);
-    let mut guard = RequestGuard::enter(&state, rev);
+    let start = Instant::now();
+    let mut guard = RequestGuard::enter(&state, rev, start);
     let found = Found::scan(req.headers());
     let upgrade = is_upgrade(&req, found);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -100,6 +101,10 @@ pub(crate) async fn handle(
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
     forward::remove_hop_by_hop(rsp.headers_mut());
+    if let Some(timeout) = guard.rev.backends().timeout {
+        rsp.extensions_mut()
+            .insert(ExchangeDeadline(start + timeout));
+    }
     let (parts, body) = rsp.into_parts();
     Ok(Response::from_parts(
         parts,
@@ -208,10 +213,9 @@ async fn send(
 // === impl RequestGuard ===
 
 impl RequestGuard {
-    fn enter(state: &State, rev: Arc<Rev>) -> Self {
+    fn enter(state: &State, rev: Arc<Rev>, now: Instant) -> Self {
         let counted = rev.reports();
         if counted {
-            let now = Instant::now();
             rev.stats.lock().handle(ReqEvent::In, now);
             if rev.backends().mode == Mode::Proxy {
                 poke(state, &rev, now);

@@ -18,7 +18,10 @@ use std::time::Duration;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use sluice_core::push::{Pusher, revision_stat};
-use sluice_core::serve::{BindError, Stop, UpgradeTracker, listen, local_addr, peer_ip, serve};
+use sluice_core::serve::{
+    BindError, LimitArgs, Limits, LocalConnector, Serving, Stop, Tracker, listen, local_addr,
+    peer_ip, serve,
+};
 use sluice_core::upstream::Upstream;
 use sluice_proto::v1::Source;
 use tokio::net::TcpListener;
@@ -67,6 +70,8 @@ pub struct Args {
     /// This gateway's name in the stats it sends.
     #[arg(long, env = "POD_NAME", default_value = "gateway")]
     pub pod_name: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// A checked configuration.
@@ -77,6 +82,11 @@ pub struct Config {
     pub activator: Option<SocketAddr>,
     pub autoscaler: Option<http::Uri>,
     pub pod_name: String,
+    /// The bounds on client connections.
+    pub limits: Limits,
+    /// Reaches the activator in-process (same process, `sluice run`) instead of over TCP:
+    /// a held request then costs no file descriptor beyond the client's own.
+    pub activator_local: Option<LocalConnector>,
 }
 
 /// The standalone binary's routing file.
@@ -104,7 +114,7 @@ pub(crate) struct State {
     activator: Option<(Arc<Upstream>, HeaderValue)>,
     pusher: Option<Pusher>,
     pod_name: String,
-    upgrades: Arc<UpgradeTracker>,
+    upgrades: Arc<Tracker>,
 }
 
 /// A gateway with its port bound, ready to serve.
@@ -136,12 +146,19 @@ impl Config {
         if a.domain.trim_matches('.').is_empty() {
             return Err(StartError::Config("--domain must not be empty".into()));
         }
+        let mut bad = Vec::new();
+        let limits = a.limits.limits(&mut bad);
+        if !bad.is_empty() {
+            return Err(StartError::Config(bad.join("\n")));
+        }
         Ok(Self {
             listen: a.listen,
             domain: a.domain.clone(),
             activator: a.activator,
             autoscaler,
             pod_name: a.pod_name.clone(),
+            limits,
+            activator_local: None,
         })
     }
 }
@@ -194,9 +211,13 @@ impl Gateway {
             routes,
             serving,
         } = self;
+        let local = config.activator_local;
         let activator = config.activator.map(|addr| {
             (
-                Upstream::new(addr, ACTIVATOR_IDLE),
+                match local {
+                    Some(local) => Upstream::in_process(addr, local, ACTIVATOR_IDLE),
+                    None => Upstream::new(addr, ACTIVATOR_IDLE),
+                },
                 HeaderValue::from_str(&addr.to_string())
                     .expect("a socket address is a valid header value"),
             )
@@ -206,7 +227,7 @@ impl Gateway {
             activator,
             pusher: config.autoscaler.map(|uri| Pusher::spawn(uri, PUSH_BUFFER)),
             pod_name: config.pod_name,
-            upgrades: Arc::new(UpgradeTracker::default()),
+            upgrades: Arc::new(Tracker::default()),
         });
         tracing::info!(serving = %local_addr(&serving), "gateway serving");
         let reporter = state
@@ -224,7 +245,7 @@ impl Gateway {
                 service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
             },
             stop.stopped(),
-            SHUTDOWN_GRACE,
+            Serving::new(SHUTDOWN_GRACE).limits(config.limits),
         ));
         shutdown.await;
         stop.stop();

@@ -68,6 +68,10 @@ pub struct RevisionBackends {
     /// `mpa.autoscaling.knative.dev`: it scales on the gateway's view).
     #[serde(default)]
     pub report: bool,
+    /// The revision's `timeoutSeconds`: an exchange still going past it (a client that
+    /// stopped reading) has its connection cut.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// The routing table's handle: cheap to clone, every clone the same table.
@@ -109,6 +113,7 @@ pub(crate) struct Rev {
 #[derive(Debug, Default)]
 pub(crate) struct Backends {
     pub(crate) mode: Mode,
+    pub(crate) timeout: Option<std::time::Duration>,
     pods: Vec<Arc<Pod>>,
     /// Rotates the starting point of the least-in-flight scan, so ties spread.
     next: AtomicUsize,
@@ -183,6 +188,7 @@ impl Routes {
         rev.report.store(b.report, Ordering::Relaxed);
         rev.backends.store(Arc::new(Backends {
             mode: b.mode,
+            timeout: b.timeout_seconds.map(std::time::Duration::from_secs),
             pods,
             next: AtomicUsize::new(0),
         }));
@@ -448,6 +454,7 @@ mod tests {
             mode: Mode::Serve,
             pods: vec![a, b],
             report: false,
+            timeout_seconds: None,
         });
         let rev = Arc::clone(
             routes
@@ -472,6 +479,7 @@ mod tests {
             mode: Mode::Serve,
             pods: vec![a, c],
             report: false,
+            timeout_seconds: None,
         });
         let backends = rev.backends();
         drop(second);

@@ -80,6 +80,10 @@ pub struct Args {
     /// Time with no request that ends a drain (`30s`, `500ms`, or seconds).
     #[arg(long, env = "SLUICE_DRAIN_QUIET_PERIOD")]
     pub drain_quiet_period: Option<String>,
+    /// The bounds on client connections (header-read and idle timeouts, HTTP/2
+    /// keep-alive and streams, connections).
+    #[command(flatten)]
+    pub limits: sluice_core::serve::LimitArgs,
 }
 
 /// Validated configuration.
@@ -97,6 +101,7 @@ pub struct Config {
     pub readiness_probes: Vec<ProbeSpec>,
     pub autoscaler: Option<http::Uri>,
     pub drain_quiet_period: Duration,
+    pub limits: sluice_core::serve::Limits,
 }
 
 /// Who this queue-proxy serves: labels on every stat and metric.
@@ -246,6 +251,7 @@ impl TryFrom<Args> for Config {
                 DEFAULT_DRAIN_QUIET_PERIOD
             }),
         };
+        let limits = a.limits.limits(&mut v.problems);
         if !v.problems.is_empty() {
             return Err(ConfigError(v.problems));
         }
@@ -267,6 +273,7 @@ impl TryFrom<Args> for Config {
             readiness_probes,
             autoscaler,
             drain_quiet_period,
+            limits,
         })
     }
 }

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use sluice_core::forward::{self as headers, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::respond;
-use sluice_core::serve::splice;
+use sluice_core::serve::{ExchangeDeadline, splice};
 use sluice_core::upstream::{self, UpstreamError};
 use tokio::time::Instant;
 
@@ -149,6 +149,10 @@ async fn proxy(
         return Response::from_parts(parts, ProxyBody::empty());
     }
     headers::remove_hop_by_hop(rsp.headers_mut());
+    // The body's own timer ends a response that streams too long; a client that stopped
+    // reading is cut by its connection at the same deadline.
+    rsp.extensions_mut()
+        .insert(ExchangeDeadline(start + timeouts.total));
     let (parts, body) = rsp.into_parts();
     Response::from_parts(
         parts,

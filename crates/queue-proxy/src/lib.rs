@@ -27,7 +27,8 @@ use sluice_core::breaker::{Breaker, BreakerParams};
 use sluice_core::drain::{DrainOutcome, Drainer};
 use sluice_core::push::Pusher;
 use sluice_core::serve::{
-    BindError, Stop, UPGRADE_DRAIN_TIMEOUT, UpgradeTracker, listen, local_addr, peer_ip, serve,
+    BindError, Limits, Serving, Stop, Tracker, UPGRADE_DRAIN_TIMEOUT, listen, local_addr, peer_ip,
+    serve,
 };
 use sluice_core::stats::RequestStats;
 use sluice_proto::Stat;
@@ -66,7 +67,7 @@ pub(crate) struct State {
     prober: Arc<Prober>,
     upstream: Arc<Upstream>,
     metrics: RequestMetrics,
-    upgrades: Arc<UpgradeTracker>,
+    upgrades: Arc<Tracker>,
     timeouts: Timeouts,
     /// `Host` for requests that came without one.
     default_host: HeaderValue,
@@ -74,6 +75,7 @@ pub(crate) struct State {
     /// hook sent because only the app container restarts).
     sigterm: AtomicBool,
     latest_stat: ArcSwap<Stat>,
+    limits: Limits,
 }
 
 /// A queue-proxy with its ports bound, ready to serve.
@@ -112,11 +114,12 @@ impl QueueProxy {
             drainer: Drainer::new(config.drain_quiet_period),
             prober: Prober::new(config.readiness_probes),
             upstream: Upstream::new(user_addr, max_idle),
-            upgrades: Arc::new(UpgradeTracker::default()),
+            upgrades: Arc::new(Tracker::default()),
             timeouts: config.timeouts,
             default_host: HeaderValue::from_str(&user_addr.to_string())
                 .expect("a socket address is a valid header value"),
             sigterm: AtomicBool::new(false),
+            limits: config.limits,
         });
         Ok(Self {
             state,
@@ -186,7 +189,7 @@ impl QueueProxy {
                     service_fn(move |req| handler::handle(Arc::clone(&st), peer_ip.clone(), req))
                 },
                 stop.stopped(),
-                grace,
+                Serving::new(grace).limits(state.limits),
             )),
             side_port("admin", admin, &state, admin::admin, stop.stopped(), grace),
             side_port(
@@ -243,6 +246,7 @@ where
         > + Send
         + 'static,
 {
+    let limits = state.limits;
     let state = Arc::clone(state);
     tokio::spawn(serve(
         name,
@@ -252,7 +256,7 @@ where
             service_fn(move |req| handler(Arc::clone(&state), req))
         },
         stopped,
-        grace,
+        Serving::new(grace).limits(limits),
     ))
 }
 

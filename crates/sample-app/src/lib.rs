@@ -115,7 +115,7 @@ pub async fn serve(listener: TcpListener, target: String, shutdown: impl Future<
             service_fn(move |req| handle(Arc::clone(&target), Arc::clone(&stats), req))
         },
         shutdown,
-        Duration::from_secs(10),
+        sluice_core::serve::Serving::new(Duration::from_secs(10)),
     )
     .await;
 }

@@ -4,73 +4,16 @@
 //! minimum, 6 s, to keep the tests short; the README gives a manual run at the defaults.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice::run::images::ImageMap;
+use sluice::run::Platform;
 use sluice::run::manifest::Manifests;
-use sluice::run::platform::RevisionStatus;
-use sluice::run::{Options, Platform, Status};
 use sluice_test_support::{client, hey, load};
 use tokio::time::Instant;
 
-const FAST_CONFIG: &str = r#"
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: config-autoscaler
-  namespace: knative-serving
-data:
-  stable-window: "6s"
-  scale-to-zero-grace-period: "6s"
-"#;
+mod common;
 
-async fn start() -> Platform {
-    start_with_ready_timeout(Duration::from_secs(30)).await
-}
-
-fn example(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-async fn apply(p: &Platform, yaml: &str) -> Vec<String> {
-    let m = Manifests::parse("test", yaml).expect("manifests parse");
-    p.apply(&m).await.expect("applied")
-}
-
-fn revision(s: &Status, name: &str) -> RevisionStatus {
-    s.services
-        .iter()
-        .flat_map(|svc| &svc.revisions)
-        .find(|r| r.name == name)
-        .unwrap_or_else(|| panic!("no revision {name} in {s:?}"))
-        .clone()
-}
-
-/// Polls the status until `done` holds for `name`, or panics after `limit`.
-async fn wait_for(
-    p: &Platform,
-    name: &str,
-    limit: Duration,
-    what: &str,
-    done: impl Fn(&RevisionStatus) -> bool,
-) -> RevisionStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        let r = revision(&p.status(), name);
-        if done(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: not {what} after {limit:?}: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::*;
 
 /// Every request of a load run answered, and with 200.
 fn assert_all_200(report: &load::LoadReport) {
@@ -472,18 +415,4 @@ spec:
         "the app's last lines are shown: {error}"
     );
     p.shutdown().await;
-}
-
-async fn start_with_ready_timeout(ready_timeout: Duration) -> Platform {
-    Platform::start(Options {
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
-        gateway_listen: "127.0.0.1:0".parse().expect("addr"),
-        admin_listen: "127.0.0.1:0".parse().expect("addr"),
-        domain: "example.com".into(),
-        images: ImageMap::default(),
-        ready_timeout,
-        drain_quiet_period: Duration::from_millis(500),
-    })
-    .await
-    .expect("the platform starts")
 }

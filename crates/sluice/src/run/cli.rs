@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Where `run.json` is written.
     #[arg(long, env = "SLUICE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The bounds on client connections, for the gateway, the activator and every pod's
+    /// queue-proxy.
+    #[command(flatten)]
+    pub limits: sluice_core::serve::LimitArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +104,11 @@ pub fn run(args: RunArgs) -> ExitCode {
     let checked = (|| {
         let ready_timeout = duration("pod-ready-timeout", &args.pod_ready_timeout)?;
         let drain = duration("drain-quiet-period", &args.drain_quiet_period)?;
+        let mut bad = Vec::new();
+        let limits = args.limits.limits(&mut bad);
+        if !bad.is_empty() {
+            return Err(bad.join("\n"));
+        }
         let images = match &args.images {
             Some(p) => ImageMap::load(p)?,
             None => ImageMap::default(),
@@ -107,9 +116,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the sluice binary for pods: {e}"))?;
         let manifests = Manifests::read(&args.files).map_err(|e| e.join("\n"))?;
-        Ok::<_, String>((ready_timeout, drain, images, exe, manifests))
+        Ok::<_, String>((ready_timeout, drain, limits, images, exe, manifests))
     })();
-    let (ready_timeout, drain, images, exe, manifests) = match checked {
+    let (ready_timeout, drain, limits, images, exe, manifests) = match checked {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sluice run: {e}");
@@ -125,6 +134,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_BAD_INPUT);
     }
+    sluice_core::serve::limits::raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -144,6 +154,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             images,
             ready_timeout,
             drain_quiet_period: drain,
+            limits,
         })
         .await
         {
@@ -246,7 +257,7 @@ pub fn apply(args: ApplyArgs) -> ExitCode {
             }
         };
         for f in files {
-            match std::fs::read_to_string(&f) {
+            match manifest::read_manifest(&f) {
                 Ok(text) => {
                     if let Err(mut e) = Manifests::parse(&f.display().to_string(), &text) {
                         errors.append(&mut e);
@@ -254,9 +265,16 @@ pub fn apply(args: ApplyArgs) -> ExitCode {
                     body.push_str(&text);
                     body.push_str("\n---\n");
                 }
-                Err(e) => errors.push(format!("{}: cannot read: {e}", f.display())),
+                Err(e) => errors.push(e),
             }
         }
+    }
+    if errors.is_empty() && body.len() as u64 > manifest::MAX_MANIFEST_BYTES {
+        errors.push(format!(
+            "{} bytes of manifests in all; one apply may send at most {} (3 MiB)",
+            body.len(),
+            manifest::MAX_MANIFEST_BYTES
+        ));
     }
     if !errors.is_empty() {
         eprintln!(

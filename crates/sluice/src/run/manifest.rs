@@ -12,6 +12,100 @@ pub const SERVICE_API_VERSION: &str = "serving.knative.dev/v1";
 pub const CONFIG_AUTOSCALER: &str = "config-autoscaler";
 pub const KNATIVE_NAMESPACE: &str = "knative-serving";
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Largest manifest file, and largest `sluice apply` (all files together): Kubernetes'
+/// API server takes request bodies up to 3 MiB.
+pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
+/// Kubernetes' limit on an object's annotations, keys and values together.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 << 10;
+
+/// The fields each part of a document may have: Knative's and Kubernetes' own (as
+/// `kubectl apply` with strict field validation knows them), used by Sluice or not. Any
+/// other field is a mistake (`trafic:`, `containerz:`) and is refused by name.
+const ROOT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+const CONFIG_MAP_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "data",
+    "binaryData",
+    "immutable",
+];
+const METADATA_FIELDS: &[&str] = &[
+    "name",
+    "namespace",
+    "annotations",
+    "labels",
+    "generateName",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+    "selfLink",
+];
+const SERVICE_SPEC_FIELDS: &[&str] = &["template", "traffic"];
+const TEMPLATE_FIELDS: &[&str] = &["metadata", "spec"];
+const REVISION_SPEC_FIELDS: &[&str] = &[
+    "containerConcurrency",
+    "timeoutSeconds",
+    "responseStartTimeoutSeconds",
+    "idleTimeoutSeconds",
+    "containers",
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "volumes",
+    "imagePullSecrets",
+    "enableServiceLinks",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "runtimeClassName",
+    "securityContext",
+    "dnsPolicy",
+    "dnsConfig",
+    "hostAliases",
+    "priorityClassName",
+    "schedulerName",
+    "topologySpreadConstraints",
+    "initContainers",
+];
+const CONTAINER_FIELDS: &[&str] = &[
+    "name",
+    "image",
+    "command",
+    "args",
+    "env",
+    "envFrom",
+    "ports",
+    "readinessProbe",
+    "livenessProbe",
+    "startupProbe",
+    "resources",
+    "imagePullPolicy",
+    "workingDir",
+    "volumeMounts",
+    "securityContext",
+    "lifecycle",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "stdin",
+    "stdinOnce",
+    "tty",
+];
+const ENV_FIELDS: &[&str] = &["name", "value", "valueFrom"];
+const PORT_FIELDS: &[&str] = &["containerPort", "name", "protocol", "hostIP", "hostPort"];
+const TRAFFIC_FIELDS: &[&str] = &[
+    "revisionName",
+    "latestRevision",
+    "percent",
+    "tag",
+    "configurationName",
+    "url",
+];
 
 /// Everything a set of documents asks for.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -165,13 +259,13 @@ impl Manifests {
         }
         let mut out = Self::default();
         for file in &files {
-            match std::fs::read_to_string(file) {
+            match read_manifest(file) {
                 Ok(text) => {
                     if let Err(mut e) = out.add(&file.display().to_string(), &text) {
                         errors.append(&mut e);
                     }
                 }
-                Err(e) => errors.push(format!("{}: cannot read: {e}", file.display())),
+                Err(e) => errors.push(e),
             }
         }
         if errors.is_empty() {
@@ -218,6 +312,7 @@ impl Manifests {
         let head: Head = serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
         match (head.api_version.as_str(), head.kind.as_str()) {
             (SERVICE_API_VERSION, "Service") => {
+                check_service_fields(&value).map_err(|e| format!("{at}: {e}"))?;
                 let service: Service =
                     serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
                 self.services.push(service);
@@ -235,6 +330,7 @@ impl Manifests {
                          namespace {KNATIVE_NAMESPACE}, not {ns}"
                     ));
                 }
+                known_fields(&value, "", CONFIG_MAP_FIELDS).map_err(|e| format!("{at}: {e}"))?;
                 let cm: ConfigMap =
                     serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
                 self.config_autoscaler = Some(cm.data);
@@ -256,6 +352,113 @@ impl Manifests {
             )),
         }
     }
+}
+
+/// Refuses a Service with a field Kubernetes and Knative do not know, naming it, or with
+/// more annotations than Kubernetes stores.
+fn check_service_fields(doc: &serde_norway::Value) -> Result<(), String> {
+    use serde_norway::Value;
+    let get = |v: &'_ Value, key: &str| -> Option<Value> { v.get(key).cloned() };
+    known_fields(doc, "", ROOT_FIELDS)?;
+    if let Some(meta) = get(doc, "metadata") {
+        known_fields(&meta, "metadata.", METADATA_FIELDS)?;
+        annotations_fit(&meta, "metadata.annotations")?;
+    }
+    let Some(spec) = get(doc, "spec") else {
+        return Ok(());
+    };
+    known_fields(&spec, "spec.", SERVICE_SPEC_FIELDS)?;
+    for (i, target) in list(&spec, "traffic").iter().enumerate() {
+        known_fields(target, &format!("spec.traffic[{i}]."), TRAFFIC_FIELDS)?;
+    }
+    let Some(template) = get(&spec, "template") else {
+        return Ok(());
+    };
+    known_fields(&template, "spec.template.", TEMPLATE_FIELDS)?;
+    if let Some(meta) = get(&template, "metadata") {
+        known_fields(&meta, "spec.template.metadata.", METADATA_FIELDS)?;
+        annotations_fit(&meta, "spec.template.metadata.annotations")?;
+    }
+    let Some(rspec) = get(&template, "spec") else {
+        return Ok(());
+    };
+    known_fields(&rspec, "spec.template.spec.", REVISION_SPEC_FIELDS)?;
+    for (i, c) in list(&rspec, "containers").iter().enumerate() {
+        let at = format!("spec.template.spec.containers[{i}].");
+        known_fields(c, &at, CONTAINER_FIELDS)?;
+        for (j, e) in list(c, "env").iter().enumerate() {
+            known_fields(e, &format!("{at}env[{j}]."), ENV_FIELDS)?;
+        }
+        for (j, p) in list(c, "ports").iter().enumerate() {
+            known_fields(p, &format!("{at}ports[{j}]."), PORT_FIELDS)?;
+        }
+    }
+    Ok(())
+}
+
+/// The items of a list field (none when absent or not a list: the typed parse reports that).
+fn list(v: &serde_norway::Value, key: &str) -> Vec<serde_norway::Value> {
+    v.get(key)
+        .and_then(serde_norway::Value::as_sequence)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Every key of the mapping `v` (at `path`) is one of `known`.
+fn known_fields(v: &serde_norway::Value, path: &str, known: &[&str]) -> Result<(), String> {
+    let Some(map) = v.as_mapping() else {
+        return Ok(());
+    };
+    for key in map.keys() {
+        let name = match key.as_str() {
+            Some(k) => k.to_owned(),
+            None => format!("{key:?}"),
+        };
+        if !known.contains(&name.as_str()) {
+            return Err(format!(
+                "{path}{name}: unknown field (strict field validation, as kubectl apply \
+                 does); known here: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn annotations_fit(meta: &serde_norway::Value, path: &str) -> Result<(), String> {
+    let Some(map) = meta
+        .get("annotations")
+        .and_then(serde_norway::Value::as_mapping)
+    else {
+        return Ok(());
+    };
+    let size: usize = map
+        .iter()
+        .map(|(k, v)| k.as_str().map_or(0, str::len) + v.as_str().map_or(0, str::len))
+        .sum();
+    if size > MAX_ANNOTATIONS_BYTES {
+        return Err(format!(
+            "{path}: {size} bytes of annotations; Kubernetes takes at most {MAX_ANNOTATIONS_BYTES} \
+             (256 KiB), keys and values together"
+        ));
+    }
+    Ok(())
+}
+
+/// A manifest file's text, refused before it is read when it is over
+/// [`MAX_MANIFEST_BYTES`].
+pub fn read_manifest(path: &Path) -> Result<String, String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
+        .len();
+    if len > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "{}: {len} bytes; a manifest may be at most {MAX_MANIFEST_BYTES} bytes (3 MiB, \
+             as Kubernetes' API server takes)",
+            path.display()
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
 }
 
 /// `path` itself, or a folder's `.yaml` and `.yml` files, sorted.
@@ -380,5 +583,78 @@ data:
     fn syntax_errors_are_reported() {
         let errors = Manifests::parse("x.yaml", "kind: [unclosed\n").expect_err("bad");
         assert!(errors[0].contains("not valid YAML"), "{errors:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let misspelt = [
+            (
+                "  trafic:\n    - percent: 100\n",
+                "spec.trafic: unknown field",
+            ),
+            (
+                "  template:\n    spec:\n      containerz:\n        - image: x\n",
+                "spec.template.spec.containerz: unknown field",
+            ),
+            (
+                "  template:\n    spec:\n      containers:\n        - image: x\n          envv: []\n",
+                "spec.template.spec.containers[0].envv: unknown field",
+            ),
+            (
+                "  traffic:\n    - percent: 100\n      revison: a\n",
+                "spec.traffic[0].revison: unknown field",
+            ),
+        ];
+        for (spec, want) in misspelt {
+            let doc = format!(
+                "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}"
+            );
+            let errors = Manifests::parse("x.yaml", &doc).expect_err(want);
+            assert!(errors[0].contains(want), "{want}: {errors:?}");
+        }
+        // Fields Kubernetes knows but Sluice does not use are accepted.
+        let known = r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: s, uid: u, generation: 2}
+spec:
+  template:
+    spec:
+      serviceAccountName: sa
+      containers:
+        - image: x
+          resources: {limits: {cpu: 1}}
+          ports: [{containerPort: 8080, protocol: TCP}]
+"#;
+        Manifests::parse("x.yaml", known).expect("known fields are fine");
+    }
+
+    #[test]
+    fn annotations_over_256_kib_are_refused() {
+        let big = "x".repeat(MAX_ANNOTATIONS_BYTES);
+        let doc = format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  template:\n    metadata:\n      annotations:\n        a: \"{big}\"\n"
+        );
+        let errors = Manifests::parse("x.yaml", &doc).expect_err("too big");
+        assert!(
+            errors[0].contains("spec.template.metadata.annotations:")
+                && errors[0].contains("256 KiB"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_over_the_size_limit_is_refused_before_it_is_read() {
+        let dir = std::env::temp_dir().join(format!("sluice-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("big.yaml");
+        let f = std::fs::File::create(&file).expect("file");
+        f.set_len(MAX_MANIFEST_BYTES + 1).expect("sparse file");
+        let errors = Manifests::read(&[file]).expect_err("too big");
+        assert!(
+            errors[0].contains("a manifest may be at most"),
+            "{errors:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

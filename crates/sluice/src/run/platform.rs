@@ -25,7 +25,7 @@ use sluice_autoscaler::scaler::RevisionKey;
 use sluice_autoscaler::server::{Args as AutoscalerArgs, Server as AutoscalerServer};
 use sluice_autoscaler::service::Autoscaler;
 use sluice_core::respond;
-use sluice_core::serve::{listen, local_addr, serve};
+use sluice_core::serve::{Limits, Serving, listen, local_addr, serve};
 use sluice_gateway::{Gateway, Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
 use sluice_proto::v1::{self, RevisionEndpoints};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -50,6 +50,8 @@ pub struct Options {
     pub ready_timeout: Duration,
     /// The queue-proxies' and the activator's drain quiet period.
     pub drain_quiet_period: Duration,
+    /// The bounds on client connections: the gateway's, the activator's and every pod's.
+    pub limits: Limits,
 }
 
 /// A running platform. Cheap to clone.
@@ -141,6 +143,7 @@ impl Platform {
                 exe: opts.exe.clone(),
                 ready_timeout: opts.ready_timeout,
                 drain_quiet_period: opts.drain_quiet_period,
+                limits: opts.limits,
             },
             changed_tx,
         );
@@ -172,18 +175,25 @@ impl Platform {
                 probe_frequency: Duration::from_millis(200),
                 drain_quiet_period: opts.drain_quiet_period,
                 max_idle_per_pod: 100,
+                limits: opts.limits,
             },
             Some(EndpointsSource::InProcess(publisher.clone())),
         )
         .await
         .map_err(|e| format!("activator: {e}"))?;
+        let mut activator = activator;
         let activator_addr = activator.serving_addr();
+        // The gateway reaches the activator without sockets: a held request costs no
+        // file descriptor beyond its client's.
+        let activator_local = activator.connect_in_process();
         let gateway = Gateway::bind(sluice_gateway::Config {
             listen: opts.gateway_listen,
             domain: opts.domain.clone(),
             activator: Some(activator_addr),
             autoscaler: autoscaler_uri.parse().ok(),
             pod_name: "gateway".into(),
+            limits: opts.limits,
+            activator_local: Some(activator_local),
         })
         .await
         .map_err(|e| format!("gateway: {e}"))?;
@@ -235,7 +245,7 @@ impl Platform {
                     admin,
                     admin_page,
                     stopped(&inner.stop),
-                    Duration::from_secs(1),
+                    Serving::new(Duration::from_secs(1)),
                 )),
             ],
             autoscaler: Some(tokio::spawn(
@@ -409,6 +419,7 @@ impl Platform {
             mode,
             pods: ready.clone(),
             report: rev.mpa,
+            timeout_seconds: Some(u64::from(rev.pod.timeout_seconds)),
         });
         inner.publisher.publish(RevisionEndpoints {
             namespace: key.namespace.clone(),

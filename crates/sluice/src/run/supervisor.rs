@@ -52,6 +52,8 @@ pub struct SupervisorConfig {
     pub ready_timeout: Duration,
     /// The queue-proxies' drain quiet period.
     pub drain_quiet_period: Duration,
+    /// The queue-proxies' bounds on client connections.
+    pub limits: sluice_core::serve::Limits,
 }
 
 /// Cheap to clone, every clone the same supervisor.
@@ -435,6 +437,7 @@ fn spawn_queue_proxy(
             optional(spec.idle_timeout_seconds),
         )
         .env("SERVING_READINESS_PROBE", probe.to_string())
+        .envs(inner.config.limits.to_env())
         .env("SLUICE_BIND_ADDRESS", "127.0.0.1")
         .env("SLUICE_ADMIN_PORT", "0")
         .env("SLUICE_METRICS_PORT", "0")
