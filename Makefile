@@ -14,9 +14,10 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets $(LOCKED) -- -D warnings
 
+# Doc tests first: CI reads the runner's closing lines, which must be nextest's summary.
 test:
-	$(CARGO) nextest run --workspace $(LOCKED)
 	$(CARGO) test --doc --workspace $(LOCKED)
+	$(CARGO) nextest run --workspace $(LOCKED)
 
 deny:
 	@if command -v cargo-deny >/dev/null 2>&1; then $(CARGO) deny check; else echo "cargo-deny: skipped (not installed)"; fi

@@ -67,10 +67,10 @@ pub struct RequestGuard {
 
 impl ActivatorError {
     fn into_response(self) -> Response<ProxyBody> {
-        let status = match self {
+        let status = match &self {
             Self::QueueFull(..) | Self::Removed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Upstream(..) => StatusCode::BAD_GATEWAY,
+            Self::Upstream(_, e) => e.status(),
         };
         respond::text(status, self.to_string())
     }
@@ -88,9 +88,37 @@ pub(crate) async fn handle(
     state.drainer.touch();
     let rev = match revision(&state, req.headers()) {
         Ok(rev) => rev,
-        Err(why) => return Ok(respond::text(StatusCode::NOT_FOUND, why)),
+        Err(Unknown::Revision(ns, name)) => {
+            // Boxed: the rare path stays out of the common request future.
+            match Box::pin(state.registry.wait_for(&ns, &name, UNKNOWN_REVISION_WAIT)).await {
+                Some(rev) => rev,
+                None => {
+                    return Ok(respond::text(
+                        StatusCode::NOT_FOUND,
+                        format!("revision {ns}/{name} is not known to this activator"),
+                    ));
+                }
+            }
+        }
+        Err(Unknown::NoHeaders) => {
+            return Ok(respond::text(
+                StatusCode::NOT_FOUND,
+                "no revision: the request needs Knative-Serving-Namespace and \
+                 Knative-Serving-Revision headers",
+            ));
+        }
     };
     Ok(proxy(&state, rev, &peer_ip, req).await)
+}
+
+/// How long a request for a revision not known yet waits for the endpoints source to
+/// name it (a route and the activator's source are updated separately).
+const UNKNOWN_REVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why a request names no known revision.
+enum Unknown {
+    NoHeaders,
+    Revision(String, String),
 }
 
 /// Knative's health, network-probe and activator-probe handlers.
@@ -123,24 +151,20 @@ fn probe_or_health(state: &State, req: &Request<Incoming>) -> Option<Response<Pr
     })
 }
 
-/// The request's revision, or why there is none (a 404's body).
-fn revision(state: &State, headers: &HeaderMap) -> Result<Arc<Revision>, String> {
+/// The request's revision, or why there is none.
+fn revision(state: &State, headers: &HeaderMap) -> Result<Arc<Revision>, Unknown> {
     let header = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
     let (Some(ns), Some(name)) = (header(kh::NAMESPACE), header(kh::REVISION)) else {
-        return Err(
-            "no revision: the request needs Knative-Serving-Namespace and \
-                    Knative-Serving-Revision headers"
-                .to_owned(),
-        );
+        return Err(Unknown::NoHeaders);
     };
     state
         .registry
         .get(ns, name)
-        .ok_or_else(|| format!("revision {ns}/{name} is not known to this activator"))
+        .ok_or_else(|| Unknown::Revision(ns.to_owned(), name.to_owned()))
 }
 
 async fn proxy(
@@ -165,8 +189,12 @@ async fn proxy(
     let mut rsp = match sent {
         Ok(rsp) => rsp,
         Err(error) => {
-            if let ActivatorError::Upstream(..) = &error {
-                tracing::warn!(%error, "pod unreachable");
+            match &error {
+                ActivatorError::Upstream(_, e) if e.is_client_body() => {
+                    tracing::debug!(%error, "client's request body failed");
+                }
+                ActivatorError::Upstream(..) => tracing::warn!(%error, "pod unreachable"),
+                _ => {}
             }
             let rsp = error.into_response();
             guard.status = rsp.status().as_u16();

@@ -45,6 +45,8 @@ pub(crate) struct Registry {
     map: ArcSwap<HashMap<String, HashMap<String, Arc<Revision>>>>,
     /// Serialises writers.
     write: Mutex<()>,
+    /// Told whenever a revision becomes known.
+    added: tokio::sync::Notify,
     metrics: Arc<Metrics>,
     probe: ProbeConfig,
     queue_depth: usize,
@@ -72,6 +74,7 @@ impl Registry {
         Self {
             map: ArcSwap::from_pointee(HashMap::new()),
             write: Mutex::new(()),
+            added: tokio::sync::Notify::new(),
             metrics,
             probe,
             queue_depth,
@@ -121,12 +124,34 @@ impl Registry {
             .or_default()
             .insert(name.to_owned(), rev);
         self.map.store(Arc::new(map));
+        self.added.notify_waiters();
         tracing::info!(
             namespace = ns,
             revision = name,
             container_concurrency = update.container_concurrency,
             "revision known"
         );
+    }
+
+    /// The revision, waiting up to `limit` for it to become known: the source is
+    /// followed asynchronously, so a route may name a revision a moment before it is here.
+    pub(crate) async fn wait_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Option<Arc<Revision>> {
+        let wait = async {
+            loop {
+                let mut added = std::pin::pin!(self.added.notified());
+                added.as_mut().enable();
+                if let Some(rev) = self.get(namespace, name) {
+                    return rev;
+                }
+                added.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.ok()
     }
 
     /// Forgets every revision not in `keep` (after a source's full state).

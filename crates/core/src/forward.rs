@@ -66,6 +66,22 @@ impl Found {
     }
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one `Host` (repeated only with
+/// the same value), unless its target is in absolute form, whose authority wins. `Err` is
+/// the 400's body.
+pub fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    if req.version() >= Version::HTTP_2 || req.uri().authority().is_some() {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match hosts.next() {
+        None if req.version() == Version::HTTP_11 => Err("an HTTP/1.1 request needs a Host header"),
+        None => Ok(()),
+        Some(first) if hosts.all(|h| h == first) => Ok(()),
+        Some(_) => Err("more than one Host header, with different values"),
+    }
+}
+
 /// Whether the request asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
 pub fn is_upgrade<B>(req: &Request<B>, found: Found) -> bool {
     req.version() == Version::HTTP_11
@@ -177,11 +193,11 @@ pub fn prepare_request<B>(
         // h1 upstream: origin-form target; the Host header carries the authority.
         let mut has_host = found.has(Found::HOST);
         if req.uri().authority().is_some() {
-            if !has_host
-                && let Some(a) = req
-                    .uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            // An absolute-form target's authority wins over any Host (RFC 9112 §3.2.2).
+            if let Some(a) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
                 req.headers_mut().insert(HOST, a);
                 has_host = true;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -48,6 +48,29 @@ pub enum UpstreamError {
     ConnectTimeout(SocketAddr),
     #[error("{0}")]
     Http(#[from] hyper::Error),
+}
+
+// === impl UpstreamError ===
+
+impl UpstreamError {
+    /// The client's own request body failed on its way through (malformed chunked
+    /// encoding, a body cut short): the client's fault, never the origin's. hyper reports
+    /// it as an error "from user's Body stream" carrying the body's error.
+    pub fn is_client_body(&self) -> bool {
+        match self {
+            Self::Http(e) => e.is_user() && std::error::Error::source(e).is_some(),
+            _ => false,
+        }
+    }
+
+    /// What the client is answered: 400 for its own bad body, 502 for the origin.
+    pub fn status(&self) -> StatusCode {
+        if self.is_client_body() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::BAD_GATEWAY
+        }
+    }
 }
 
 /// A failed send: why, and the request itself when it never left (nothing of it reached

@@ -62,6 +62,9 @@ pub(crate) async fn handle(
     if kh::classify(headers).kubelet_probe {
         return Ok(respond::text(StatusCode::OK, "gateway"));
     }
+    if let Err(why) = forward::check_host(&req) {
+        return Ok(respond::text(StatusCode::BAD_REQUEST, why));
+    }
     let Some(host) = host_of(&req) else {
         return Ok(unknown_host(&state, "(none)"));
     };
@@ -83,10 +86,7 @@ pub(crate) async fn handle(
     let req = req.map(upstream::body_of);
     let mut rsp = match send(&state, &mut guard, req, found, &peer_ip, upgrade).await {
         Ok(rsp) => rsp,
-        Err(error) => {
-            tracing::warn!(%error, "no answer");
-            return Ok(respond::text(StatusCode::BAD_GATEWAY, error.to_string()));
-        }
+        Err(error) => return Ok(error.into_response()),
     };
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (rsp.status(), client_upgrade) {
         let upstream = hyper::upgrade::on(&mut rsp);
@@ -114,9 +114,10 @@ pub(crate) async fn handle(
 
 /// The request's host, lower-cased and without a port (borrowed when it already is).
 fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
-    let raw = match req.headers().get(HOST) {
-        Some(h) => h.to_str().ok()?,
-        None => req.uri().host()?,
+    // An absolute-form target's (or h2's) authority wins over `Host`.
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(HOST)?.to_str().ok()?,
     };
     let host = if raw.starts_with('[') {
         raw.find(']').map_or(raw, |end| &raw[..=end])
@@ -143,12 +144,33 @@ fn unknown_host(state: &State, host: &str) -> Response<ProxyBody> {
     )
 }
 
+/// Why a request got no answer; mapped to a response in one place.
 #[derive(Debug, thiserror::Error)]
 enum GatewayError {
     #[error("revision {0} has no ready pod and this gateway has no activator to hold the request")]
     NoBackend(String),
     #[error("error reaching revision {0}: {1}")]
     Upstream(String, UpstreamError),
+}
+
+// === impl GatewayError ===
+
+impl GatewayError {
+    fn into_response(self) -> Response<ProxyBody> {
+        let status = match &self {
+            // No pod and nowhere to hold the request: unavailable, not a bad gateway.
+            Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_, e) if e.is_client_body() => {
+                tracing::debug!(error = %self, "client's request body failed");
+                StatusCode::BAD_REQUEST
+            }
+            Self::Upstream(..) => {
+                tracing::warn!(error = %self, "no answer");
+                StatusCode::BAD_GATEWAY
+            }
+        };
+        respond::text(status, self.to_string())
+    }
 }
 
 /// Picks the backend and sends. A request that a pod never received goes to the

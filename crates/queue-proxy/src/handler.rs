@@ -41,10 +41,10 @@ pub(crate) enum ProxyError {
 
 impl ProxyError {
     fn into_response(self) -> Response<ProxyBody> {
-        let status = match self {
+        let status = match &self {
             Self::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Upstream(e) => e.status(),
         };
         respond::text(status, self.to_string())
     }
@@ -66,6 +66,9 @@ pub(crate) async fn handle(
         return Ok(network_probe(&state, req.headers()));
     }
     state.drainer.touch();
+    if let Err(why) = headers::check_host(&req) {
+        return Ok(respond::text(StatusCode::BAD_REQUEST, why));
+    }
     Ok(proxy(state, peer_ip, req, kind).await)
 }
 
@@ -129,8 +132,12 @@ async fn proxy(
     let mut rsp = match sent {
         Ok(rsp) => rsp,
         Err(error) => {
-            if let ProxyError::Upstream(e) = &error {
-                tracing::warn!(error = %e, "app unreachable");
+            match &error {
+                ProxyError::Upstream(e) if e.is_client_body() => {
+                    tracing::debug!(error = %e, "client's request body failed");
+                }
+                ProxyError::Upstream(e) => tracing::warn!(error = %e, "app unreachable"),
+                _ => {}
             }
             let rsp = error.into_response();
             guard.status = rsp.status().as_u16();

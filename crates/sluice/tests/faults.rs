@@ -42,7 +42,15 @@ async fn one_slot_platform(
     name: &str,
     timeout_seconds: u32,
 ) -> (sluice::run::Platform, SocketAddr) {
-    let p = start().await;
+    one_slot_platform_with(name, timeout_seconds, test_limits()).await
+}
+
+async fn one_slot_platform_with(
+    name: &str,
+    timeout_seconds: u32,
+    limits: sluice_core::serve::Limits,
+) -> (sluice::run::Platform, SocketAddr) {
+    let p = start_with(Duration::from_secs(30), limits).await;
     apply(&p, FAST_CONFIG).await;
     apply(&p, &one_slot(name, timeout_seconds)).await;
     wait_for(
@@ -148,5 +156,154 @@ async fn faults_a_client_that_stops_reading_is_ended_by_the_revision_timeout() {
         "the slot came back after the revision timeout"
     );
     drop(s);
+    p.shutdown().await;
+}
+
+/// Sends `raw` as is and returns the status of the answer.
+async fn raw_status(gw: SocketAddr, raw: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(gw).await.expect("connect");
+    s.write_all(raw.as_bytes()).await.expect("write");
+    status_of(&mut s, Duration::from_secs(5)).await
+}
+
+/// Whether the server closed `s` within `limit` (end of stream or reset).
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_bad_input_gets_a_400_and_the_pod_is_not_blamed() {
+    let (p, gw) = one_slot_platform("badinput", 300).await;
+    let host = "badinput.default.example.com";
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\nzz-not-hex\r\n\r\n"
+    );
+    assert_eq!(
+        raw_status(gw, &chunked).await,
+        Some(400),
+        "malformed chunked body"
+    );
+    assert_eq!(
+        raw_status(gw, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await,
+        Some(400),
+        "no Host"
+    );
+    let two = format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: other.example\r\n\r\n");
+    assert_eq!(raw_status(gw, &two).await, Some(400), "two different Hosts");
+    let absolute = format!(
+        "GET http://{host}/ HTTP/1.1\r\nHost: nothing.example\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        raw_status(gw, &absolute).await,
+        Some(200),
+        "the absolute-form authority wins over Host"
+    );
+    // The pod was not taken for broken: it still answers at once.
+    assert_eq!(
+        get_status(gw, host, "/", Duration::from_secs(3)).await,
+        Some(200)
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_slowloris_and_idle_connections_are_closed_by_their_timeouts() {
+    let (p, gw) = one_slot_platform("slow", 300).await;
+    let host = "slow.default.example.com";
+    // test_limits: header-read timeout 2 s, idle timeout 3 s.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(gw).await.expect("connect");
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-a: ").as_bytes())
+            .await
+            .expect("partial head");
+        slow.push(s);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(gw).await.expect("connect");
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        assert_eq!(status_of(&mut s, Duration::from_secs(5)).await, Some(200));
+        idle.push(s);
+    }
+    let started = Instant::now();
+    // Trickle one byte a second into the slow heads: the whole head is still late.
+    for s in &mut slow {
+        let _ = s.write_all(b"x").await;
+    }
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(6)).await,
+            "a slowloris connection is closed by the header-read timeout"
+        );
+    }
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(6)).await,
+            "an idle keep-alive connection is closed"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_past_the_connection_bound_the_answer_is_503_naming_it() {
+    let limits = sluice_core::serve::Limits {
+        max_connections: Some(100),
+        ..test_limits()
+    };
+    let (p, gw) = one_slot_platform_with("bound", 300, limits).await;
+    let host = "bound.default.example.com";
+    // 300 clients hold a request each (the pod's one slot, then the activator's and the
+    // queue-proxy's queues); the gateway serves 100 connections, the rest get 503 at once.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(gw).await.expect("connect");
+        s.write_all(format!("GET /?sleep=4000 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        held.push(s);
+    }
+    let mut refused = 0;
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(gw).await.expect("connect");
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut text = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut text)).await;
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(text.contains("connection limit"), "{text}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 200, "every connection past the bound gets its 503");
+    drop(held);
+    // Once they are gone, the gateway serves again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if get_status(gw, host, "/", Duration::from_secs(10)).await == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway serves again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     p.shutdown().await;
 }

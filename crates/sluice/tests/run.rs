@@ -262,6 +262,31 @@ async fn e2e_idle_scales_to_zero_and_the_next_request_waits_for_a_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_status_concurrency_follows_the_stable_window_live() {
+    let name = "helloworld-go-00001";
+    let (p, gw) = serving("helloworld-go.yaml", name).await;
+    let load = background_load(
+        gw,
+        "helloworld-go.default.example.com",
+        Duration::from_secs(5),
+    );
+    let peak = wait_for(&p, name, Duration::from_secs(10), "busy", |r| {
+        r.concurrency > 0.5
+    })
+    .await
+    .concurrency;
+    load.await.expect("load ran");
+    // The 6 s window drains once the load is gone: the figure falls with it, tick by
+    // tick, though no decision (scale, mode, panic) changes.
+    let later = wait_for(&p, name, Duration::from_secs(8), "draining", |r| {
+        r.concurrency < peak / 2.0
+    })
+    .await;
+    assert!(later.concurrency >= 0.0, "{later:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_apply_of_a_new_revision_under_load_drops_nothing() {
     let (p, gw) = serving("helloworld-go.yaml", "helloworld-go-00001").await;
     let v1 = example("helloworld-go.yaml");

@@ -306,3 +306,52 @@ fn activator_moves_the_host_into_k_original_host_and_addresses_the_pod() {
     );
     assert!(!req.headers().contains_key(HOST));
 }
+
+#[test]
+fn host_rules_of_rfc_9112() {
+    let req = |version, uri: &str, hosts: &[&str]| {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).expect("request")
+    };
+    let h11 = Version::HTTP_11;
+    assert!(check_host(&req(h11, "/", &["a"])).is_ok());
+    assert!(
+        check_host(&req(h11, "/", &["a", "a"])).is_ok(),
+        "repeated, same value"
+    );
+    assert!(
+        check_host(&req(h11, "/", &[])).is_err(),
+        "HTTP/1.1 without Host"
+    );
+    assert!(
+        check_host(&req(h11, "/", &["a", "b"])).is_err(),
+        "two different Hosts"
+    );
+    assert!(
+        check_host(&req(h11, "http://a/", &["b", "c"])).is_ok(),
+        "absolute form: the authority wins"
+    );
+    assert!(
+        check_host(&req(Version::HTTP_10, "/", &[])).is_ok(),
+        "optional in 1.0"
+    );
+    assert!(check_host(&req(Version::HTTP_2, "http://a/", &[])).is_ok());
+}
+
+#[test]
+fn an_absolute_form_authority_wins_over_host_on_the_way_out() {
+    let mut req = Request::builder()
+        .uri("http://wins.example/p?q")
+        .header(HOST, "loses.example")
+        .body(())
+        .expect("request");
+    let found = Found::scan(req.headers());
+    let peer = HeaderValue::from_static("10.0.0.1");
+    let default = HeaderValue::from_static("127.0.0.1:8080");
+    prepare_request(&mut req, found, &peer, &default, false);
+    assert_eq!(req.headers()[HOST], "wins.example");
+    assert_eq!(req.uri(), "/p?q");
+}

@@ -187,6 +187,13 @@ pub fn run(args: RunArgs) -> ExitCode {
             "sluice: gateway on http://{}  (admin {}; `sluice status`, `sluice apply -f FILE`; Ctrl-C stops)",
             addrs.gateway, addrs.admin
         );
+        if manifests.services.is_empty() {
+            println!(
+                "sluice: no service runs yet (no -f with a Service was given); add one with \
+                 `sluice apply -f FILE` (e.g. examples/helloworld-go.yaml) or restart with \
+                 `sluice run -f FILE`"
+            );
+        }
         let code = match platform.apply(&manifests).await {
             Ok(summary) => {
                 for line in summary {

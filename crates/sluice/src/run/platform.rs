@@ -335,6 +335,14 @@ impl Platform {
         let inner = &self.inner;
         let world = inner.world.lock().clone();
         let decisions = inner.decisions.lock().clone();
+        // The decisions above are the applied ones, published on change; the averages
+        // move every tick, so they are read from the autoscaler as they are now.
+        let live: HashMap<RevisionKey, v1::Decision> = inner
+            .autoscaler
+            .decisions(None)
+            .into_iter()
+            .map(|d| (RevisionKey::new(&d.namespace, &d.revision), d))
+            .collect();
         let services = world
             .services
             .values()
@@ -362,8 +370,8 @@ impl Platform {
                             desired: d.map_or(-1, |d| d.desired_scale),
                             ready: u32::try_from(inner.supervisor.ready(&key).len())
                                 .unwrap_or(u32::MAX),
-                            concurrency: d.map_or(0.0, |d| d.stable_value),
-                            panic: d.is_some_and(|d| d.panic),
+                            concurrency: live.get(&key).map_or(0.0, |d| d.stable_value),
+                            panic: live.get(&key).is_some_and(|d| d.panic),
                             mode: match mode_of(d) {
                                 Mode::Serve => "serve",
                                 Mode::Proxy => "proxy",

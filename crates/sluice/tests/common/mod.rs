@@ -71,6 +71,10 @@ pub async fn wait_for(
 }
 
 pub async fn start_with_ready_timeout(ready_timeout: Duration) -> Platform {
+    start_with(ready_timeout, test_limits()).await
+}
+
+pub async fn start_with(ready_timeout: Duration, limits: Limits) -> Platform {
     Platform::start(Options {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
@@ -79,7 +83,7 @@ pub async fn start_with_ready_timeout(ready_timeout: Duration) -> Platform {
         images: ImageMap::default(),
         ready_timeout,
         drain_quiet_period: Duration::from_millis(500),
-        limits: test_limits(),
+        limits,
     })
     .await
     .expect("the platform starts")
