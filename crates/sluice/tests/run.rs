@@ -270,11 +270,17 @@ async fn e2e_status_concurrency_follows_the_stable_window_live() {
         "helloworld-go.default.example.com",
         Duration::from_secs(5),
     );
-    let peak = wait_for(&p, name, Duration::from_secs(10), "busy", |r| {
+    let busy = wait_for(&p, name, Duration::from_secs(10), "busy", |r| {
         r.concurrency > 0.5
     })
-    .await
-    .concurrency;
+    .await;
+    let peak = busy.concurrency;
+    // `status --json` lists each pod with its queue-proxy's address and state.
+    assert!(
+        busy.pods.iter().filter(|p| p.state == "ready").count() >= busy.ready as usize
+            && busy.pods.iter().all(|p| p.address.ip().is_loopback()),
+        "{busy:?}"
+    );
     load.await.expect("load ran");
     // The 6 s window drains once the load is gone: the figure falls with it, tick by
     // tick, though no decision (scale, mode, panic) changes.
@@ -438,6 +444,10 @@ spec:
     assert!(
         error.contains("cannot open the database"),
         "the app's last lines are shown: {error}"
+    );
+    assert!(
+        error.contains("last output of the queue-proxy") && error.contains("queue-proxy serving"),
+        "and its queue-proxy's: {error}"
     );
     p.shutdown().await;
 }

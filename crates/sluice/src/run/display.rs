@@ -130,6 +130,7 @@ mod tests {
                     panic: false,
                     mode: "serve".into(),
                     error: None,
+                    pods: Vec::new(),
                 }],
             }],
         }

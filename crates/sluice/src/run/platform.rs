@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::images::ImageMap;
 use super::manifest::Manifests;
-use super::supervisor::{Supervisor, SupervisorConfig};
+use super::supervisor::{PodStatus, Supervisor, SupervisorConfig};
 use super::world::World;
 
 /// Largest manifest `sluice apply` may send.
@@ -130,6 +130,9 @@ pub struct RevisionStatus {
     pub mode: String,
     /// Why the last pod failed, while no pod has become ready since.
     pub error: Option<String>,
+    /// Every pod now, with its queue-proxy's address and state.
+    #[serde(default)]
+    pub pods: Vec<PodStatus>,
 }
 
 // === impl Platform ===
@@ -378,6 +381,7 @@ impl Platform {
                             }
                             .to_owned(),
                             error: inner.supervisor.last_error(&key),
+                            pods: inner.supervisor.pods(&key),
                         }
                     })
                     .collect(),

@@ -9,7 +9,7 @@
 //! (which drains) and the app once the queue-proxy has exited. A pod whose app or
 //! queue-proxy exits on its own is replaced, with a growing back-off if it keeps failing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -83,8 +83,21 @@ struct RevPods {
     ready: Mutex<Vec<SocketAddr>>,
     /// Why the last pod failed, for `sluice status`.
     last_error: Mutex<Option<String>>,
+    /// Every pod now, by id, for `sluice status --json`.
+    pods: Mutex<BTreeMap<u64, PodStatus>>,
     stop: watch::Sender<bool>,
     done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// One pod as `sluice status --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodStatus {
+    pub name: String,
+    /// Its queue-proxy's address (what the gateway and the activator send to).
+    pub address: SocketAddr,
+    /// `starting` (not ready yet), `ready` (in rotation), or `stopping` (out of rotation,
+    /// draining).
+    pub state: String,
 }
 
 /// A pod as its manager sees it.
@@ -130,6 +143,7 @@ impl Supervisor {
             replicas: AtomicU32::new(0),
             ready: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
+            pods: Mutex::new(BTreeMap::new()),
             stop: watch::Sender::new(false),
             done: Mutex::new(None),
         });
@@ -145,6 +159,16 @@ impl Supervisor {
             .lock()
             .get(key)
             .map(|r| r.ready.lock().clone())
+            .unwrap_or_default()
+    }
+
+    /// The revision's pods now, oldest first.
+    pub fn pods(&self, key: &RevisionKey) -> Vec<PodStatus> {
+        self.inner
+            .revisions
+            .lock()
+            .get(key)
+            .map(|r| r.pods.lock().values().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -313,6 +337,17 @@ async fn run_pod(
         }
     };
     let qp_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, queue_port));
+    let set_state = |state: &str| {
+        rev.pods.lock().insert(
+            id,
+            PodStatus {
+                name: pod_name.clone(),
+                address: qp_addr,
+                state: state.to_owned(),
+            },
+        );
+    };
+    set_state("starting");
     let failed = |what: String, tails: &[(&str, &Tail)]| {
         let mut msg = format!("pod {pod_name}: {what}");
         for (name, tail) in tails {
@@ -353,6 +388,7 @@ async fn run_pod(
         }
         Ok(true) => {
             ready_flag.store(true, Ordering::Relaxed);
+            set_state("ready");
             *rev.last_error.lock() = None;
             rev.ready.lock().push(qp_addr);
             let _ = inner.changed.send(rev.key.clone());
@@ -368,12 +404,14 @@ async fn run_pod(
             running.map_err(|what| failed(what, &tails))
         }
     };
+    set_state("stopping");
     // The queue-proxy drains first; the app stops once it has gone.
     let qp_grace = Duration::from_secs(u64::from(spec.timeout_seconds))
         + inner.config.drain_quiet_period
         + Duration::from_secs(5);
     stop_process(&mut qp, qp_grace).await;
     stop_process(&mut app, APP_STOP_GRACE).await;
+    rev.pods.lock().remove(&id);
     tracing::debug!(pod = %pod_name, "stopped");
     result
 }
@@ -450,7 +488,9 @@ fn spawn_queue_proxy(
             "SLUICE_DRAIN_QUIET_PERIOD",
             format!("{}ms", inner.config.drain_quiet_period.as_millis()),
         )
-        .env("RUST_LOG", "warn");
+        // Its lines only reach the pod's tail (shown when the pod fails): info says what it
+        // serves and what it probed, and costs nothing per request.
+        .env("RUST_LOG", "info");
     spawn(cmd, tail)
 }
 
