@@ -6,7 +6,7 @@ LOCKED := --locked
 .PHONY: ci fmt lint test deny build release run bench clean
 
 ## ci: formatting, lints, every test (what CI runs)
-ci: fmt lint test deny
+ci: fmt lint deny test
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -42,6 +42,7 @@ bench: release
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench gateway_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench cold_start
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench hot_paths
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench faults
 
 clean:
 	$(CARGO) clean

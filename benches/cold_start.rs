@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use sluice_benches::{
     Procs, free_addr, get, get_with, pin_self_to, queue_proxy_env, release_bin, setting,
-    spawn_sample_app, wait_port,
+    spawn_sample_app, spawn_sluice_run, wait_port,
 };
 
 const APP_STARTS: usize = 20;
@@ -156,22 +156,9 @@ fn main() {
     std::fs::write(&manifest_path, manifest(services)).unwrap();
     let (gateway, admin) = (free_addr(), free_addr());
     let mut procs = Procs::default();
-    procs.0.push(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(release_bin("sluice"))
-            .arg("run")
-            .arg("-f")
-            .arg(&manifest_path)
-            .args(["--listen", &gateway.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .arg("--state-dir")
-            .arg(&dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    procs
+        .0
+        .push(spawn_sluice_run(&manifest_path, gateway, admin, &dir, &[]));
     wait_port(admin);
     wait_port(gateway);
     let host = |i: usize| format!("cold-{i}.default.example.com");

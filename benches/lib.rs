@@ -148,19 +148,14 @@ pub fn hey(args: &[&str], url: &str) -> Hey {
             .and_then(|v| v.split_whitespace().next())
             .map_or(0.0, |v| v.parse().unwrap_or(0.0))
     };
-    // "[200]\t123 responses" and, under "Error distribution:", "[12]\tGet …".
     let mut ok = 0.0;
     let mut failed = 0.0;
-    for l in text.lines().map(str::trim) {
-        let Some((code, rest)) = l.strip_prefix('[').and_then(|l| l.split_once(']')) else {
-            continue;
-        };
-        let n: f64 = rest
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if code == "200" { ok += n } else { failed += n }
+    for (answer, n) in hey_answers(&text) {
+        if answer == "200" {
+            ok += n as f64
+        } else {
+            failed += n as f64
+        }
     }
     Hey {
         rps: field("Requests/sec:"),
@@ -169,6 +164,34 @@ pub fn hey(args: &[&str], url: &str) -> Hey {
         p50_ms: field("50% in") * 1000.0,
         p99_ms: field("99% in") * 1000.0,
     }
+}
+
+/// What `hey` printed of each answer: a status code (`"[200]\t123 responses"`) or, under
+/// "Error distribution:", an error (`"[12]\tGet …: connection reset"`, as `error: …`).
+pub fn hey_answers(text: &str) -> Vec<(String, u64)> {
+    let mut errors = false;
+    let mut out = Vec::new();
+    for l in text.lines().map(str::trim) {
+        errors |= l.starts_with("Error distribution");
+        let Some((code, rest)) = l.strip_prefix('[').and_then(|l| l.split_once(']')) else {
+            continue;
+        };
+        let n = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let answer = if errors {
+            format!(
+                "error: {}",
+                rest.trim().chars().take(60).collect::<String>()
+            )
+        } else {
+            code.to_owned()
+        };
+        out.push((answer, n));
+    }
+    out
 }
 
 /// One HTTP/1.1 `GET` on a new connection (`Connection: close`): the status code and body.
@@ -246,6 +269,32 @@ pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// `sluice run -f manifest` (release build) pinned to core 0, its gateway and admin port
+/// on the given addresses, its state in `dir`, with `extra` flags.
+pub fn spawn_sluice_run(
+    manifest: &std::path::Path,
+    gateway: SocketAddr,
+    admin: SocketAddr,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Child {
+    Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(release_bin("sluice"))
+        .arg("run")
+        .arg("-f")
+        .arg(manifest)
+        .args(["--listen", &gateway.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(extra)
+        .arg("--state-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sluice run starts")
 }
 
 pub fn pin_self_to(core: &str) {

@@ -246,7 +246,8 @@ impl AutoscalerConfig {
     }
 }
 
-const KEYS: [&str; 20] = [
+/// Every key `config-autoscaler` has.
+pub const KEYS: [&str; 20] = [
     "pod-autoscaler-class",
     "enable-scale-to-zero",
     "allow-zero-initial-scale",

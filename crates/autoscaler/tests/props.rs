@@ -4,31 +4,10 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use sluice_autoscaler::config::AutoscalerConfig;
+use sluice_autoscaler::config::{AutoscalerConfig, KEYS};
 use sluice_autoscaler::revision::RevisionScaling;
 
-const CONFIG_KEYS: &[&str] = &[
-    "pod-autoscaler-class",
-    "enable-scale-to-zero",
-    "allow-zero-initial-scale",
-    "initial-scale",
-    "min-scale",
-    "max-scale",
-    "max-scale-limit",
-    "container-concurrency-target-default",
-    "container-concurrency-target-percentage",
-    "requests-per-second-target-default",
-    "target-burst-capacity",
-    "activator-capacity",
-    "stable-window",
-    "panic-window-percentage",
-    "panic-threshold-percentage",
-    "scale-to-zero-grace-period",
-    "scale-to-zero-pod-retention-period",
-    "scale-down-delay",
-    "max-scale-up-rate",
-    "max-scale-down-rate",
-];
+const CONFIG_KEYS: &[&str] = &KEYS;
 
 const ANNOTATION_KEYS: &[&str] = &[
     "class",

@@ -307,3 +307,62 @@ async fn faults_past_the_connection_bound_the_answer_is_503_naming_it() {
     }
     p.shutdown().await;
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_idle_connections_give_back_their_fds_and_memory() {
+    let (p, gw) = one_slot_platform("burst", 300).await;
+    let host = "burst.default.example.com";
+    assert_eq!(
+        get_status(gw, host, "/", Duration::from_secs(5)).await,
+        Some(200)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fds0, rss0) = (open_fds(), rss_mib());
+    // This process is the platform and the clients: each connection costs two fds here.
+    let n = 1000;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(gw).await.expect("connect");
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        assert_eq!(status_of(&mut s, Duration::from_secs(5)).await, Some(200));
+        conns.push(s);
+    }
+    let held = open_fds();
+    assert!(held >= fds0 + 2 * n - 10, "{held} fds held, {fds0} before");
+    // test_limits: idle timeout 3 s. The gateway closes its side; the clients' stay.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while open_fds() > fds0 + n + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still holds idle connections: {} fds, {fds0} + {n} clients'",
+            open_fds()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds1, rss1) = (open_fds(), rss_mib());
+    // The bound the README documents: fds back within 20 of the baseline, and memory
+    // within 32 MiB of it (allocator caches keep some).
+    assert!(fds1 <= fds0 + 20, "{fds1} fds after, {fds0} before");
+    assert!(
+        rss1 <= rss0 + 32.0,
+        "{rss1:.1} MiB after, {rss0:.1} MiB before"
+    );
+    p.shutdown().await;
+}
