@@ -6,9 +6,10 @@
 //!    once they are gone;
 //! 2. 2,000 slowloris connections (a partial head, trickled): how many the header-read
 //!    timeout closed, and when;
-//! 3. 11,000 concurrent clients on a revision with `containerConcurrency: 1` and
-//!    `max-scale: 2` (`hey -c 11000`): every answer by status (200, 503, 504, and any
-//!    502 or error, which must be none), and that the process is still up.
+//! 3. 11,000 concurrent clients on a revision with `containerConcurrency: 1`,
+//!    `max-scale: 2` and `timeoutSeconds: 10`, each request taking 200 ms (`hey -c 11000`):
+//!    every answer by status (200, 503, 504, and any 502 or error, which must be none),
+//!    and that the process is still up.
 //!
 //! `make release && cargo bench -p sluice-benches --bench faults`
 //! (`SLUICE_BENCH_IDLE_CONNS`, default 10000; `SLUICE_BENCH_SLOW_CONNS`, 2000;
@@ -52,7 +53,7 @@ spec:
         autoscaling.knative.dev/max-scale: "2"
     spec:
       containerConcurrency: 1
-      timeoutSeconds: 30
+      timeoutSeconds: 10
       containers:
         - image: gcr.io/knative-samples/helloworld-go
 "#;
@@ -150,22 +151,21 @@ fn main() {
 
     // 1. Idle keep-alive connections.
     let mut idle = Vec::with_capacity(idle_conns);
+    let mut idle_answers: BTreeMap<String, u64> = BTreeMap::new();
     for _ in 0..idle_conns {
         let mut s = TcpStream::connect(gateway).unwrap();
         s.write_all(request.as_bytes()).unwrap();
         let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
+        let n = s.read(&mut buf).unwrap_or(0);
+        let status = String::from_utf8_lossy(&buf[..n.min(12)]).into_owned();
+        *idle_answers.entry(status).or_default() += 1;
         idle.push(s);
     }
     let held = snapshot(&pid);
     let (idle_secs, idle_closed) = wait_closed(&mut idle, Duration::from_secs(30));
     drop(idle);
-    std::thread::sleep(Duration::from_secs(2));
+    // Past one period of the task that hands freed memory back (5 s).
+    std::thread::sleep(Duration::from_secs(6));
     let after_idle = snapshot(&pid);
 
     // 2. Slowloris.
@@ -181,14 +181,17 @@ fn main() {
     }
     let (slow_secs, slow_closed) = wait_closed(&mut slow, Duration::from_secs(30));
     drop(slow);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(6));
     let after_slow = snapshot(&pid);
 
     // 3. A flood on one slot.
-    let (codes, text) = hey_codes(clients, &format!("http://{gateway}/"));
+    // Each request takes 200 ms on a pod that runs one at a time, at most 2 pods: nearly
+    // every client is held until the revision timeout (10 s) or refused at a bound.
+    let (codes, text) = hey_codes(clients, &format!("http://{gateway}/?sleep=200"));
     let peak = status_mib(&pid, "VmHWM");
     let alive = procs.0[0].try_wait().unwrap().is_none();
-    std::thread::sleep(Duration::from_secs(12));
+    // Past the idle timeout (the pooled connections of the flood close) and a trim period.
+    std::thread::sleep(Duration::from_secs(20));
     let after_flood = snapshot(&pid);
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
@@ -202,14 +205,15 @@ fn main() {
         &format!("{idle_conns} idle keep-alive connections held"),
         held,
     );
+    println!("  their first answers: {idle_answers:?}");
     println!(
         "  idle timeout closed {idle_closed} of {idle_conns} within {idle_secs:.1} s of the last one opening"
     );
-    row("2 s after they were closed", after_idle);
+    row("6 s after they were closed", after_idle);
     println!(
         "  header-read timeout closed {slow_closed} of {slow_conns} slowloris connections within {slow_secs:.1} s"
     );
-    row("2 s after the slowloris connections", after_slow);
+    row("6 s after the slowloris connections", after_slow);
     println!("  {clients} concurrent clients on containerConcurrency 1, max-scale 2:");
     for (code, n) in &codes {
         println!("    {code:<56} {n:>7}");
@@ -222,7 +226,7 @@ fn main() {
     println!(
         "    answers other than 200/503/504: {bad}; process still up: {alive}; peak RSS {peak:.1} MiB"
     );
-    row("12 s after the flood", after_flood);
+    row("20 s after the flood", after_flood);
     if bad > 0 {
         eprintln!("{text}");
     }

@@ -9,6 +9,7 @@ pub mod drain;
 pub mod duration;
 pub mod forward;
 pub mod headers;
+pub mod memory;
 pub mod metrics;
 pub mod process;
 pub mod proxy_body;

@@ -57,6 +57,7 @@ where
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(crate::memory::give_back_after_bursts());
     match runtime.block_on(body) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {

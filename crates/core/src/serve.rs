@@ -241,7 +241,7 @@ pub async fn serve<M, S, B>(
             Some(stream) = next_local(&mut local) => (Io::Local(stream), LOCAL_PEER),
         };
         let span = tracing::debug_span!("conn", server = name, %peer);
-        let tracked = connections.track();
+        let tracked = (connections.track(), crate::memory::Open::count());
         if connections.active() > max_connections {
             tokio::spawn(
                 refuse(
@@ -323,7 +323,7 @@ async fn refuse(
     io: Io,
     max: usize,
     limit: Duration,
-    tracked: TrackGuard,
+    tracked: (TrackGuard, crate::memory::Open),
 ) {
     tracing::debug!(max, "connection limit reached; answering 503");
     let body = Bytes::from(format!(

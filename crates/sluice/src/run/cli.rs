@@ -145,6 +145,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(sluice_core::memory::give_back_after_bursts());
     runtime.block_on(async move {
         let platform = match Platform::start(Options {
             exe,
