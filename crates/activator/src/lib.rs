@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -281,18 +280,8 @@ async fn metrics_page(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    if req.uri().path() != "/metrics" {
-        return Ok(sluice_core::respond::text(
-            StatusCode::NOT_FOUND,
-            "try /metrics",
-        ));
-    }
-    let mut rsp = Response::new(Full::new(Bytes::from(sluice_core::metrics::encode_text(
+    Ok(sluice_core::metrics::page(
         state.metrics.registry(),
-    ))));
-    rsp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(sluice_core::metrics::TEXT_CONTENT_TYPE),
-    );
-    Ok(rsp)
+        req.uri().path(),
+    ))
 }

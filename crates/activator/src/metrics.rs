@@ -2,32 +2,20 @@
 //! (v1.10's `activator_*` family) where one exists, `sluice_activator_*` otherwise; every
 //! series is labelled with `namespace_name` and `revision_name`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
-use sluice_core::metrics::LATENCY_BUCKETS_MS;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use sluice_core::metrics::{ByStatus, status_families};
 
 const REVISION: [&str; 2] = ["namespace_name", "revision_name"];
-const STATUS: [&str; 4] = [
-    "namespace_name",
-    "revision_name",
-    "response_code",
-    "response_code_class",
-];
 
 /// Every metric family, registered once.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     request_concurrency: IntGaugeVec,
-    request_count: IntCounterVec,
-    request_latencies: HistogramVec,
+    requests: (IntCounterVec, HistogramVec),
     held: IntGaugeVec,
     capacity: IntGaugeVec,
     healthy_pods: IntGaugeVec,
@@ -43,9 +31,7 @@ pub(crate) struct RevisionMetrics {
     pub(crate) held: IntGauge,
     capacity: IntGauge,
     healthy_pods: IntGauge,
-    ok: (IntCounter, Histogram),
-    /// Other statuses, resolved on first use (rare, so a lock is fine).
-    by_status: Mutex<HashMap<u16, (IntCounter, Histogram)>>,
+    requests: ByStatus,
 }
 
 // === impl Metrics ===
@@ -83,28 +69,21 @@ impl Metrics {
             "Requests the activator has in flight to one pod",
             &["namespace_name", "revision_name", "pod_address"],
         )?;
-        let request_count = IntCounterVec::new(
-            Opts::new(
+        let requests = status_families(
+            &registry,
+            (
                 "activator_request_count",
                 "Requests answered by the activator, by response code",
             ),
-            &STATUS,
-        )?;
-        registry.register(Box::new(request_count.clone()))?;
-        let request_latencies = HistogramVec::new(
-            HistogramOpts::new(
+            (
                 "activator_request_latencies",
                 "Time from a request's arrival to the end of its response, in milliseconds",
-            )
-            .buckets(LATENCY_BUCKETS_MS.to_vec()),
-            &STATUS,
+            ),
         )?;
-        registry.register(Box::new(request_latencies.clone()))?;
         Ok(Self {
             registry,
             request_concurrency,
-            request_count,
-            request_latencies,
+            requests,
             held,
             capacity,
             healthy_pods,
@@ -122,21 +101,12 @@ impl Metrics {
 impl RevisionMetrics {
     pub(crate) fn new(families: &std::sync::Arc<Metrics>, namespace: &str, revision: &str) -> Self {
         let labels = [namespace, revision];
-        let status = |code: u16| {
-            let (code, class) = (code.to_string(), format!("{}xx", code / 100));
-            let values = [namespace, revision, code.as_str(), class.as_str()];
-            (
-                families.request_count.with_label_values(&values),
-                families.request_latencies.with_label_values(&values),
-            )
-        };
         Self {
             concurrency: families.request_concurrency.with_label_values(&labels),
             held: families.held.with_label_values(&labels),
             capacity: families.capacity.with_label_values(&labels),
             healthy_pods: families.healthy_pods.with_label_values(&labels),
-            ok: status(200),
-            by_status: Mutex::new(HashMap::new()),
+            requests: ByStatus::new(&families.requests, namespace, revision),
             labels: [namespace.to_owned(), revision.to_owned()],
             families: std::sync::Arc::clone(families),
         }
@@ -144,28 +114,7 @@ impl RevisionMetrics {
 
     /// One finished request.
     pub(crate) fn record(&self, status: u16, latency: Duration) {
-        let ms = latency.as_secs_f64() * 1000.0;
-        if status == 200 {
-            self.ok.0.inc();
-            self.ok.1.observe(ms);
-            return;
-        }
-        let mut by_status = self.by_status.lock();
-        let (count, hist) = by_status.entry(status).or_insert_with(|| {
-            let (code, class) = (status.to_string(), format!("{}xx", status / 100));
-            let values = [
-                self.labels[0].as_str(),
-                self.labels[1].as_str(),
-                code.as_str(),
-                class.as_str(),
-            ];
-            (
-                self.families.request_count.with_label_values(&values),
-                self.families.request_latencies.with_label_values(&values),
-            )
-        });
-        count.inc();
-        hist.observe(ms);
+        self.requests.record(status, latency);
     }
 
     pub(crate) fn set_capacity(&self, capacity: usize, healthy: usize) {
@@ -205,13 +154,6 @@ impl RevisionMetrics {
         ] {
             let _ = vec.remove_label_values(&labels);
         }
-        let mut statuses: Vec<u16> = self.by_status.lock().keys().copied().collect();
-        statuses.push(200);
-        for code in statuses {
-            let (code, class) = (code.to_string(), format!("{}xx", code / 100));
-            let values = [labels[0], labels[1], code.as_str(), class.as_str()];
-            let _ = f.request_count.remove_label_values(&values);
-            let _ = f.request_latencies.remove_label_values(&values);
-        }
+        self.requests.forget();
     }
 }

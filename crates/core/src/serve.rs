@@ -187,6 +187,10 @@ impl Serving {
     }
 }
 
+/// The longest a connection past the bound is kept for its 503: a client that sends
+/// nothing must not hold a descriptor the bound is there to protect.
+const REFUSED_LINGER: Duration = Duration::from_secs(2);
+
 /// The peer given to `make_service` for an in-process connection.
 const LOCAL_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
@@ -248,7 +252,7 @@ pub async fn serve<M, S, B>(
                     builder.clone(),
                     io,
                     max_connections,
-                    limits.header_read_timeout,
+                    limits.header_read_timeout.min(REFUSED_LINGER),
                     tracked,
                 )
                 .instrument(span),
@@ -317,7 +321,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// A connection past the port's bound: each request on it gets 503 naming the bound, and
-/// it closes after the first (HTTP/1.1) or within the header-read timeout.
+/// it closes after the first (HTTP/1.1) or within `limit`.
 async fn refuse(
     builder: auto::Builder<TokioExecutor>,
     io: Io,

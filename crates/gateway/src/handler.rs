@@ -39,6 +39,9 @@ const POKE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug)]
 pub struct RequestGuard {
     rev: Arc<Rev>,
+    start: Instant,
+    /// The answer's status; 0 until there is one.
+    status: u16,
     counted: bool,
     /// Declared before `pod`: the pooled connection goes back before the slot.
     lease: Option<Lease>,
@@ -86,8 +89,13 @@ pub(crate) async fn handle(
     let req = req.map(upstream::body_of);
     let mut rsp = match send(&state, &mut guard, req, found, &peer_ip, upgrade).await {
         Ok(rsp) => rsp,
-        Err(error) => return Ok(error.into_response()),
+        Err(error) => {
+            let rsp = error.into_response();
+            guard.status = rsp.status().as_u16();
+            return Ok(rsp);
+        }
     };
+    guard.status = rsp.status().as_u16();
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (rsp.status(), client_upgrade) {
         let upstream = hyper::upgrade::on(&mut rsp);
         let tracked = state.upgrades.track();
@@ -243,8 +251,11 @@ impl RequestGuard {
                 poke(state, &rev, now);
             }
         }
+        rev.metrics.in_flight.inc();
         Self {
             rev,
+            start: now,
+            status: 0,
             counted,
             lease: None,
             pod: None,
@@ -283,6 +294,12 @@ impl Drop for RequestGuard {
         if self.counted {
             self.rev.stats.lock().handle(ReqEvent::Out, now);
         }
+        self.rev.metrics.in_flight.dec();
+        // 499 (nginx's "client closed request") for a request dropped before any answer.
+        let status = if self.status == 0 { 499 } else { self.status };
+        self.rev
+            .metrics
+            .record(status, now.saturating_duration_since(self.start));
     }
 }
 

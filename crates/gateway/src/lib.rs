@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::time::{Instant, MissedTickBehavior};
 
 mod handler;
+pub mod metrics;
 pub mod routes;
 
 pub use handler::ProxyBody;
@@ -70,6 +71,14 @@ pub struct Args {
     /// This gateway's name in the stats it sends.
     #[arg(long, env = "POD_NAME", default_value = "gateway")]
     pub pod_name: String,
+    /// Prometheus metrics on `/metrics` (requests by revision and code, latency, in
+    /// flight, mode switches).
+    #[arg(
+        long,
+        env = "SLUICE_GATEWAY_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: SocketAddr,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -82,6 +91,8 @@ pub struct Config {
     pub activator: Option<SocketAddr>,
     pub autoscaler: Option<http::Uri>,
     pub pod_name: String,
+    /// Where `/metrics` is served.
+    pub metrics_listen: SocketAddr,
     /// The bounds on client connections.
     pub limits: Limits,
     /// Reaches the activator in-process (same process, `sluice run`) instead of over TCP:
@@ -123,6 +134,7 @@ pub struct Gateway {
     config: Config,
     routes: Routes,
     serving: TcpListener,
+    metrics: TcpListener,
 }
 
 // === impl Config ===
@@ -157,6 +169,7 @@ impl Config {
             activator: a.activator,
             autoscaler,
             pod_name: a.pod_name.clone(),
+            metrics_listen: a.metrics_listen,
             limits,
             activator_local: None,
         })
@@ -188,15 +201,21 @@ impl Gateway {
     /// [`Gateway::routes`].
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let serving = listen("serving", config.listen).await?;
+        let metrics = listen("metrics", config.metrics_listen).await?;
         Ok(Self {
             routes: Routes::new(&config.domain),
             config,
             serving,
+            metrics,
         })
     }
 
     pub fn serving_addr(&self) -> SocketAddr {
         local_addr(&self.serving)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        local_addr(&self.metrics)
     }
 
     /// The routing table's handle, to change routes while the gateway runs.
@@ -210,6 +229,7 @@ impl Gateway {
             config,
             routes,
             serving,
+            metrics,
         } = self;
         let local = config.activator_local;
         let activator = config.activator.map(|addr| {
@@ -247,9 +267,25 @@ impl Gateway {
             stop.stopped(),
             Serving::new(SHUTDOWN_GRACE).limits(config.limits),
         ));
+        let registry = Arc::clone(state.routes.metrics());
+        let metrics_server = tokio::spawn(serve(
+            "metrics",
+            metrics,
+            move |_| {
+                let registry = Arc::clone(&registry);
+                service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let rsp: http::Response<http_body_util::Full<bytes::Bytes>> =
+                        sluice_core::metrics::page(registry.registry(), req.uri().path());
+                    std::future::ready(Ok::<_, std::convert::Infallible>(rsp))
+                })
+            },
+            stop.stopped(),
+            Serving::new(Duration::from_secs(1)).limits(config.limits),
+        ));
         shutdown.await;
         stop.stop();
         let _ = server.await;
+        let _ = metrics_server.await;
         state.upgrades.wait(Duration::from_secs(1)).await;
         if let Some(reporter) = reporter {
             reporter.abort();

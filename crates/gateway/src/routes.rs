@@ -19,6 +19,8 @@ use sluice_core::RequestStats;
 use sluice_core::upstream::Upstream;
 use tokio::time::Instant;
 
+use crate::metrics::{Metrics, RevisionMetrics};
+
 /// Idle connections kept per pod.
 const MAX_IDLE_PER_POD: usize = 100;
 
@@ -87,6 +89,7 @@ struct Inner {
     /// Every revision a service names or a backend update mentioned.
     revisions: Mutex<HashMap<(String, String), Arc<Rev>>>,
     services: Mutex<BTreeMap<(String, String), ServiceRoute>>,
+    metrics: Arc<Metrics>,
 }
 
 /// One host's targets, picked by smooth weighted round robin: a 50/50 split alternates.
@@ -108,6 +111,7 @@ pub(crate) struct Rev {
     pub(crate) stats: Mutex<RequestStats>,
     /// When the last poke went out (scale-from-zero for a gateway-scaled revision).
     pub(crate) poked: Mutex<Option<Instant>>,
+    pub(crate) metrics: RevisionMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -142,8 +146,14 @@ impl Routes {
                 hosts: ArcSwap::from_pointee(HashMap::new()),
                 revisions: Mutex::new(HashMap::new()),
                 services: Mutex::new(BTreeMap::new()),
+                metrics: Arc::new(Metrics::new().expect("a fresh registry takes each family once")),
             }),
         }
+    }
+
+    /// The gateway's metrics (served on its metrics port).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     pub fn domain(&self) -> &str {
@@ -186,6 +196,9 @@ impl Routes {
             })
             .collect();
         rev.report.store(b.report, Ordering::Relaxed);
+        if old.mode != b.mode {
+            rev.metrics.switched(b.mode);
+        }
         rev.backends.store(Arc::new(Backends {
             mode: b.mode,
             timeout: b.timeout_seconds.map(std::time::Duration::from_secs),
@@ -196,10 +209,14 @@ impl Routes {
 
     /// Forgets a revision no service names any more.
     pub fn remove_revision(&self, namespace: &str, name: &str) {
-        self.inner
+        let removed = self
+            .inner
             .revisions
             .lock()
             .remove(&(namespace.to_owned(), name.to_owned()));
+        if let Some(rev) = removed {
+            rev.metrics.forget();
+        }
     }
 
     /// Every routed host, sorted (the 404 page lists them).
@@ -229,7 +246,7 @@ impl Routes {
         Arc::clone(
             revisions
                 .entry((namespace.to_owned(), name.to_owned()))
-                .or_insert_with(|| Arc::new(Rev::new(namespace, name))),
+                .or_insert_with(|| Arc::new(Rev::new(namespace, name, &self.inner.metrics))),
         )
     }
 
@@ -298,7 +315,7 @@ impl Route {
 // === impl Rev ===
 
 impl Rev {
-    fn new(namespace: &str, name: &str) -> Self {
+    fn new(namespace: &str, name: &str, metrics: &Arc<Metrics>) -> Self {
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
         Self {
             namespace: namespace.to_owned(),
@@ -309,6 +326,7 @@ impl Rev {
             report: AtomicBool::new(false),
             stats: Mutex::new(RequestStats::new(Instant::now())),
             poked: Mutex::new(None),
+            metrics: metrics.revision(namespace, name),
         }
     }
 

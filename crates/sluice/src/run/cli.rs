@@ -89,6 +89,9 @@ struct RunFile {
     pid: u32,
     admin: SocketAddr,
     gateway: SocketAddr,
+    /// The gateway's Prometheus metrics (absent in files of older versions).
+    #[serde(default)]
+    gateway_metrics: Option<SocketAddr>,
 }
 
 // === sluice run ===
@@ -171,6 +174,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             pid: std::process::id(),
             admin: addrs.admin,
             gateway: addrs.gateway,
+            gateway_metrics: Some(addrs.gateway_metrics),
         };
         if let Err(e) = std::fs::create_dir_all(&state_dir).and_then(|()| {
             std::fs::write(

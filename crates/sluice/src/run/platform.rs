@@ -89,6 +89,8 @@ struct Tasks {
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Addresses {
     pub gateway: SocketAddr,
+    /// The gateway's Prometheus metrics (`/metrics`).
+    pub gateway_metrics: SocketAddr,
     pub admin: SocketAddr,
     pub activator: SocketAddr,
     pub autoscaler: SocketAddr,
@@ -195,6 +197,7 @@ impl Platform {
             activator: Some(activator_addr),
             autoscaler: autoscaler_uri.parse().ok(),
             pod_name: "gateway".into(),
+            metrics_listen: loopback(0),
             limits: opts.limits,
             activator_local: Some(activator_local),
         })
@@ -205,6 +208,7 @@ impl Platform {
             .map_err(|e| format!("admin: {e}"))?;
         let addrs = Addresses {
             gateway: gateway.serving_addr(),
+            gateway_metrics: gateway.metrics_addr(),
             admin: local_addr(&admin),
             activator: activator_addr,
             autoscaler: autoscaler_addr,
