@@ -8,12 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HOST, USER_AGENT};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use sluice_core::headers as kh;
 use sluice_core::upstream::Upstream;
 use tokio::sync::{mpsc, watch};
 
@@ -74,24 +68,5 @@ pub(crate) async fn run(
 
 /// Whether the queue-proxy at `addr` says its pod is ready.
 pub(crate) async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
-        let req = Request::get("/healthz")
-            .header(HOST, addr.to_string())
-            .header(kh::PROBE, kh::QUEUE)
-            .header(USER_AGENT, kh::ACTIVATOR_UA)
-            .body(Empty::<Bytes>::new())
-            .ok()?;
-        let rsp = sender.send_request(req).await.ok()?;
-        if rsp.status() != StatusCode::OK {
-            return Some(false);
-        }
-        let body = rsp.into_body().collect().await.ok()?.to_bytes();
-        Some(body == kh::QUEUE.as_bytes())
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+    sluice_core::probe::queue_proxy_ready(addr, timeout).await
 }

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod headers;
 pub mod memory;
 pub mod metrics;
+pub mod probe;
 pub mod process;
 pub mod proxy_body;
 pub mod push;

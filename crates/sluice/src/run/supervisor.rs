@@ -22,8 +22,7 @@ use nix::unistd::Pid;
 use parking_lot::Mutex;
 use sluice_autoscaler::kpa::PodCounts;
 use sluice_autoscaler::scaler::{RevisionKey, Scaler};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -575,21 +574,7 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
 
 /// Whether the queue-proxy at `addr` says its pod is ready (the activator's probe).
 pub async fn probe(addr: SocketAddr) -> bool {
-    let attempt = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nK-Network-Probe: queue\r\n\
-              User-Agent: Knative-Activator-Probe\r\nConnection: close\r\n\r\n",
-        )
-        .await?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await?;
-        std::io::Result::Ok(&head == b"HTTP/1.1 200")
-    };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
-        Ok(Ok(true))
-    )
+    sluice_core::probe::queue_proxy_ready(addr, PROBE_TIMEOUT).await
 }
 
 /// A port free now on 127.0.0.1 (the OS picks it; the pod binds it a moment later).
