@@ -140,25 +140,26 @@ pub struct Gateway {
 // === impl Config ===
 
 impl Config {
+    /// Checks every flag, and reports every bad one at once.
     pub fn from_args(a: &Args) -> Result<Self, StartError> {
-        let autoscaler =
-            match a.autoscaler_address.as_deref().filter(|s| !s.is_empty()) {
-                None => None,
-                Some(s) => {
-                    let with_scheme = if s.contains("://") {
-                        s.to_owned()
-                    } else {
-                        format!("http://{s}")
-                    };
-                    Some(with_scheme.parse().map_err(|e| {
-                        StartError::Config(format!("--autoscaler-address={s:?}: {e}"))
-                    })?)
-                }
-            };
-        if a.domain.trim_matches('.').is_empty() {
-            return Err(StartError::Config("--domain must not be empty".into()));
-        }
         let mut bad = Vec::new();
+        let autoscaler = match a.autoscaler_address.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => {
+                let with_scheme = if s.contains("://") {
+                    s.to_owned()
+                } else {
+                    format!("http://{s}")
+                };
+                with_scheme
+                    .parse()
+                    .map_err(|e| bad.push(format!("--autoscaler-address={s:?}: {e}")))
+                    .ok()
+            }
+        };
+        if a.domain.trim_matches('.').is_empty() {
+            bad.push("--domain must not be empty".into());
+        }
         let limits = a.limits.limits(&mut bad);
         if !bad.is_empty() {
             return Err(StartError::Config(bad.join("\n")));
@@ -343,4 +344,29 @@ pub fn main(args: Args) -> std::process::ExitCode {
         gateway.run(sluice_core::shutdown::logged_signal()).await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn every_bad_flag_is_reported_at_once() {
+        let args = Args::try_parse_from([
+            "gateway",
+            "--domain=.",
+            "--autoscaler-address=http://[::1",
+            "--idle-timeout=soon",
+        ])
+        .expect("flags parse");
+        let Err(StartError::Config(why)) = Config::from_args(&args) else {
+            panic!("refused");
+        };
+        assert_eq!(why.lines().count(), 3, "{why}");
+        for flag in ["--domain", "--autoscaler-address", "--idle-timeout"] {
+            assert!(why.contains(flag), "{flag} in {why}");
+        }
+    }
 }

@@ -80,6 +80,10 @@ pub struct Args {
     /// Time with no request that ends a drain (`30s`, `500ms`, or seconds).
     #[arg(long, env = "SLUICE_DRAIN_QUIET_PERIOD")]
     pub drain_quiet_period: Option<String>,
+    /// Runtime worker threads: 1 (the default), one thread and no cross-thread wake-ups,
+    /// as befits a sidecar's slice of a core; more opts into the multi-threaded scheduler.
+    #[arg(long, env = "SLUICE_WORKER_THREADS")]
+    pub worker_threads: Option<String>,
     /// The bounds on client connections (header-read and idle timeouts, HTTP/2
     /// keep-alive and streams, connections).
     #[command(flatten)]
@@ -102,6 +106,8 @@ pub struct Config {
     pub autoscaler: Option<http::Uri>,
     pub drain_quiet_period: Duration,
     pub limits: sluice_core::serve::Limits,
+    /// At least 1.
+    pub worker_threads: usize,
 }
 
 /// Who this queue-proxy serves: labels on every stat and metric.
@@ -252,6 +258,12 @@ impl TryFrom<Args> for Config {
             }),
         };
         let limits = a.limits.limits(&mut v.problems);
+        let worker_threads = v
+            .whole("SLUICE_WORKER_THREADS", a.worker_threads, Some(1))
+            .unwrap_or(1);
+        if worker_threads == 0 {
+            v.bad("SLUICE_WORKER_THREADS", "0", "at least 1");
+        }
         if !v.problems.is_empty() {
             return Err(ConfigError(v.problems));
         }
@@ -274,6 +286,7 @@ impl TryFrom<Args> for Config {
             autoscaler,
             drain_quiet_period,
             limits,
+            worker_threads: usize::try_from(worker_threads).unwrap_or(usize::MAX),
         })
     }
 }

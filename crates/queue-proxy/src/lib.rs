@@ -274,12 +274,7 @@ pub fn main(args: Args) -> std::process::ExitCode {
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
-    // A sidecar gets a slice of a core: one thread does the work with no cross-thread
-    // wake-ups. SLUICE_WORKER_THREADS > 1 opts into the multi-threaded scheduler.
-    let threads: usize = std::env::var("SLUICE_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let threads = config.worker_threads;
     sluice_core::process::run("queue-proxy", Some(threads), async {
         let qp = QueueProxy::bind(config).await?;
         qp.run(sluice_core::shutdown::logged_signal()).await;

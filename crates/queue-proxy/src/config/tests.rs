@@ -213,3 +213,33 @@ fn first_byte_deadline_is_the_earliest_timer() {
         start + secs(300)
     );
 }
+
+#[test]
+fn worker_threads_and_connection_limits_are_checked_with_the_rest() {
+    assert_eq!(
+        parse(&[], &[]).expect("valid").worker_threads,
+        1,
+        "a sidecar's default"
+    );
+    let c = parse(&[("--worker-threads", "2"), ("--idle-timeout", "5s")], &[]).expect("valid");
+    assert_eq!(c.worker_threads, 2);
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+    let e = parse(
+        &[
+            ("--worker-threads", "0"),
+            ("--header-read-timeout", "later"),
+            ("--user-port", "x"),
+        ],
+        &[],
+    )
+    .expect_err("three bad values");
+    assert_eq!(e.0.len(), 3, "every one at once: {e}");
+    assert!(
+        e.0.iter().any(|p| p.starts_with("SLUICE_WORKER_THREADS")),
+        "{e}"
+    );
+    assert!(
+        e.0.iter().any(|p| p.contains("--header-read-timeout")),
+        "{e}"
+    );
+}
