@@ -86,17 +86,18 @@ impl TryFrom<Args> for Config {
 
     fn try_from(a: Args) -> Result<Self, ConfigError> {
         let mut bad = Vec::new();
-        let mut duration = |flag: &str, value: &str, default: Duration| {
-            match sluice_core::duration::parse(value) {
-                Some(d) if !d.negative && !d.magnitude.is_zero() => d.magnitude,
-                _ => {
+        let mut duration =
+            |flag: &str, value: &str, default: Duration| match sluice_core::duration::positive(
+                value,
+            ) {
+                Some(d) => d,
+                None => {
                     bad.push(format!(
                         "--{flag}={value:?}: expected a positive duration such as 300ms or 45s"
                     ));
                     default
                 }
-            }
-        };
+            };
         let probe_timeout = duration("probe-timeout", &a.probe_timeout, DEFAULT_PROBE_TIMEOUT);
         let probe_frequency = duration(
             "probe-frequency",

@@ -11,6 +11,13 @@ pub struct GoDuration {
     pub magnitude: Duration,
 }
 
+/// A Go duration above zero (a timeout, a period), or `None`.
+pub fn positive(s: &str) -> Option<Duration> {
+    parse(s)
+        .filter(|d| !d.negative && !d.magnitude.is_zero())
+        .map(|d| d.magnitude)
+}
+
 pub fn parse(s: &str) -> Option<GoDuration> {
     let (negative, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),

@@ -124,9 +124,9 @@ impl LimitArgs {
             let Some(v) = v.as_deref().filter(|v| !v.is_empty()) else {
                 return default;
             };
-            match crate::duration::parse(v) {
-                Some(p) if !p.negative && !p.magnitude.is_zero() => p.magnitude,
-                _ => {
+            match crate::duration::positive(v) {
+                Some(d) => d,
+                None => {
                     bad.push(format!(
                         "--{flag}={v:?}: expected a positive duration such as 500ms or 60s"
                     ));

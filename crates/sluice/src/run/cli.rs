@@ -99,9 +99,7 @@ struct RunFile {
 pub fn run(args: RunArgs) -> ExitCode {
     sluice_core::telemetry::init("warn");
     let duration = |flag: &str, v: &str| {
-        sluice_core::duration::parse(v)
-            .filter(|d| !d.negative && !d.magnitude.is_zero())
-            .map(|d| d.magnitude)
+        sluice_core::duration::positive(v)
             .ok_or_else(|| format!("--{flag}={v:?}: expected a duration such as 500ms or 60s"))
     };
     let checked = (|| {
