@@ -175,6 +175,9 @@ async fn proxy(
 ) -> Response<ProxyBody> {
     let mut guard = RequestGuard::enter(state, Arc::clone(&rev));
     let deadline = guard.start + rev.timeout;
+    if req.version() == Version::HTTP_2 {
+        restore_client_version(&mut req);
+    }
     let found = Found::scan(req.headers());
     let upgrade = is_upgrade(&req, found);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -269,6 +272,26 @@ async fn send(
                 return Err(ActivatorError::Upstream(rev_name(rev), error));
             }
         }
+    }
+}
+
+/// A request a gateway carried over a shared HTTP/2 connection goes on as the HTTP/1.x
+/// request its client sent (`Sluice-Client-Version`), with its authority as `Host`.
+fn restore_client_version<B>(req: &mut Request<B>) {
+    let Some(client) = req.headers_mut().remove(kh::CLIENT_VERSION) else {
+        return;
+    };
+    *req.version_mut() = if client.as_bytes() == b"HTTP/1.0" {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    if let Some(host) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
     }
 }
 

@@ -17,6 +17,10 @@ pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Sluice's own hop header: the HTTP version the client spoke, on a request the gateway
+/// carries to the activator over a shared HTTP/2 connection. The activator restores that
+/// version and removes the header, so the app sees what the client sent.
+pub const CLIENT_VERSION: HeaderName = HeaderName::from_static("sluice-client-version");
 
 /// `K-Proxy-Request` value set by the activator.
 pub const ACTIVATOR: &str = "activator";

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,7 +94,36 @@ pub struct Upstream {
     max_idle: usize,
     idle_timeout: Duration,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// Set for an origin that takes every request over shared HTTP/2 connections.
+    mux: Option<Mux>,
 }
+
+/// HTTP/2 connections to one origin shared by many requests: each takes a stream on the
+/// connection with the fewest open, and a connection is added only when every one has
+/// `streams_per_conn` open. Thousands of held requests cost a handful of sockets.
+#[derive(Debug)]
+struct Mux {
+    streams_per_conn: usize,
+    conns: Mutex<Vec<MuxConn>>,
+    /// One connection opened at a time: a burst must not open one per request.
+    opening: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct MuxConn {
+    sender: http2::SendRequest<UpstreamBody>,
+    open: Arc<AtomicUsize>,
+    _task: AbortOnDrop,
+}
+
+/// A stream taken on a shared connection, given back when dropped (hold it until the
+/// response body ends).
+#[derive(Debug)]
+pub struct MuxStream(Arc<AtomicUsize>);
+
+/// Aborts a connection's task when its last handle goes.
+#[derive(Debug)]
+struct AbortOnDrop(AbortHandle);
 
 /// An idle HTTP/1.1 connection and since when.
 #[derive(Debug)]
@@ -172,6 +202,86 @@ impl Upstream {
         Self::build(addr, Some(local), max_idle, DEFAULT_POOL_IDLE_TIMEOUT)
     }
 
+    /// An origin that takes every request (but upgrades) over shared HTTP/2 connections,
+    /// at most `streams_per_conn` on each (the activator, from a gateway in another
+    /// process).
+    pub fn multiplexed(addr: SocketAddr, streams_per_conn: usize) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            local: None,
+            idle: Mutex::new(Vec::new()),
+            max_idle: 0,
+            idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            h2: tokio::sync::Mutex::new(None),
+            mux: Some(Mux {
+                streams_per_conn: streams_per_conn.max(1),
+                conns: Mutex::new(Vec::new()),
+                opening: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Whether requests to this origin go over shared HTTP/2 connections.
+    pub fn is_multiplexed(&self) -> bool {
+        self.mux.is_some()
+    }
+
+    /// HTTP/2 connections open to a multiplexed origin.
+    pub fn mux_connections(&self) -> usize {
+        self.mux.as_ref().map_or(0, |m| m.conns.lock().len())
+    }
+
+    /// Sends an HTTP/2 request on a shared connection of a multiplexed origin; the
+    /// [`MuxStream`] counts it on that connection until dropped. A request that could
+    /// not be sent at all comes back in the error.
+    pub async fn send_multiplexed(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, MuxStream), SendError> {
+        let (mut sender, stream) = match self.mux_stream().await {
+            Ok(taken) => taken,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
+        if let Err(error) = sender.ready().await {
+            return Err(SendError::unsent(error.into(), req));
+        }
+        match sender.try_send_request(req).await {
+            Ok(rsp) => Ok((rsp, stream)),
+            Err(mut e) => Err(SendError {
+                request: e.take_message(),
+                error: e.into_error().into(),
+            }),
+        }
+    }
+
+    /// A stream on the least busy shared connection, opening one if all are full.
+    async fn mux_stream(
+        &self,
+    ) -> Result<(http2::SendRequest<UpstreamBody>, MuxStream), UpstreamError> {
+        let mux = self
+            .mux
+            .as_ref()
+            .expect("send_multiplexed is only called on a multiplexed origin");
+        if let Some(taken) = mux.take() {
+            return Ok(taken);
+        }
+        let _opening = mux.opening.lock().await;
+        // Another request may have opened one while this one waited.
+        if let Some(taken) = mux.take() {
+            return Ok(taken);
+        }
+        let io = TokioIo::new(self.connect().await?);
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        let task = AbortOnDrop(tokio::spawn(drive("h2-mux", conn)).abort_handle());
+        let open = Arc::new(AtomicUsize::new(1));
+        mux.conns.lock().push(MuxConn {
+            sender: sender.clone(),
+            open: Arc::clone(&open),
+            _task: task,
+        });
+        Ok((sender, MuxStream(open)))
+    }
+
     /// With a pool idle timeout other than [`DEFAULT_POOL_IDLE_TIMEOUT`].
     pub fn with_idle_timeout(
         addr: SocketAddr,
@@ -194,6 +304,7 @@ impl Upstream {
             max_idle,
             idle_timeout,
             h2: tokio::sync::Mutex::new(None),
+            mux: None,
         });
         // Idle connections are closed after the timeout even when no request comes to
         // notice: a task per origin, gone with the origin.
@@ -425,6 +536,35 @@ impl Upstream {
         if idle.len() < self.max_idle {
             idle.push(Idle { conn, since });
         }
+    }
+}
+
+// === impl Mux ===
+
+impl Mux {
+    /// A stream on the open connection with the fewest, if one has room; closed
+    /// connections are dropped on the way.
+    fn take(&self) -> Option<(http2::SendRequest<UpstreamBody>, MuxStream)> {
+        let mut conns = self.conns.lock();
+        conns.retain(|c| !c.sender.is_closed());
+        let conn = conns
+            .iter()
+            .filter(|c| c.open.load(Ordering::Relaxed) < self.streams_per_conn)
+            .min_by_key(|c| c.open.load(Ordering::Relaxed))?;
+        conn.open.fetch_add(1, Ordering::Relaxed);
+        Some((conn.sender.clone(), MuxStream(Arc::clone(&conn.open))))
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

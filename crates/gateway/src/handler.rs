@@ -16,12 +16,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::header::{HOST, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use sluice_core::forward::{self, Found, is_upgrade};
 use sluice_core::headers as kh;
 use sluice_core::serve::{ExchangeDeadline, splice};
-use sluice_core::upstream::{self, Lease, SendError, UpstreamBody, UpstreamError};
+use sluice_core::upstream::{
+    self, Lease, MuxStream, SendError, Upstream, UpstreamBody, UpstreamError,
+};
 use sluice_core::{BodyGuard, ReqEvent, respond};
 use sluice_proto::v1::Source;
 use tokio::time::Instant;
@@ -45,6 +48,8 @@ pub struct RequestGuard {
     counted: bool,
     /// Declared before `pod`: the pooled connection goes back before the slot.
     lease: Option<Lease>,
+    /// A stream on a shared connection to the activator.
+    stream: Option<MuxStream>,
     pod: Option<PodSlot>,
     clean: bool,
 }
@@ -231,6 +236,12 @@ async fn send(
     let headers = req.headers_mut();
     headers.insert(kh::NAMESPACE, rev.namespace_header.clone());
     headers.insert(kh::REVISION, rev.name_header.clone());
+    if activator.is_multiplexed() && !upgrade {
+        // Boxed: the standalone gateway's path, kept out of the in-process one's future.
+        return Box::pin(send_multiplexed(activator, guard, req))
+            .await
+            .map_err(|e| GatewayError::Upstream(name(), e));
+    }
     match activator.send(req, upgrade, Instant::now()).await {
         Ok((rsp, lease)) => {
             guard.lease = lease;
@@ -238,6 +249,44 @@ async fn send(
         }
         Err(e) => Err(GatewayError::Upstream(name(), e.error)),
     }
+}
+
+/// To an activator in another process, over its shared HTTP/2 connections: an HTTP/1.x
+/// request travels in HTTP/2 form and says which version it was (`Sluice-Client-Version`),
+/// which the activator restores, so a held request costs no socket of its own.
+async fn send_multiplexed(
+    activator: &Upstream,
+    guard: &mut RequestGuard,
+    mut req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let version = req.version();
+    if version < Version::HTTP_2 {
+        let client = if version == Version::HTTP_10 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        };
+        let authority = req
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| Authority::from_static("activator"));
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut()
+            .insert(kh::CLIENT_VERSION, HeaderValue::from_static(client));
+    }
+    let (rsp, stream) = activator.send_multiplexed(req).await.map_err(|e| e.error)?;
+    guard.stream = Some(stream);
+    Ok(rsp)
 }
 
 // === impl RequestGuard ===
@@ -258,6 +307,7 @@ impl RequestGuard {
             status: 0,
             counted,
             lease: None,
+            stream: None,
             pod: None,
             clean: false,
         }

@@ -38,8 +38,11 @@ pub use routes::{Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
 const PUSH_BUFFER: usize = 1024;
 /// How often revision concurrency goes to the autoscaler (the queue-proxy's period).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Idle connections kept to the activator.
+/// Idle in-process connections kept to the activator (same process).
 const ACTIVATOR_IDLE: usize = 1000;
+/// Requests on one shared HTTP/2 connection to an activator in another process: under
+/// its default cap of 256 streams, so none waits in this gateway for a stream.
+const ACTIVATOR_STREAMS_PER_CONN: usize = 200;
 /// How long open connections get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `EX_USAGE` from sysexits.h: the configuration is wrong.
@@ -237,7 +240,7 @@ impl Gateway {
             (
                 match local {
                     Some(local) => Upstream::in_process(addr, local, ACTIVATOR_IDLE),
-                    None => Upstream::new(addr, ACTIVATOR_IDLE),
+                    None => Upstream::multiplexed(addr, ACTIVATOR_STREAMS_PER_CONN),
                 },
                 HeaderValue::from_str(&addr.to_string())
                     .expect("a socket address is a valid header value"),

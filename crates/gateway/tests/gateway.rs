@@ -188,3 +188,42 @@ async fn metrics_count_requests_by_code_and_mode_switches() {
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_an_activator_in_another_process_held_requests_share_a_few_http2_connections() {
+    use sluice_test_support::activator::{revision, start_activator};
+    let activator = start_activator(&[]).await;
+    let (_app, qp) = sluice_test_support::start_pod(0, &[]).await;
+    activator
+        .publisher
+        .publish(revision("hello-00001", 0, 60, &[qp.serving]));
+    // Through a relay that counts the connections the gateway opens to the activator.
+    let relay = sluice_test_support::relay::Relay::start(activator.serving).await;
+    let s = gateway(Some(relay.addr), None).await;
+    s.routes.set_backends(backends(Mode::Proxy, vec![], false));
+
+    // The app sees the HTTP/1.1 request its client sent, with the client's Host.
+    let (status, text) = seen(s.gateway).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("get /headers http/1.1"), "{text}");
+    assert!(text.contains(&format!("host: {HOST}")), "{text}");
+    assert!(
+        !text.contains("sluice-client-version"),
+        "the hop header stays between hops"
+    );
+
+    // 600 requests at once, each 500 ms at the app: 200 streams a connection.
+    let url = format!("http://{}/?sleep=500", s.gateway);
+    let requests = (0..600).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { client::get_with(&url, &[("host", HOST)]).await.status })
+    });
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.expect("request task"), 200);
+    }
+    let opened = relay.accepted();
+    assert!(
+        (1..=4).contains(&opened),
+        "600 requests in flight, 200 a connection: {opened} connections to the activator"
+    );
+}

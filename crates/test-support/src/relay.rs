@@ -2,12 +2,15 @@
 //! connection through it drops at once, as when a pod's process dies.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 pub struct Relay {
     pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,6 +30,8 @@ impl Relay {
 
     fn serve(listener: tokio::net::TcpListener, target: SocketAddr) -> Self {
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
             // Connections live in the set, so aborting the accept task drops them all.
             let mut conns = JoinSet::new();
@@ -34,6 +39,7 @@ impl Relay {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                counted.fetch_add(1, Ordering::Relaxed);
                 let _ = inbound.set_nodelay(true);
                 conns.spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
@@ -45,7 +51,16 @@ impl Relay {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Self { addr, task }
+        Self {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// The pod dies: the port closes and every open connection drops.
