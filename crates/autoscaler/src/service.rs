@@ -184,10 +184,14 @@ impl Autoscaler {
                 removed: false,
             }),
         });
-        let task = tokio::spawn(tick_loop(
-            Arc::downgrade(&self.inner),
-            Arc::clone(&revision),
-            self.inner.options.tick,
+        let span = tracing::info_span!("revision", revision = %key);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            tick_loop(
+                Arc::downgrade(&self.inner),
+                Arc::clone(&revision),
+                self.inner.options.tick,
+            ),
+            span,
         ))
         .abort_handle();
         revisions

@@ -309,7 +309,8 @@ impl Upstream {
         // Idle connections are closed after the timeout even when no request comes to
         // notice: a task per origin, gone with the origin.
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(evict_idle(Arc::downgrade(&upstream)));
+            let span = tracing::debug_span!("pool", origin = %addr);
+            tokio::spawn(evict_idle(Arc::downgrade(&upstream)).instrument(span));
         }
         upstream
     }

@@ -26,6 +26,7 @@ use sluice_core::upstream::Upstream;
 use sluice_proto::v1::Source;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
 
 mod handler;
 pub mod metrics;
@@ -254,10 +255,11 @@ impl Gateway {
             upgrades: Arc::new(Tracker::default()),
         });
         tracing::info!(serving = %local_addr(&serving), "gateway serving");
-        let reporter = state
-            .pusher
-            .clone()
-            .map(|pusher| tokio::spawn(report_loop(Arc::clone(&state), pusher)));
+        let reporter = state.pusher.clone().map(|pusher| {
+            tokio::spawn(
+                report_loop(Arc::clone(&state), pusher).instrument(tracing::info_span!("report")),
+            )
+        });
         let stop = Stop::default();
         let st = Arc::clone(&state);
         let server = tokio::spawn(serve(

@@ -29,6 +29,7 @@ use sluice_core::serve::{Limits, Serving, listen, local_addr, serve};
 use sluice_gateway::{Gateway, Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
 use sluice_proto::v1::{self, RevisionEndpoints};
 use tokio::sync::{broadcast, mpsc, watch};
+use tracing::Instrument;
 
 use super::images::ImageMap;
 use super::manifest::Manifests;
@@ -245,8 +246,16 @@ impl Platform {
         };
         let tasks = Tasks {
             front: vec![
-                tokio::spawn(activator.run(stopped(&inner.stop))),
-                tokio::spawn(gateway.run(stopped(&inner.stop))),
+                tokio::spawn(
+                    activator
+                        .run(stopped(&inner.stop))
+                        .instrument(tracing::info_span!("activator")),
+                ),
+                tokio::spawn(
+                    gateway
+                        .run(stopped(&inner.stop))
+                        .instrument(tracing::info_span!("gateway")),
+                ),
                 tokio::spawn(serve(
                     "admin",
                     admin,
@@ -256,11 +265,19 @@ impl Platform {
                 )),
             ],
             autoscaler: Some(tokio::spawn(
-                autoscaler.run(stopped(&inner.stop_autoscaler)),
+                autoscaler
+                    .run(stopped(&inner.stop_autoscaler))
+                    .instrument(tracing::info_span!("autoscaler")),
             )),
             followers: vec![
-                tokio::spawn(follow_pods(platform.clone(), changed_rx)),
-                tokio::spawn(follow_decisions(platform.clone())),
+                tokio::spawn(
+                    follow_pods(platform.clone(), changed_rx)
+                        .instrument(tracing::info_span!("follow_pods")),
+                ),
+                tokio::spawn(
+                    follow_decisions(platform.clone())
+                        .instrument(tracing::info_span!("follow_decisions")),
+                ),
             ],
         };
         *inner.tasks.lock() = tasks;

@@ -26,6 +26,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::images::SAMPLE_APP;
 use super::world::PodSpec;
@@ -146,7 +147,8 @@ impl Supervisor {
             stop: watch::Sender::new(false),
             done: Mutex::new(None),
         });
-        let task = tokio::spawn(manage(Arc::clone(&self.inner), Arc::clone(&rev)));
+        let span = tracing::info_span!("revision", revision = %key);
+        let task = tokio::spawn(manage(Arc::clone(&self.inner), Arc::clone(&rev)).instrument(span));
         *rev.done.lock() = Some(task);
         self.inner.revisions.lock().insert(key, rev);
     }
@@ -244,10 +246,13 @@ async fn manage(inner: Arc<Inner>, rev: Arc<RevPods>) {
             let task_inner = Arc::clone(&inner);
             let task_rev = Arc::clone(&rev);
             let task_ready = Arc::clone(&ready);
-            tokio::spawn(async move {
-                let result = run_pod(&task_inner, &task_rev, id, stop_rx, &task_ready).await;
-                let _ = ended.send((id, result));
-            });
+            tokio::spawn(
+                async move {
+                    let result = run_pod(&task_inner, &task_rev, id, stop_rx, &task_ready).await;
+                    let _ = ended.send((id, result));
+                }
+                .instrument(tracing::debug_span!("pod", id)),
+            );
             pods.push(PodHandle {
                 id,
                 ready,
@@ -518,10 +523,10 @@ fn spawn(mut cmd: Command, tail: &Tail) -> std::io::Result<Child> {
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(tail.clone().collect(out));
+        tokio::spawn(tail.clone().collect(out).in_current_span());
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(tail.clone().collect(err));
+        tokio::spawn(tail.clone().collect(err).in_current_span());
     }
     Ok(child)
 }
