@@ -83,7 +83,7 @@ pub struct SendError {
 }
 
 /// Go's `http.Transport.IdleConnTimeout`: a pooled connection unused this long is closed.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -92,7 +92,6 @@ pub struct Upstream {
     local: Option<LocalConnector>,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
-    idle_timeout: Duration,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     /// Set for an origin that takes every request over shared HTTP/2 connections.
     mux: Option<Mux>,
@@ -139,7 +138,7 @@ struct Idle {
 #[derive(Debug)]
 struct Conn1 {
     sender: http1::SendRequest<UpstreamBody>,
-    task: AbortHandle,
+    _task: AbortOnDrop,
 }
 
 /// What a request to the origin carries: the client's body streamed through, or bytes
@@ -193,42 +192,30 @@ impl From<SendError> for UpstreamError {
 impl Upstream {
     /// `max_idle`: Knative keeps CC idle connections, or 1000 when CC is 0.
     pub fn new(addr: SocketAddr, max_idle: usize) -> Arc<Self> {
-        Self::build(addr, None, max_idle, DEFAULT_POOL_IDLE_TIMEOUT)
+        Self::build(addr, None, max_idle, None)
     }
 
     /// An origin in this process, reached over in-process pipes (`addr` names it in logs
     /// and in the `Host` of requests that came without one).
     pub fn in_process(addr: SocketAddr, local: LocalConnector, max_idle: usize) -> Arc<Self> {
-        Self::build(addr, Some(local), max_idle, DEFAULT_POOL_IDLE_TIMEOUT)
+        Self::build(addr, Some(local), max_idle, None)
     }
 
     /// An origin that takes every request (but upgrades) over shared HTTP/2 connections,
     /// at most `streams_per_conn` on each (the activator, from a gateway in another
     /// process).
     pub fn multiplexed(addr: SocketAddr, streams_per_conn: usize) -> Arc<Self> {
-        Arc::new(Self {
-            addr,
-            local: None,
-            idle: Mutex::new(Vec::new()),
-            max_idle: 0,
-            idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-            h2: tokio::sync::Mutex::new(None),
-            mux: Some(Mux {
-                streams_per_conn: streams_per_conn.max(1),
-                conns: Mutex::new(Vec::new()),
-                opening: tokio::sync::Mutex::new(()),
-            }),
-        })
+        let mux = Mux {
+            streams_per_conn: streams_per_conn.max(1),
+            conns: Mutex::new(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
+        };
+        Self::build(addr, None, 0, Some(mux))
     }
 
     /// Whether requests to this origin go over shared HTTP/2 connections.
     pub fn is_multiplexed(&self) -> bool {
         self.mux.is_some()
-    }
-
-    /// HTTP/2 connections open to a multiplexed origin.
-    pub fn mux_connections(&self) -> usize {
-        self.mux.as_ref().map_or(0, |m| m.conns.lock().len())
     }
 
     /// Sends an HTTP/2 request on a shared connection of a multiplexed origin; the
@@ -282,54 +269,39 @@ impl Upstream {
         Ok((sender, MuxStream(open)))
     }
 
-    /// With a pool idle timeout other than [`DEFAULT_POOL_IDLE_TIMEOUT`].
-    pub fn with_idle_timeout(
-        addr: SocketAddr,
-        max_idle: usize,
-        idle_timeout: Duration,
-    ) -> Arc<Self> {
-        Self::build(addr, None, max_idle, idle_timeout)
-    }
-
     fn build(
         addr: SocketAddr,
         local: Option<LocalConnector>,
         max_idle: usize,
-        idle_timeout: Duration,
+        mux: Option<Mux>,
     ) -> Arc<Self> {
         let upstream = Arc::new(Self {
             addr,
             local,
             idle: Mutex::new(Vec::with_capacity(max_idle.min(64))),
             max_idle,
-            idle_timeout,
             h2: tokio::sync::Mutex::new(None),
-            mux: None,
+            mux,
         });
         // Idle connections are closed after the timeout even when no request comes to
-        // notice: a task per origin, gone with the origin.
-        if tokio::runtime::Handle::try_current().is_ok() {
+        // notice: a task per origin that pools any, gone with the origin.
+        if max_idle > 0 && tokio::runtime::Handle::try_current().is_ok() {
             let span = tracing::debug_span!("pool", origin = %addr);
             tokio::spawn(evict_idle(Arc::downgrade(&upstream)).instrument(span));
         }
         upstream
     }
 
-    /// Closes the pooled connections idle for the idle timeout at `now`; how many.
-    pub fn evict_idle(&self, now: Instant) -> usize {
+    /// Closes the pooled connections idle for [`POOL_IDLE_TIMEOUT`] at `now`; how many.
+    fn evict_idle(&self, now: Instant) -> usize {
         let mut idle = self.idle.lock();
         // The pool is a stack: the longest idle are at the bottom.
         let stale = idle
             .iter()
-            .take_while(|i| now.saturating_duration_since(i.since) >= self.idle_timeout)
+            .take_while(|i| now.saturating_duration_since(i.since) >= POOL_IDLE_TIMEOUT)
             .count();
         idle.drain(..stale);
         stale
-    }
-
-    /// Connections idle in the pool now.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -491,8 +463,11 @@ impl Upstream {
     async fn new_http1(&self) -> Result<Conn1, UpstreamError> {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        let task = tokio::spawn(drive("h1", conn)).abort_handle();
-        Ok(Conn1 { sender, task })
+        let task = AbortOnDrop(tokio::spawn(drive("h1", conn)).abort_handle());
+        Ok(Conn1 {
+            sender,
+            _task: task,
+        })
     }
 
     async fn new_http2(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
@@ -581,14 +556,6 @@ impl Lease {
     }
 }
 
-// === impl Conn1 ===
-
-impl Drop for Conn1 {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The request line and headers again, for a retry (`http::request::Parts` is not Clone).
 fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     let mut head = Request::new(()).into_parts().0;
@@ -602,11 +569,7 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
 /// Every half idle timeout, closes the origin's connections idle past it; ends with the
 /// origin.
 async fn evict_idle(upstream: std::sync::Weak<Upstream>) {
-    let period = match upstream.upgrade() {
-        Some(u) => (u.idle_timeout / 2).max(Duration::from_millis(10)),
-        None => return,
-    };
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -631,5 +594,59 @@ where
         .await
     {
         tracing::debug!(kind, %error, "upstream connection ended with error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+
+    use super::*;
+    use crate::serve::{Serving, serve};
+
+    async fn origin() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(
+            "origin",
+            listener,
+            |_| {
+                service_fn(|_req: Request<Incoming>| {
+                    std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+                        Bytes::from_static(b"ok"),
+                    ))))
+                })
+            },
+            std::future::pending(),
+            Serving::new(Duration::from_secs(1)),
+        ));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_is_closed_once_idle_for_the_pool_timeout() {
+        let upstream = Upstream::new(origin().await, 4);
+        let req = Request::get("/")
+            .header(http::header::HOST, "origin")
+            .body(Either::Right(Full::new(Bytes::new())))
+            .expect("request");
+        let (rsp, lease) = upstream
+            .send_http1(req, Instant::now())
+            .await
+            .expect("answered");
+        let body = rsp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "ok");
+        let released = Instant::now();
+        lease.release(true, released);
+        assert_eq!(upstream.idle.lock().len(), 1, "a clean lease goes back");
+        let almost = released + POOL_IDLE_TIMEOUT - Duration::from_secs(1);
+        assert_eq!(upstream.evict_idle(almost), 0, "not idle long enough");
+        assert_eq!(upstream.evict_idle(released + POOL_IDLE_TIMEOUT), 1);
+        assert!(upstream.idle.lock().is_empty());
     }
 }
