@@ -17,11 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use sluice_activator::EndpointsPublisher;
 use sluice_benches::{
     Procs, cpu_seconds, free_addr, hey, pin_self_to, queue_proxy_env, sample, scrape, setting,
     spawn_pinned, spawn_sample_app, status_mib, wait_port,
 };
+use sluice_core::feed::Feed;
 use sluice_proto::v1::RevisionEndpoints;
 
 const HELD: usize = 10_000;
@@ -47,12 +47,11 @@ fn main() {
         .unwrap();
     let (qp, act, act_metrics, source) = (free_addr(), free_addr(), free_addr(), free_addr());
 
-    let publisher = EndpointsPublisher::new();
-    let service = publisher.service();
+    let publisher = Feed::new();
+    let endpoints = publisher.clone();
     rt.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve(source)
+        let listener = tokio::net::TcpListener::bind(source).await.unwrap();
+        sluice_control::grpc::serve(listener, Feed::new(), endpoints, std::future::pending())
             .await
             .unwrap();
     });
@@ -67,7 +66,7 @@ fn main() {
         &[
             format!("--listen={act}"),
             format!("--metrics-listen={act_metrics}"),
-            format!("--endpoints-address=http://{source}"),
+            format!("--control=http://{source}"),
             "--drain-quiet-period=1ms".into(),
         ],
         &[],

@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/stats.proto",
         "proto/sluice/v1/decisions.proto",
         "proto/sluice/v1/endpoints.proto",
+        "proto/sluice/v1/routes.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use sluice_activator::EndpointsPublisher;
+use sluice_core::feed::Feed;
 use sluice_test_support::activator::{
     ActivatorHandle, revision, routing, serve_endpoints, start_activator, start_activator_following,
 };
@@ -404,9 +404,9 @@ async fn endpoints_over_grpc_are_followed_and_resynced_after_the_source_restarts
     let (_app, qp) = start_pod(10, &[]).await;
     until_ready(qp.serving).await;
     // Two sources that disagree: the first knows REV, the second only "other-00001".
-    let first = EndpointsPublisher::new();
+    let first = Feed::new();
     first.publish(revision(REV, 10, 0, &[qp.serving]));
-    let second = EndpointsPublisher::new();
+    let second = Feed::new();
     second.publish(revision("other-00001", 10, 0, &[qp.serving]));
     let (first_addr, first_server) = serve_endpoints(&first).await;
     let (second_addr, _second_server) = serve_endpoints(&second).await;

@@ -32,9 +32,10 @@ pub struct Args {
     /// The autoscaler's gRPC address (`http://host:port`) for pokes and stats; unset: none are sent.
     #[arg(long, env = "SLUICE_AUTOSCALER_ADDRESS")]
     pub autoscaler_address: Option<String>,
-    /// The endpoint source's gRPC address (`http://host:port`, `sluice.v1.EndpointsService`).
-    #[arg(long, env = "SLUICE_ENDPOINTS_ADDRESS")]
-    pub endpoints_address: Option<String>,
+    /// The control plane's gRPC address (`http://host:port`): revisions and their pods
+    /// follow its `EndpointsService`, and the last ones keep serving while it is away.
+    #[arg(long, env = "SLUICE_CONTROL_ADDRESS", alias = "endpoints-address")]
+    pub control: Option<String>,
     /// This activator's name in the stats it sends.
     #[arg(long, env = "POD_NAME", default_value = "activator")]
     pub pod_name: String,
@@ -109,25 +110,12 @@ impl TryFrom<Args> for Config {
             &a.drain_quiet_period,
             DEFAULT_DRAIN_QUIET_PERIOD,
         );
-        let mut address = |flag: &str, value: Option<&str>| {
-            let value = value?;
-            let with_scheme = if value.contains("://") {
-                value.to_owned()
-            } else {
-                format!("http://{value}")
-            };
-            match with_scheme.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
-                    Some(uri)
-                }
-                _ => {
-                    bad.push(format!("--{flag}={value:?}: expected http://host:port"));
-                    None
-                }
-            }
-        };
-        let autoscaler = address("autoscaler-address", a.autoscaler_address.as_deref());
-        let endpoints = address("endpoints-address", a.endpoints_address.as_deref());
+        let autoscaler = sluice_core::address::grpc_flag(
+            "autoscaler-address",
+            a.autoscaler_address.as_deref(),
+            &mut bad,
+        );
+        let endpoints = sluice_core::address::grpc_flag("control", a.control.as_deref(), &mut bad);
         if a.queue_depth == 0 {
             bad.push("--queue-depth=0: expected at least 1".to_owned());
         }
@@ -191,12 +179,12 @@ mod tests {
         let err = parse(&[
             "--queue-depth=0",
             "--probe-timeout=soon",
-            "--endpoints-address=https://x:1",
+            "--control=https://x:1",
         ])
         .expect_err("invalid");
         assert_eq!(err.0.len(), 3, "{err}");
         let text = err.to_string();
-        for flag in ["--queue-depth", "--probe-timeout", "--endpoints-address"] {
+        for flag in ["--queue-depth", "--probe-timeout", "--control"] {
             assert!(text.contains(flag), "{text}");
         }
     }

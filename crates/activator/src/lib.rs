@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use config::{Args, Config, ConfigError};
-pub use endpoints::{EndpointsPublisher, EndpointsSource};
+pub use endpoints::EndpointsSource;
 pub use handler::ProxyBody;
 pub use metrics::Metrics;
 

@@ -3,18 +3,12 @@
 //! is the one for tests, and [`ObservedPods`] the standalone binary's.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use parking_lot::Mutex;
 
-use crate::kpa::PodCounts;
+pub use sluice_core::RevisionKey;
 
-/// A revision: namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RevisionKey {
-    pub namespace: String,
-    pub name: String,
-}
+use crate::kpa::PodCounts;
 
 /// Carries decisions out. Both methods run on the autoscaler's tick tasks, `scale` with
 /// the revision's state locked: they must not block (read a cache; queue slow work such
@@ -31,23 +25,6 @@ pub trait Scaler: Send + Sync + 'static {
     /// requests (Knative probes the activator's `/healthz`).
     fn activator_ready(&self) -> bool {
         true
-    }
-}
-
-// === impl RevisionKey ===
-
-impl RevisionKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for RevisionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 

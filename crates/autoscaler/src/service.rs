@@ -111,6 +111,8 @@ struct State {
     /// Reporting queue-proxies by pod name, with when each was last heard.
     pods: HashMap<String, Duration>,
     published: Option<Published>,
+    /// The replicas last set through the scaler, published for whoever applies them.
+    replicas: Option<u32>,
     gauges: RevisionGauges,
     /// Set when the revision is removed: its tick task may still be mid-reconcile.
     removed: bool,
@@ -180,6 +182,7 @@ impl Autoscaler {
                 container_concurrency,
                 pods: HashMap::new(),
                 published: None,
+                replicas: None,
                 gauges,
                 removed: false,
             }),
@@ -364,7 +367,7 @@ impl Autoscaler {
             .flat_map(|(_, names)| names.values())
             .map(|entry| {
                 let st = entry.revision.state.lock();
-                to_proto(&entry.revision.key, &st.kpa)
+                to_proto(&entry.revision.key, &st)
             })
             .collect();
         out.sort_by(|a, b| (&a.namespace, &a.revision).cmp(&(&b.namespace, &b.revision)));
@@ -451,12 +454,14 @@ impl Inner {
         // nothing about a revision goes out after its removal.
         if let Some(replicas) = d.apply {
             tracing::debug!(revision = %revision.key, replicas, desired = d.desired, "scale");
+            st.replicas = Some(replicas);
             self.scaler.scale(&revision.key, replicas);
         }
-        if changed {
-            let _ = self
-                .decisions
-                .send(Arc::new(to_proto(&revision.key, &st.kpa)));
+        // A scale is published every time it is set: whoever applies it from the stream
+        // may have lost what it applied before (a restart), and it is set only while the
+        // replicas differ from it.
+        if changed || d.apply.is_some() {
+            let _ = self.decisions.send(Arc::new(to_proto(&revision.key, &st)));
         }
         drop(st);
         if decide {
@@ -488,7 +493,8 @@ async fn tick_loop(inner: Weak<Inner>, revision: Arc<Revision>, tick: Duration) 
     }
 }
 
-fn to_proto(key: &RevisionKey, kpa: &RevisionAutoscaler) -> v1::Decision {
+fn to_proto(key: &RevisionKey, st: &State) -> v1::Decision {
+    let kpa = &st.kpa;
     let (desired, ebc) = kpa.status();
     let mode = |m: Mode| match m {
         Mode::Serve => v1::Mode::Serve,
@@ -501,6 +507,9 @@ fn to_proto(key: &RevisionKey, kpa: &RevisionAutoscaler) -> v1::Decision {
         decider_desired: desired,
         excess_burst_capacity: ebc,
         mode: v1::Mode::Proxy.into(),
+        replicas: st
+            .replicas
+            .map_or(-1, |r| i32::try_from(r).unwrap_or(i32::MAX)),
         ..v1::Decision::default()
     };
     if let Some(d) = kpa.last() {

@@ -31,9 +31,11 @@ use tracing::Instrument;
 mod handler;
 pub mod metrics;
 pub mod routes;
+pub mod source;
 
 pub use handler::ProxyBody;
 pub use routes::{Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
+pub use source::RoutesSource;
 
 /// Reports buffered for the autoscaler.
 const PUSH_BUFFER: usize = 1024;
@@ -69,7 +71,12 @@ pub struct Args {
     /// that scale on the gateway's view.
     #[arg(long, env = "SLUICE_AUTOSCALER_ADDRESS")]
     pub autoscaler_address: Option<String>,
-    /// The routing table (YAML: `services` and `revisions`; see the README).
+    /// The control plane's gRPC address (`http://host:port`): routes follow its
+    /// `RoutesService`, and the last ones keep serving while it is away.
+    #[arg(long, env = "SLUICE_CONTROL_ADDRESS")]
+    pub control: Option<String>,
+    /// A static routing table instead of a control plane (YAML: `services` and
+    /// `revisions`; see the README).
     #[arg(long, env = "SLUICE_GATEWAY_ROUTES")]
     pub routes: Option<PathBuf>,
     /// This gateway's name in the stats it sends.
@@ -102,6 +109,8 @@ pub struct Config {
     /// Reaches the activator in-process (same process, `sluice run`) instead of over TCP:
     /// a held request then costs no file descriptor beyond the client's own.
     pub activator_local: Option<LocalConnector>,
+    /// Where routes come from; `None`: only through [`Gateway::routes`] (or a file).
+    pub routes: Option<RoutesSource>,
 }
 
 /// The standalone binary's routing file.
@@ -147,20 +156,15 @@ impl Config {
     /// Checks every flag, and reports every bad one at once.
     pub fn from_args(a: &Args) -> Result<Self, StartError> {
         let mut bad = Vec::new();
-        let autoscaler = match a.autoscaler_address.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => {
-                let with_scheme = if s.contains("://") {
-                    s.to_owned()
-                } else {
-                    format!("http://{s}")
-                };
-                with_scheme
-                    .parse()
-                    .map_err(|e| bad.push(format!("--autoscaler-address={s:?}: {e}")))
-                    .ok()
-            }
-        };
+        let autoscaler = sluice_core::address::grpc_flag(
+            "autoscaler-address",
+            a.autoscaler_address.as_deref(),
+            &mut bad,
+        );
+        let control = sluice_core::address::grpc_flag("control", a.control.as_deref(), &mut bad);
+        if control.is_some() && a.routes.is_some() {
+            bad.push("--control and --routes: routes come from one of them".into());
+        }
         if a.domain.trim_matches('.').is_empty() {
             bad.push("--domain must not be empty".into());
         }
@@ -177,6 +181,7 @@ impl Config {
             metrics_listen: a.metrics_listen,
             limits,
             activator_local: None,
+            routes: control.map(RoutesSource::Grpc),
         })
     }
 }
@@ -236,6 +241,11 @@ impl Gateway {
             serving,
             metrics,
         } = self;
+        let follower = config.routes.map(|source| {
+            tokio::spawn(
+                source::follow(source, routes.clone()).instrument(tracing::info_span!("routes")),
+            )
+        });
         let local = config.activator_local;
         let activator = config.activator.map(|addr| {
             (
@@ -295,6 +305,9 @@ impl Gateway {
         state.upgrades.wait(Duration::from_secs(1)).await;
         if let Some(reporter) = reporter {
             reporter.abort();
+        }
+        if let Some(follower) = follower {
+            follower.abort();
         }
         tracing::info!("gateway stopped");
     }
@@ -364,13 +377,19 @@ mod tests {
             "--domain=.",
             "--autoscaler-address=http://[::1",
             "--idle-timeout=soon",
+            "--control=ftp://x",
         ])
         .expect("flags parse");
         let Err(StartError::Config(why)) = Config::from_args(&args) else {
             panic!("refused");
         };
-        assert_eq!(why.lines().count(), 3, "{why}");
-        for flag in ["--domain", "--autoscaler-address", "--idle-timeout"] {
+        assert_eq!(why.lines().count(), 4, "{why}");
+        for flag in [
+            "--domain",
+            "--autoscaler-address",
+            "--idle-timeout",
+            "--control",
+        ] {
             assert!(why.contains(flag), "{flag} in {why}");
         }
     }

@@ -219,6 +219,33 @@ impl Routes {
         }
     }
 
+    /// Forgets every service and revision not listed (a source's whole state ended).
+    pub fn retain(
+        &self,
+        services: &std::collections::HashSet<(String, String)>,
+        revisions: &std::collections::HashSet<(String, String)>,
+    ) {
+        {
+            let mut all = self.inner.services.lock();
+            let before = all.len();
+            all.retain(|k, _| services.contains(k));
+            if all.len() != before {
+                self.rebuild(&all);
+            }
+        }
+        let gone: Vec<(String, String)> = self
+            .inner
+            .revisions
+            .lock()
+            .keys()
+            .filter(|k| !revisions.contains(*k))
+            .cloned()
+            .collect();
+        for (namespace, name) in gone {
+            self.remove_revision(&namespace, &name);
+        }
+    }
+
     /// Every routed host, sorted (the 404 page lists them).
     pub fn hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.inner.hosts.load().keys().cloned().collect();

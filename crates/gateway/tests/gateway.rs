@@ -32,6 +32,7 @@ async fn gateway(activator: Option<SocketAddr>, autoscaler: Option<&StatsSink>) 
         metrics_listen: "127.0.0.1:0".parse().expect("addr"),
         limits: Limits::default(),
         activator_local: None,
+        routes: None,
     };
     let gw = Gateway::bind(config).await.expect("bind");
     let (gateway, metrics, routes) = (gw.serving_addr(), gw.metrics_addr(), gw.routes());

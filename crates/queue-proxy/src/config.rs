@@ -389,18 +389,11 @@ impl Validator {
     }
 
     fn grpc_address(&mut self, var: &str, value: &str) -> Option<http::Uri> {
-        let with_scheme = if value.contains("://") {
-            value.to_owned()
-        } else {
-            format!("http://{value}")
-        };
-        match with_scheme.parse::<http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => Some(uri),
-            _ => {
-                self.bad(var, value, "http://host:port");
-                None
-            }
+        let uri = sluice_core::address::grpc(value);
+        if uri.is_none() {
+            self.bad(var, value, "http://host:port");
         }
+        uri
     }
 }
 

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser as _;
-use sluice_activator::{Activator, Args, Config, EndpointsPublisher, EndpointsSource};
+use sluice_activator::{Activator, Args, Config, EndpointsSource};
+use sluice_core::feed::Feed;
 use sluice_proto::v1::RevisionEndpoints;
 
 use crate::Running;
@@ -38,7 +39,7 @@ pub fn revision(
 pub struct ActivatorHandle {
     pub serving: SocketAddr,
     pub metrics: SocketAddr,
-    pub publisher: EndpointsPublisher,
+    pub publisher: Feed<RevisionEndpoints>,
     pub running: Running,
 }
 
@@ -75,18 +76,17 @@ impl ActivatorHandle {
     }
 }
 
-/// `publisher` served as `sluice.v1.EndpointsService` on a free loopback port, as a
-/// remote endpoint source; stopped when the returned task is aborted.
+/// `publisher` served as `sluice.v1.EndpointsService` (with an empty routes feed beside
+/// it), the control plane's gRPC server on a free loopback port, as a remote endpoint
+/// source; stopped when the returned task is aborted.
 pub async fn serve_endpoints(
-    publisher: &EndpointsPublisher,
+    publisher: &Feed<RevisionEndpoints>,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = crate::loopback_listener().await;
     let addr = listener.local_addr().expect("addr");
-    let service = publisher.service();
+    let endpoints = publisher.clone();
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        sluice_control::grpc::serve(listener, Feed::new(), endpoints, std::future::pending())
             .await
             .expect("endpoints server");
     });
@@ -95,7 +95,7 @@ pub async fn serve_endpoints(
 
 /// An activator on free loopback ports with a short drain; `extra` flags override.
 pub async fn start_activator(extra: &[&str]) -> ActivatorHandle {
-    let publisher = EndpointsPublisher::new();
+    let publisher = Feed::new();
     let (running, metrics) =
         run_activator(extra, Some(EndpointsSource::InProcess(publisher.clone()))).await;
     ActivatorHandle {
@@ -107,9 +107,9 @@ pub async fn start_activator(extra: &[&str]) -> ActivatorHandle {
 }
 
 /// An activator that follows the `EndpointsService` at `endpoints` over gRPC, as a
-/// standalone activator does (`--endpoints-address`); `running.addr` is its serving port.
+/// standalone activator does (`--control`); `running.addr` is its serving port.
 pub async fn start_activator_following(endpoints: SocketAddr) -> Running {
-    let flag = format!("--endpoints-address=http://{endpoints}");
+    let flag = format!("--control=http://{endpoints}");
     run_activator(&[&flag], None).await.0
 }
 

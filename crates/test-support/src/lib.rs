@@ -6,6 +6,7 @@
 
 pub mod activator;
 pub mod client;
+pub mod control;
 pub mod grpc;
 pub mod hey;
 pub mod load;

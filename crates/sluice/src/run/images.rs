@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The word for Sluice's built-in sample app in a mapping.
-pub const SAMPLE_APP: &str = "sample-app";
+pub use sluice_control::spec::SAMPLE_APP;
 
 #[derive(Clone, Debug)]
 pub struct ImageMap {

@@ -2,9 +2,8 @@
 //!
 //! - [`manifest`], [`images`]: what users write, and which local command runs an image.
 //! - [`world`]: the pure planner: services, revisions and traffic, every rule checked.
-//! - [`supervisor`]: pods as processes (app + `sluice queue-proxy`), the local `Scaler`.
-//! - [`platform`]: autoscaler, activator, gateway and supervisor wired together, and the
-//!   admin port.
+//! - [`platform`]: the control plane (with the local process backend), autoscaler,
+//!   activator and gateway wired together, and the admin port.
 //! - [`cli`], [`display`]: `sluice run`, `sluice apply`, `sluice status`.
 
 pub mod cli;
@@ -12,7 +11,6 @@ pub mod display;
 pub mod images;
 pub mod manifest;
 pub mod platform;
-pub mod supervisor;
 pub mod world;
 
 pub use platform::{Options, Platform, Status};

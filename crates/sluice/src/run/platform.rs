@@ -1,10 +1,12 @@
-//! The platform: autoscaler, activator, gateway and pod supervisor in one process, wired
-//! together in-process, plus the admin port that `sluice apply` and `sluice status` use.
+//! The platform: the control plane (over the local process backend), autoscaler,
+//! activator and gateway in one process, plus the admin port that `sluice apply` and
+//! `sluice status` use.
 //!
-//! - The supervisor is the autoscaler's [`Scaler`](sluice_autoscaler::scaler::Scaler);
-//!   queue-proxies, the activator and the gateway send stats over gRPC.
-//! - Ready pods go to the activator (an in-process endpoints publisher) and to the
-//!   gateway's routing table, with the revision's mode from the autoscaler's decisions.
+//! - The control plane takes the planned world (revisions, traffic), the autoscaler's
+//!   decisions (its in-process decision stream) and the supervisor's ready pods, and
+//!   publishes the gateway's routes and the activator's endpoints as feeds, followed
+//!   in-process here and served over gRPC for gateways and activators elsewhere.
+//! - Queue-proxies, the activator and the gateway send stats to the autoscaler over gRPC.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,20 +22,22 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use parking_lot::Mutex;
 use serde::Serialize;
-use sluice_activator::{Activator, EndpointsPublisher, EndpointsSource};
-use sluice_autoscaler::scaler::RevisionKey;
+use sluice_activator::{Activator, EndpointsSource};
+use sluice_autoscaler::kpa::PodCounts;
+use sluice_autoscaler::scaler::{RevisionKey, Scaler};
 use sluice_autoscaler::server::{Args as AutoscalerArgs, Server as AutoscalerServer};
 use sluice_autoscaler::service::Autoscaler;
+use sluice_control::local::{PodStatus, Supervisor, SupervisorConfig};
+use sluice_control::{Backend, ControlPlane, RevisionSpec, ServiceSpec};
 use sluice_core::respond;
 use sluice_core::serve::{Limits, Serving, listen, local_addr, serve};
-use sluice_gateway::{Gateway, Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
-use sluice_proto::v1::{self, RevisionEndpoints};
+use sluice_gateway::{Gateway, RoutesSource};
+use sluice_proto::v1;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::Instrument;
 
 use super::images::ImageMap;
 use super::manifest::Manifests;
-use super::supervisor::{PodStatus, Supervisor, SupervisorConfig};
 use super::world::World;
 
 /// Largest manifest `sluice apply` may send.
@@ -69,9 +73,9 @@ struct Inner {
     world: Mutex<World>,
     autoscaler: Autoscaler,
     supervisor: Supervisor,
-    routes: Routes,
-    publisher: EndpointsPublisher,
-    decisions: Mutex<HashMap<RevisionKey, v1::Decision>>,
+    control: ControlPlane,
+    /// The gateway's domain, for services' URLs.
+    domain: String,
     addrs: Addresses,
     /// Stops the gateway, the activator and the admin port; then the autoscaler.
     stop: watch::Sender<bool>,
@@ -95,6 +99,9 @@ pub struct Addresses {
     pub admin: SocketAddr,
     pub activator: SocketAddr,
     pub autoscaler: SocketAddr,
+    /// The control plane's gRPC feeds (`RoutesService`, `EndpointsService`), for gateways
+    /// and activators in other processes.
+    pub control: SocketAddr,
 }
 
 /// `sluice status --json`: documented in the README; fields are only ever added.
@@ -153,6 +160,7 @@ impl Platform {
             },
             changed_tx,
         );
+        let control = ControlPlane::new(Arc::new(supervisor.clone()));
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let autoscaler = AutoscalerServer::bind(
             &AutoscalerArgs {
@@ -161,14 +169,13 @@ impl Platform {
                 config: None,
                 no_auto_register: true,
             },
-            Some(Arc::new(supervisor.clone())),
+            Some(Arc::new(BackendPods(Arc::clone(control.backend())))),
         )
         .await
         .map_err(|e| format!("autoscaler: {e}"))?;
         let autoscaler_addr = autoscaler.grpc_addr();
         let autoscaler_uri = format!("http://{autoscaler_addr}");
         supervisor.set_autoscaler(autoscaler_uri.clone());
-        let publisher = EndpointsPublisher::new();
         let activator = Activator::bind(
             sluice_activator::Config {
                 listen: loopback(0),
@@ -183,7 +190,7 @@ impl Platform {
                 max_idle_per_pod: 100,
                 limits: opts.limits,
             },
-            Some(EndpointsSource::InProcess(publisher.clone())),
+            Some(EndpointsSource::InProcess(control.endpoints())),
         )
         .await
         .map_err(|e| format!("activator: {e}"))?;
@@ -201,18 +208,23 @@ impl Platform {
             metrics_listen: loopback(0),
             limits: opts.limits,
             activator_local: Some(activator_local),
+            routes: Some(RoutesSource::InProcess(control.routes())),
         })
         .await
         .map_err(|e| format!("gateway: {e}"))?;
         let admin = listen("admin", opts.admin_listen)
             .await
             .map_err(|e| format!("admin: {e}"))?;
+        let control_grpc = listen("control", loopback(0))
+            .await
+            .map_err(|e| format!("control plane: {e}"))?;
         let addrs = Addresses {
             gateway: gateway.serving_addr(),
             gateway_metrics: gateway.metrics_addr(),
             admin: local_addr(&admin),
             activator: activator_addr,
             autoscaler: autoscaler_addr,
+            control: local_addr(&control_grpc),
         };
         let (stop, _) = watch::channel(false);
         let (stop_autoscaler, _) = watch::channel(false);
@@ -223,9 +235,8 @@ impl Platform {
                 world: Mutex::new(World::default()),
                 autoscaler: autoscaler.autoscaler().clone(),
                 supervisor,
-                routes: gateway.routes(),
-                publisher,
-                decisions: Mutex::new(HashMap::new()),
+                control: control.clone(),
+                domain: gateway.routes().domain().to_owned(),
                 addrs,
                 stop,
                 stop_autoscaler,
@@ -256,6 +267,22 @@ impl Platform {
                         .run(stopped(&inner.stop))
                         .instrument(tracing::info_span!("gateway")),
                 ),
+                tokio::spawn({
+                    let stop = stopped(&inner.stop);
+                    async move {
+                        let served = sluice_control::grpc::serve(
+                            control_grpc,
+                            control.routes(),
+                            control.endpoints(),
+                            stop,
+                        )
+                        .await;
+                        if let Err(e) = served {
+                            tracing::error!(%e, "the control plane's gRPC port failed");
+                        }
+                    }
+                    .instrument(tracing::info_span!("control"))
+                }),
                 tokio::spawn(serve(
                     "admin",
                     admin,
@@ -271,7 +298,10 @@ impl Platform {
             )),
             followers: vec![
                 tokio::spawn(
-                    follow_pods(platform.clone(), changed_rx)
+                    inner
+                        .control
+                        .clone()
+                        .follow_backend(changed_rx)
                         .instrument(tracing::info_span!("follow_pods")),
                 ),
                 tokio::spawn(
@@ -308,11 +338,16 @@ impl Platform {
                 .revision(namespace, name)
                 .expect("a planned revision is in the next world");
             let key = RevisionKey::new(namespace, name);
-            inner
-                .supervisor
-                .add_revision(rev.pod.clone(), rev.initial_scale);
-            // The activator must know the revision before any request for it arrives.
-            self.sync_revision(&next, &key);
+            // The activator learns the revision before any route names it.
+            let spec = RevisionSpec {
+                pod: rev.pod.clone(),
+                initial_scale: rev.initial_scale,
+                report: rev.mpa,
+            };
+            if let Err(e) = inner.control.add_revision(spec) {
+                // The world planned a new name: a bug if it happens.
+                tracing::error!(revision = %key, %e, "the control plane refused a planned revision");
+            }
             if let Err(e) = inner.autoscaler.upsert_revision(
                 &key,
                 rev.annotations.clone(),
@@ -324,19 +359,22 @@ impl Platform {
         }
         for (namespace, name) in &changes.traffic {
             let s = &next.services[&(namespace.clone(), name.clone())];
-            inner.routes.set_service(ServiceRoute {
-                name: s.name.clone(),
+            let spec = ServiceSpec {
                 namespace: s.namespace.clone(),
+                name: s.name.clone(),
                 traffic: s
                     .traffic
                     .iter()
-                    .map(|t| TrafficTarget {
+                    .map(|t| v1::TrafficTarget {
                         revision: t.revision.clone(),
                         percent: t.percent,
-                        tag: t.tag.clone(),
+                        tag: t.tag.clone().unwrap_or_default(),
                     })
                     .collect(),
-            });
+            };
+            if let Err(e) = inner.control.set_service(spec) {
+                tracing::error!(service = %name, %e, "the control plane refused planned traffic");
+            }
         }
         // Knative's routing state: a revision that no traffic target names is
         // unreachable, so its min-scale no longer holds pods.
@@ -358,7 +396,6 @@ impl Platform {
     pub fn status(&self) -> Status {
         let inner = &self.inner;
         let world = inner.world.lock().clone();
-        let decisions = inner.decisions.lock().clone();
         // The decisions above are the applied ones, published on change; the averages
         // move every tick, so they are read from the autoscaler as they are now.
         let live: HashMap<RevisionKey, v1::Decision> = inner
@@ -373,7 +410,7 @@ impl Platform {
             .map(|s| ServiceStatus {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
-                url: inner.routes.url(&s.namespace, &s.name),
+                url: format!("http://{}.{}.{}", s.name, s.namespace, inner.domain),
                 traffic: s
                     .traffic
                     .iter()
@@ -388,7 +425,8 @@ impl Platform {
                     .iter()
                     .map(|r| {
                         let key = RevisionKey::new(&s.namespace, &r.name);
-                        let d = decisions.get(&key);
+                        let d = inner.control.decision(&key);
+                        let d = d.as_ref();
                         RevisionStatus {
                             name: r.name.clone(),
                             desired: d.map_or(-1, |d| d.desired_scale),
@@ -396,9 +434,9 @@ impl Platform {
                                 .unwrap_or(u32::MAX),
                             concurrency: live.get(&key).map_or(0.0, |d| d.stable_value),
                             panic: live.get(&key).is_some_and(|d| d.panic),
-                            mode: match mode_of(d) {
-                                Mode::Serve => "serve",
-                                Mode::Proxy => "proxy",
+                            mode: match d.map(v1::Decision::mode) {
+                                Some(v1::Mode::Serve) => "serve",
+                                _ => "proxy",
                             }
                             .to_owned(),
                             error: inner.supervisor.last_error(&key),
@@ -437,89 +475,36 @@ impl Platform {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
     }
+}
 
-    /// Tells the gateway and the activator where a revision's requests may go now.
-    fn sync_revision(&self, world: &World, key: &RevisionKey) {
-        let inner = &self.inner;
-        let Some((_, rev)) = world.revision(&key.namespace, &key.name) else {
-            return;
-        };
-        let ready = inner.supervisor.ready(key);
-        let mode = mode_of(inner.decisions.lock().get(key));
-        inner.routes.set_backends(RevisionBackends {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            mode,
-            pods: ready.clone(),
-            report: rev.mpa,
-            timeout_seconds: Some(u64::from(rev.pod.timeout_seconds)),
-        });
-        inner.publisher.publish(RevisionEndpoints {
-            namespace: key.namespace.clone(),
-            revision: key.name.clone(),
-            removed: false,
-            container_concurrency: rev.pod.container_concurrency,
-            timeout_seconds: rev.pod.timeout_seconds,
-            addresses: ready.iter().map(ToString::to_string).collect(),
-        });
+/// The autoscaler's view of the backend's pods. Its decisions are carried out by the
+/// control plane, which follows its decision stream, so `scale` does nothing here.
+struct BackendPods(Arc<dyn Backend>);
+
+impl Scaler for BackendPods {
+    fn pods(&self, revision: &RevisionKey) -> Option<PodCounts> {
+        let pods = self.0.pods(revision).unwrap_or_default();
+        Some(PodCounts {
+            ready: pods.ready,
+            replicas: pods.replicas,
+        })
     }
 
-    fn sync(&self, key: &RevisionKey) {
-        let world = self.inner.world.lock().clone();
-        self.sync_revision(&world, key);
+    fn scale(&self, revision: &RevisionKey, replicas: u32) {
+        tracing::trace!(%revision, replicas, "scale: carried out by the control plane");
     }
 }
 
-fn mode_of(d: Option<&v1::Decision>) -> Mode {
-    match d.map(|d| d.mode()) {
-        Some(v1::Mode::Serve) => Mode::Serve,
-        _ => Mode::Proxy,
-    }
-}
-
-/// Ready pods changed: tell the gateway and the activator.
-async fn follow_pods(platform: Platform, mut changed: mpsc::UnboundedReceiver<RevisionKey>) {
-    while let Some(key) = changed.recv().await {
-        platform.sync(&key);
-    }
-}
-
-/// Keeps the latest decision per revision; a change of mode moves the gateway's traffic.
+/// The autoscaler's decisions, in-process, to the control plane.
 async fn follow_decisions(platform: Platform) {
     let inner = &platform.inner;
     let mut rx = inner.autoscaler.subscribe();
     loop {
         match rx.recv().await {
-            Ok(d) => {
-                let key = RevisionKey::new(&d.namespace, &d.revision);
-                let old_mode = {
-                    let mut decisions = inner.decisions.lock();
-                    let old = decisions.get(&key).map(v1::Decision::mode);
-                    if d.removed {
-                        decisions.remove(&key);
-                    } else {
-                        decisions.insert(key.clone(), (*d).clone());
-                    }
-                    old
-                };
-                if old_mode != Some(d.mode()) {
-                    platform.sync(&key);
-                }
-            }
+            Ok(d) => inner.control.apply_decision(&d),
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                let all = inner.autoscaler.decisions(None);
-                let keys: Vec<RevisionKey> = {
-                    let mut decisions = inner.decisions.lock();
-                    all.into_iter()
-                        .map(|d| {
-                            let key = RevisionKey::new(&d.namespace, &d.revision);
-                            decisions.insert(key.clone(), d);
-                            key
-                        })
-                        .collect()
-                };
-                for key in keys {
-                    platform.sync(&key);
+                for d in inner.autoscaler.decisions(None) {
+                    inner.control.apply_decision(&d);
                 }
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -52,22 +52,8 @@ pub struct Revision {
     pub initial_scale: u32,
 }
 
-/// How to run one pod of a revision.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodSpec {
-    pub namespace: String,
-    pub service: String,
-    pub revision: String,
-    /// The app's command; `argv[0] == sample-app` is Sluice's sample app.
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub container_concurrency: u32,
-    pub timeout_seconds: u32,
-    pub response_start_timeout_seconds: Option<u32>,
-    pub idle_timeout_seconds: Option<u32>,
-    /// The container's readiness probe (Kubernetes JSON); `None`: TCP on the app's port.
-    pub readiness_probe: Option<serde_json::Value>,
-}
+/// How to run one pod of a revision: the control plane's spec.
+pub use sluice_control::PodSpec;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Traffic {

@@ -1,11 +1,11 @@
-//! The pod supervisor: the local runtime's [`Scaler`]. A pod is two processes on free
+//! The local backend: a pod supervisor. A pod is two processes on free
 //! loopback ports, the app (with `PORT` and Knative's `K_*` env) and `sluice queue-proxy`
 //! in front of it (Knative's env). It counts as ready once its queue-proxy answers
 //! `K-Network-Probe: queue` with 200, which it does once the app passes its readiness
 //! probe.
 //!
-//! Each revision has a manager task that moves its pods toward the autoscaler's desired
-//! count. Scale-down takes a pod out of rotation first, then SIGTERMs the queue-proxy
+//! Each revision has a manager task that moves its pods toward the replicas the control
+//! plane sets (the autoscaler's decisions). Scale-down takes a pod out of rotation first, then SIGTERMs the queue-proxy
 //! (which drains) and the app once the queue-proxy has exited. A pod whose app or
 //! queue-proxy exits on its own is replaced, with a growing back-off if it keeps failing.
 
@@ -20,16 +20,15 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use parking_lot::Mutex;
-use sluice_autoscaler::kpa::PodCounts;
-use sluice_autoscaler::scaler::{RevisionKey, Scaler};
+use sluice_core::RevisionKey;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::images::SAMPLE_APP;
-use super::world::PodSpec;
+use crate::backend::{Backend, Pods};
+use crate::spec::{PodSpec, RevisionSpec, SAMPLE_APP};
 
 /// Output lines kept per pod, shown when it fails.
 const TAIL_LINES: usize = 20;
@@ -134,8 +133,11 @@ impl Supervisor {
 
     /// Starts managing a revision with `initial` pods (Knative creates a revision's
     /// Deployment at its initial scale; the autoscaler takes over from there).
-    pub fn add_revision(&self, spec: PodSpec, initial: u32) {
+    fn add_revision(&self, spec: PodSpec, initial: u32) {
         let key = RevisionKey::new(&spec.namespace, &spec.revision);
+        if self.inner.revisions.lock().contains_key(&key) {
+            return;
+        }
         let rev = Arc::new(RevPods {
             key: key.clone(),
             spec,
@@ -200,13 +202,16 @@ impl Supervisor {
     }
 }
 
-impl Scaler for Supervisor {
-    fn pods(&self, revision: &RevisionKey) -> Option<PodCounts> {
-        let rev = self.inner.revisions.lock().get(revision).cloned();
-        Some(rev.map_or_else(PodCounts::default, |r| PodCounts {
-            ready: u32::try_from(r.ready.lock().len()).unwrap_or(u32::MAX),
-            replicas: r.replicas.load(Ordering::Relaxed),
-        }))
+impl Backend for Supervisor {
+    fn create(&self, spec: &RevisionSpec) {
+        self.add_revision(spec.pod.clone(), spec.initial_scale);
+    }
+
+    fn delete(&self, revision: &RevisionKey) {
+        // Its manager drains and stops the pods, and reports the ready set emptied.
+        if let Some(rev) = self.inner.revisions.lock().remove(revision) {
+            rev.stop.send_replace(true);
+        }
     }
 
     fn scale(&self, revision: &RevisionKey, replicas: u32) {
@@ -214,6 +219,18 @@ impl Scaler for Supervisor {
             rev.desired
                 .send_if_modified(|d| std::mem::replace(d, replicas) != replicas);
         }
+    }
+
+    fn ready(&self, revision: &RevisionKey) -> Vec<SocketAddr> {
+        Supervisor::ready(self, revision)
+    }
+
+    fn pods(&self, revision: &RevisionKey) -> Option<Pods> {
+        let rev = self.inner.revisions.lock().get(revision).cloned()?;
+        Some(Pods {
+            ready: u32::try_from(rev.ready.lock().len()).unwrap_or(u32::MAX),
+            replicas: rev.replicas.load(Ordering::Relaxed),
+        })
     }
 }
 

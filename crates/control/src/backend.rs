@@ -1,0 +1,34 @@
+//! What runs revisions: the local process supervisor ([`crate::local`]) now, Kubernetes
+//! Deployments next. The control plane drives every backend the same way.
+
+use std::net::SocketAddr;
+
+use sluice_core::RevisionKey;
+
+use crate::spec::RevisionSpec;
+
+/// A revision's pods as its backend counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pods {
+    pub ready: u32,
+    /// Replicas set (ready or not).
+    pub replicas: u32,
+}
+
+/// Runs revisions' workloads. Every method is called with the control plane's state
+/// locked: none may block (queue slow work such as an API call) or call back into the
+/// control plane. A backend reports a change of a revision's ready pods on the channel it
+/// was built with; the control plane then reads [`Backend::ready`].
+pub trait Backend: Send + Sync + 'static {
+    /// Creates the revision's workload at its initial scale, or adopts the one that runs.
+    fn create(&self, spec: &RevisionSpec);
+    /// Drains and deletes the revision's workload.
+    fn delete(&self, revision: &RevisionKey);
+    /// Sets the revision's replicas (the autoscaler's decision); the same count again
+    /// changes nothing.
+    fn scale(&self, revision: &RevisionKey, replicas: u32);
+    /// The ready pods' queue-proxy addresses.
+    fn ready(&self, revision: &RevisionKey) -> Vec<SocketAddr>;
+    /// The revision's pods, or `None` for a revision it does not run.
+    fn pods(&self, revision: &RevisionKey) -> Option<Pods>;
+}

@@ -1,0 +1,194 @@
+//! Sluice's control plane: one reconciler for every topology.
+//!
+//! - [`spec`]: the desired state (services with traffic, revisions with their pods).
+//! - [`reconciler`]: the pure part: desired state + decisions + ready pods → actions.
+//! - [`backend`]: what runs revisions; [`local`] runs them as processes on this machine.
+//! - [`ControlPlane`]: the reconciler behind a lock, carrying its actions out: the routes
+//!   and endpoints feeds (served over gRPC by [`grpc`]) and the backend.
+//!
+//! Decisions come from the autoscaler's `DecisionService` stream, in-process
+//! ([`ControlPlane::apply_decision`]) or over gRPC ([`ControlPlane::follow_decisions`]).
+
+pub mod backend;
+pub mod grpc;
+pub mod local;
+pub mod reconciler;
+pub mod spec;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sluice_core::RevisionKey;
+use sluice_core::feed::{Feed, Route};
+use sluice_proto::v1::{self, decision_service_client::DecisionServiceClient};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+pub use backend::{Backend, Pods};
+pub use reconciler::{Action, Reconciler, Refused};
+pub use spec::{PodSpec, RevisionSpec, ServiceSpec};
+
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// The running control plane. Cheap to clone, every clone the same.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    /// Actions are carried out under this lock, so the feeds and the backend see them in
+    /// the order the reconciler made them.
+    state: Mutex<Reconciler>,
+    routes: Feed<Route>,
+    endpoints: Feed<v1::RevisionEndpoints>,
+}
+
+// === impl ControlPlane ===
+
+impl ControlPlane {
+    /// A control plane over `backend`, which reports ready-pod changes on the channel
+    /// given to [`ControlPlane::follow_backend`].
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                state: Mutex::new(Reconciler::new()),
+                routes: Feed::new(),
+                endpoints: Feed::new(),
+            }),
+        }
+    }
+
+    /// The gateways' feed.
+    pub fn routes(&self) -> Feed<Route> {
+        self.inner.routes.clone()
+    }
+
+    /// The activators' feed.
+    pub fn endpoints(&self) -> Feed<v1::RevisionEndpoints> {
+        self.inner.endpoints.clone()
+    }
+
+    pub fn add_revision(&self, spec: RevisionSpec) -> Result<(), Refused> {
+        self.change(|r| r.add_revision(spec))
+    }
+
+    pub fn remove_revision(&self, key: &RevisionKey) {
+        let _ = self.change(|r| Ok(r.remove_revision(key)));
+    }
+
+    pub fn set_service(&self, spec: ServiceSpec) -> Result<(), Refused> {
+        self.change(|r| r.set_service(spec))
+    }
+
+    pub fn remove_service(&self, namespace: &str, name: &str) {
+        let _ = self.change(|r| Ok(r.remove_service(namespace, name)));
+    }
+
+    /// One of the autoscaler's decisions.
+    pub fn apply_decision(&self, d: &v1::Decision) {
+        let _ = self.change(|r| Ok(r.decision(d)));
+    }
+
+    /// The revision's ready pods changed in the backend.
+    pub fn pods_changed(&self, key: &RevisionKey) {
+        let backend = Arc::clone(&self.inner.backend);
+        let _ = self.change(|r| Ok(r.ready(key, backend.ready(key))));
+    }
+
+    /// The revision's latest decision.
+    pub fn decision(&self, key: &RevisionKey) -> Option<v1::Decision> {
+        self.inner.state.lock().decision_of(key).cloned()
+    }
+
+    /// Reads the reconciler's state.
+    pub fn with_state<T>(&self, f: impl FnOnce(&Reconciler) -> T) -> T {
+        f(&self.inner.state.lock())
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// Follows the backend's ready-pod changes until its sender is dropped.
+    pub async fn follow_backend(self, mut changed: mpsc::UnboundedReceiver<RevisionKey>) {
+        while let Some(key) = changed.recv().await {
+            self.pods_changed(&key);
+        }
+    }
+
+    /// Follows an autoscaler's `DecisionService` at `uri`, reconnecting with back-off,
+    /// for as long as the task runs.
+    pub async fn follow_decisions(self, uri: http::Uri) {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            match self.decisions_once(&uri, &mut backoff).await {
+                Ok(()) => tracing::warn!(autoscaler = %uri, "decision stream ended; reconnecting"),
+                Err(error) => {
+                    tracing::warn!(autoscaler = %uri, %error, ?backoff, "autoscaler unreachable");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    async fn decisions_once(
+        &self,
+        uri: &http::Uri,
+        backoff: &mut Duration,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let channel = tonic::transport::Endpoint::from(uri.clone())
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let mut stream = DecisionServiceClient::new(channel)
+            .watch(v1::WatchDecisionsRequest::default())
+            .await?
+            .into_inner();
+        tracing::info!(autoscaler = %uri, "decision stream connected");
+        *backoff = RECONNECT_MIN;
+        while let Some(d) = stream.next().await {
+            self.apply_decision(&d?);
+        }
+        Ok(())
+    }
+
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Reconciler) -> Result<Vec<Action>, Refused>,
+    ) -> Result<(), Refused> {
+        let mut state = self.inner.state.lock();
+        let actions = f(&mut state)?;
+        for action in actions {
+            self.carry_out(action);
+        }
+        Ok(())
+    }
+
+    fn carry_out(&self, action: Action) {
+        let inner = &self.inner;
+        match action {
+            Action::Route(r) => {
+                inner.routes.publish(r);
+            }
+            Action::Endpoints(e) => {
+                inner.endpoints.publish(e);
+            }
+            Action::Create(spec) => inner.backend.create(&spec),
+            Action::Delete(key) => inner.backend.delete(&key),
+            Action::Scale(key, replicas) => inner.backend.scale(&key, replicas),
+        }
+    }
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").finish_non_exhaustive()
+    }
+}

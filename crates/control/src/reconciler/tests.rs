@@ -1,0 +1,155 @@
+use super::*;
+use crate::spec::PodSpec;
+
+fn spec(name: &str, cc: u32) -> RevisionSpec {
+    RevisionSpec {
+        pod: PodSpec {
+            namespace: "default".into(),
+            service: "hello".into(),
+            revision: name.into(),
+            argv: vec!["sample-app".into()],
+            env: Vec::new(),
+            container_concurrency: cc,
+            timeout_seconds: 30,
+            response_start_timeout_seconds: None,
+            idle_timeout_seconds: None,
+            readiness_probe: None,
+        },
+        initial_scale: 1,
+        report: false,
+    }
+}
+
+fn key(name: &str) -> RevisionKey {
+    RevisionKey::new("default", name)
+}
+
+fn decision(name: &str, mode: v1::Mode, replicas: i32) -> v1::Decision {
+    v1::Decision {
+        namespace: "default".into(),
+        revision: name.into(),
+        mode: mode.into(),
+        replicas,
+        ..v1::Decision::default()
+    }
+}
+
+fn revision_route(actions: &[Action]) -> Option<&v1::RevisionRoute> {
+    actions.iter().find_map(|a| match a {
+        Action::Route(Route::Revision(r)) => Some(r),
+        _ => None,
+    })
+}
+
+fn endpoints(actions: &[Action]) -> Option<&v1::RevisionEndpoints> {
+    actions.iter().find_map(|a| match a {
+        Action::Endpoints(e) => Some(e),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_new_revision_is_created_then_known_to_the_activators_in_proxy_mode() {
+    let mut r = Reconciler::new();
+    let out = r.add_revision(spec("hello-00001", 5)).expect("added");
+    assert_eq!(out[0], Action::Create(spec("hello-00001", 5)));
+    let e = endpoints(&out).expect("endpoints published");
+    assert_eq!((e.container_concurrency, e.timeout_seconds), (5, 30));
+    assert!(e.addresses.is_empty());
+    let route = revision_route(&out).expect("route published");
+    assert_eq!(route.mode(), v1::Mode::Proxy, "no decision yet: proxy");
+    assert_eq!(route.timeout_seconds, 30);
+    assert_eq!(
+        r.add_revision(spec("hello-00001", 5)),
+        Ok(Vec::new()),
+        "the same spec again"
+    );
+    assert_eq!(
+        r.add_revision(spec("hello-00001", 7)),
+        Err(Refused::Immutable(key("hello-00001")))
+    );
+}
+
+#[test]
+fn decisions_set_the_mode_and_apply_the_replicas_the_autoscaler_set() {
+    let mut r = Reconciler::new();
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    // No replicas set yet (-1): nothing to apply.
+    let out = r.decision(&decision("hello-00001", v1::Mode::Proxy, -1));
+    assert!(!out.iter().any(|a| matches!(a, Action::Scale(..))));
+    let out = r.decision(&decision("hello-00001", v1::Mode::Serve, 3));
+    assert_eq!(out[0], Action::Scale(key("hello-00001"), 3));
+    assert_eq!(revision_route(&out).expect("route").mode(), v1::Mode::Serve);
+    // Sent again (the backend lost it): applied again.
+    let out = r.decision(&decision("hello-00001", v1::Mode::Serve, 3));
+    assert_eq!(out[0], Action::Scale(key("hello-00001"), 3));
+    assert_eq!(
+        r.decision_of(&key("hello-00001")).map(|d| d.replicas),
+        Some(3)
+    );
+    // Unknown revisions and removals change nothing.
+    assert!(
+        r.decision(&decision("other-00001", v1::Mode::Serve, 4))
+            .is_empty()
+    );
+    let removed = v1::Decision {
+        removed: true,
+        ..decision("hello-00001", v1::Mode::Proxy, 0)
+    };
+    assert!(r.decision(&removed).is_empty());
+}
+
+#[test]
+fn ready_pods_reach_routes_and_endpoints_sorted() {
+    let mut r = Reconciler::new();
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    let a: SocketAddr = "127.0.0.1:2000".parse().expect("addr");
+    let b: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+    let out = r.ready(&key("hello-00001"), vec![a, b]);
+    let want = ["127.0.0.1:1000", "127.0.0.1:2000"];
+    assert_eq!(endpoints(&out).expect("endpoints").addresses, want);
+    assert_eq!(revision_route(&out).expect("route").addresses, want);
+    assert!(r.ready(&key("unknown-00001"), vec![a]).is_empty());
+}
+
+#[test]
+fn traffic_must_name_known_revisions() {
+    let mut r = Reconciler::new();
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    let target = |rev: &str, percent| v1::TrafficTarget {
+        revision: rev.into(),
+        percent,
+        tag: String::new(),
+    };
+    let bad = ServiceSpec {
+        namespace: "default".into(),
+        name: "hello".into(),
+        traffic: vec![target("hello-00001", 50), target("hello-00002", 50)],
+    };
+    assert!(matches!(
+        r.set_service(bad),
+        Err(Refused::UnknownRevision { revision, .. }) if revision == "hello-00002"
+    ));
+    let good = ServiceSpec {
+        namespace: "default".into(),
+        name: "hello".into(),
+        traffic: vec![target("hello-00001", 100)],
+    };
+    let out = r.set_service(good).expect("set");
+    assert!(matches!(&out[..], [Action::Route(Route::Service(s))] if s.traffic.len() == 1));
+    let out = r.remove_service("default", "hello");
+    assert!(matches!(&out[..], [Action::Route(Route::Service(s))] if s.removed));
+    assert!(r.remove_service("default", "hello").is_empty());
+}
+
+#[test]
+fn a_removed_revision_leaves_the_feeds_before_its_workload_goes() {
+    let mut r = Reconciler::new();
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    let out = r.remove_revision(&key("hello-00001"));
+    assert!(matches!(&out[0], Action::Route(Route::Revision(x)) if x.removed));
+    assert!(matches!(&out[1], Action::Endpoints(x) if x.removed));
+    assert_eq!(out[2], Action::Delete(key("hello-00001")));
+    assert!(r.remove_revision(&key("hello-00001")).is_empty());
+    assert!(r.all().is_empty());
+}

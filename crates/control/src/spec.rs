@@ -1,0 +1,52 @@
+//! The desired state the control plane reconciles: services with their traffic, and
+//! revisions with what it takes to run them. Whoever reads users' input (the local
+//! runtime's manifest planner, a Kubernetes `Service` watcher) produces these.
+
+use sluice_core::RevisionKey;
+use sluice_proto::v1;
+
+/// The sample app's program name: a container whose command is this runs the `sluice`
+/// binary's own `sample-app`.
+pub const SAMPLE_APP: &str = "sample-app";
+
+/// One revision: immutable once created, as in Knative.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevisionSpec {
+    pub pod: PodSpec,
+    /// Replicas its workload starts with (Knative creates a revision's Deployment at its
+    /// initial scale; the autoscaler takes over from there).
+    pub initial_scale: u32,
+    /// Class `mpa.autoscaling.knative.dev`: the gateway reports its concurrency.
+    pub report: bool,
+}
+
+/// How to run one pod of a revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    /// The app's command; `argv[0] == sample-app` is Sluice's sample app.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub container_concurrency: u32,
+    pub timeout_seconds: u32,
+    pub response_start_timeout_seconds: Option<u32>,
+    pub idle_timeout_seconds: Option<u32>,
+    /// The container's readiness probe (Kubernetes JSON); `None`: TCP on the app's port.
+    pub readiness_probe: Option<serde_json::Value>,
+}
+
+/// One service's traffic split (the gateway's wire shape: the route is what it is for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub traffic: Vec<v1::TrafficTarget>,
+}
+
+impl RevisionSpec {
+    pub fn key(&self) -> RevisionKey {
+        RevisionKey::new(&self.pod.namespace, &self.pod.revision)
+    }
+}

@@ -1,0 +1,111 @@
+//! Where the gateway's routing table comes from: the control plane's routes feed, in the
+//! same process (`sluice run`) or over gRPC (`--control`, `sluice.v1.RoutesService/Watch`).
+//! While a remote control plane is away the gateway keeps routing with its last table,
+//! and takes the whole table again when it is back.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use sluice_core::feed::{self, Event, Feed, Follower, ItemKey, RemoteEvents, Route};
+use sluice_proto::v1::{self, WatchRoutesRequest, routes_service_client::RoutesServiceClient};
+use tokio_stream::StreamExt;
+
+use crate::routes::{Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
+
+/// Knative's default `timeoutSeconds`, for a route that says 0.
+const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
+
+/// Where a gateway gets its routes.
+#[derive(Clone, Debug)]
+pub enum RoutesSource {
+    /// A feed in the same process.
+    InProcess(Feed<Route>),
+    /// A control plane's `RoutesService` at this address (`http://host:port`).
+    Grpc(http::Uri),
+}
+
+/// Keeps `routes` equal to what `source` says, until the task is dropped.
+pub(crate) async fn follow(source: RoutesSource, routes: Routes) {
+    let mut follower = TableFollower(routes);
+    match source {
+        RoutesSource::InProcess(feed) => feed::follow_local(&feed, &mut follower).await,
+        RoutesSource::Grpc(uri) => feed::follow_remote("routes", uri, watch, &mut follower).await,
+    }
+}
+
+async fn watch(channel: tonic::transport::Channel) -> Result<RemoteEvents<Route>, tonic::Status> {
+    let stream = RoutesServiceClient::new(channel)
+        .watch(WatchRoutesRequest::default())
+        .await?
+        .into_inner();
+    Ok(Box::pin(stream.map(|e| e.map(Event::from))))
+}
+
+struct TableFollower(Routes);
+
+impl Follower<Route> for TableFollower {
+    fn apply(&mut self, item: &Route) {
+        let routes = &self.0;
+        match item {
+            Route::Service(s) if s.removed => routes.remove_service(&s.namespace, &s.name),
+            Route::Service(s) => routes.set_service(service_route(s)),
+            Route::Revision(r) if r.removed => routes.remove_revision(&r.namespace, &r.revision),
+            Route::Revision(r) => routes.set_backends(revision_backends(r)),
+        }
+    }
+
+    fn retain(&mut self, listed: &HashSet<ItemKey>) {
+        let of = |kind| {
+            listed
+                .iter()
+                .filter(|k| k.kind == kind)
+                .map(|k| (k.namespace.clone(), k.name.clone()))
+                .collect::<HashSet<_>>()
+        };
+        self.0.retain(&of("service"), &of("revision"));
+    }
+}
+
+fn service_route(s: &v1::ServiceRoute) -> ServiceRoute {
+    ServiceRoute {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        traffic: s
+            .traffic
+            .iter()
+            .map(|t| TrafficTarget {
+                revision: t.revision.clone(),
+                percent: t.percent,
+                tag: (!t.tag.is_empty()).then(|| t.tag.clone()),
+            })
+            .collect(),
+    }
+}
+
+fn revision_backends(r: &v1::RevisionRoute) -> RevisionBackends {
+    let pods = r
+        .addresses
+        .iter()
+        .filter_map(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                tracing::warn!(revision = %r.revision, address = %a, %e, "a pod address is not host:port; skipped");
+                None
+            }
+        })
+        .collect();
+    RevisionBackends {
+        namespace: r.namespace.clone(),
+        name: r.revision.clone(),
+        mode: match r.mode() {
+            v1::Mode::Serve => Mode::Serve,
+            v1::Mode::Proxy | v1::Mode::Unspecified => Mode::Proxy,
+        },
+        pods,
+        report: r.report,
+        timeout_seconds: Some(match r.timeout_seconds {
+            0 => DEFAULT_TIMEOUT_SECONDS,
+            t => u64::from(t),
+        }),
+    }
+}

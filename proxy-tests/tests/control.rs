@@ -1,0 +1,218 @@
+//! The control plane with the data plane in other tasks, connected only over gRPC on
+//! loopback, as on a cluster: a gateway following its routes, and the control plane
+//! following a real autoscaler's decisions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_autoscaler::scaler::{RecordingScaler, RevisionKey};
+use sluice_autoscaler::server::{Args as AutoscalerArgs, Server as AutoscalerServer};
+use sluice_control::{ControlPlane, PodSpec, RevisionSpec, ServiceSpec};
+use sluice_core::serve::Limits;
+use sluice_gateway::{Config, Gateway, RoutesSource};
+use sluice_proto::v1;
+use sluice_test_support::control::{self, Call};
+use sluice_test_support::relay::Relay;
+use sluice_test_support::{client, start_pod};
+
+fn spec(service: &str, revision: &str) -> RevisionSpec {
+    RevisionSpec {
+        pod: PodSpec {
+            namespace: "default".into(),
+            service: service.into(),
+            revision: revision.into(),
+            argv: vec!["sample-app".into()],
+            env: Vec::new(),
+            container_concurrency: 10,
+            timeout_seconds: 30,
+            response_start_timeout_seconds: None,
+            idle_timeout_seconds: None,
+            readiness_probe: None,
+        },
+        initial_scale: 1,
+        report: false,
+    }
+}
+
+fn all_to(service: &str, revision: &str) -> ServiceSpec {
+    ServiceSpec {
+        namespace: "default".into(),
+        name: service.into(),
+        traffic: vec![v1::TrafficTarget {
+            revision: revision.into(),
+            percent: 100,
+            tag: String::new(),
+        }],
+    }
+}
+
+fn serve_decision(revision: &str) -> v1::Decision {
+    v1::Decision {
+        namespace: "default".into(),
+        revision: revision.into(),
+        mode: v1::Mode::Serve.into(),
+        desired_scale: 1,
+        replicas: 1,
+        ..v1::Decision::default()
+    }
+}
+
+/// A gateway with no activator whose routes follow the control plane at `control`.
+async fn gateway_following(control: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let gw = Gateway::bind(Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        domain: "example.com".into(),
+        activator: None,
+        autoscaler: None,
+        pod_name: "gateway-test".into(),
+        metrics_listen: "127.0.0.1:0".parse().expect("addr"),
+        limits: Limits::default(),
+        activator_local: None,
+        routes: Some(RoutesSource::Grpc(
+            format!("http://{control}").parse().expect("uri"),
+        )),
+    })
+    .await
+    .expect("bind");
+    let addr = gw.serving_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(gw.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+async fn status(gw: SocketAddr, service: &str) -> u16 {
+    client::get_with(
+        &format!("http://{gw}/"),
+        &[("host", &format!("{service}.default.example.com"))],
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+async fn until_status(gw: SocketAddr, service: &str, want: u16, what: &str) {
+    let mut last = 0;
+    for _ in 0..500 {
+        last = status(gw, service).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: {service} answered {last}, not {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_follows_the_control_plane_keeps_its_routes_while_it_is_away_and_resyncs() {
+    let (_app, qp) = start_pod(10, &[]).await;
+    let (first, first_backend) = control::start();
+    first
+        .add_revision(spec("hello", "hello-00001"))
+        .expect("add");
+    first
+        .set_service(all_to("hello", "hello-00001"))
+        .expect("route");
+    let (first_addr, first_server) = control::serve(&first).await;
+    let relay = Relay::start(first_addr).await;
+    let source = relay.addr;
+    let (gw, _stop) = gateway_following(source).await;
+
+    // Routed, in proxy mode with no activator: 503 (not 404, which would mean unknown).
+    until_status(gw, "hello", 503, "routed before any pod").await;
+    // The pod becomes ready and the autoscaler says serve: the gateway sends to it.
+    first_backend.set_ready(&RevisionKey::new("default", "hello-00001"), &[qp.serving]);
+    first.apply_decision(&serve_decision("hello-00001"));
+    until_status(gw, "hello", 200, "served by the pod").await;
+    assert!(
+        first_backend
+            .calls()
+            .contains(&Call::Scale(RevisionKey::new("default", "hello-00001"), 1)),
+        "the decision's replicas reached the backend: {:?}",
+        first_backend.calls()
+    );
+
+    // The control plane goes away: the gateway keeps routing with its last table.
+    relay.kill().await;
+    first_server.abort();
+    for _ in 0..20 {
+        assert_eq!(
+            status(gw, "hello").await,
+            200,
+            "served while the control plane is away"
+        );
+    }
+
+    // It comes back knowing only another service: the gateway takes the whole table and
+    // forgets what it does not list.
+    let (second, second_backend) = control::start();
+    second
+        .add_revision(spec("other", "other-00001"))
+        .expect("add");
+    second
+        .set_service(all_to("other", "other-00001"))
+        .expect("route");
+    second_backend.set_ready(&RevisionKey::new("default", "other-00001"), &[qp.serving]);
+    second.apply_decision(&serve_decision("other-00001"));
+    let (second_addr, _second_server) = control::serve(&second).await;
+    let _relay = Relay::start_at(source, second_addr).await;
+    until_status(gw, "other", 200, "after the reconnect").await;
+    assert_eq!(status(gw, "hello").await, 404, "forgotten after the resync");
+
+    // A change on the reopened stream: the service is removed.
+    second.remove_service("default", "other");
+    until_status(gw, "other", 404, "a removal on the open stream").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_applies_the_replicas_a_remote_autoscaler_sets() {
+    let scaler = Arc::new(RecordingScaler::new());
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server = AutoscalerServer::bind(
+        &AutoscalerArgs {
+            listen: loopback,
+            metrics_listen: loopback,
+            config: None,
+            no_auto_register: true,
+        },
+        Some(scaler.clone()),
+    )
+    .await
+    .expect("autoscaler binds");
+    let autoscaler = server.autoscaler().clone();
+    let uri: http::Uri = format!("http://{}", server.grpc_addr())
+        .parse()
+        .expect("uri");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let (cp, backend): (ControlPlane, _) = control::start();
+    cp.add_revision(spec("hello", "hello-00001")).expect("add");
+    tokio::spawn(cp.clone().follow_decisions(uri));
+    let key = RevisionKey::new("default", "hello-00001");
+    // min-scale 3 with no pods: the autoscaler sets 3 replicas at its first tick.
+    let annotations = BTreeMap::from([(
+        "autoscaling.knative.dev/min-scale".to_owned(),
+        "3".to_owned(),
+    )]);
+    autoscaler
+        .upsert_revision(&key, annotations, 10)
+        .expect("a valid revision");
+    let mut scaled = false;
+    for _ in 0..300 {
+        if backend.calls().contains(&Call::Scale(key.clone(), 3)) {
+            scaled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(scaled, "backend calls: {:?}", backend.calls());
+    assert_eq!(scaler.calls().first(), Some(&(key.clone(), 3)));
+    assert_eq!(cp.decision(&key).map(|d| d.replicas), Some(3));
+    let _ = stop.send(());
+}
