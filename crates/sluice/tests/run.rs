@@ -462,3 +462,78 @@ spec:
     );
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_standalone_gateway_follows_the_platforms_control_plane_over_grpc() {
+    let p = start().await;
+    let addrs = p.addresses();
+    apply(&p, FAST_CONFIG).await;
+    let split = example("traffic-split.yaml");
+    apply(&p, &split).await;
+    // A second gateway in its own task, connected only over loopback: routes from the
+    // control plane's RoutesService, proxy mode to the platform's activator over TCP.
+    let gw = sluice_gateway::Gateway::bind(sluice_gateway::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        domain: "example.com".into(),
+        activator: Some(addrs.activator),
+        autoscaler: None,
+        pod_name: "standalone".into(),
+        metrics_listen: "127.0.0.1:0".parse().expect("addr"),
+        limits: sluice_core::serve::Limits::default(),
+        activator_local: None,
+        routes: Some(sluice_gateway::RoutesSource::Grpc(
+            format!("http://{}", addrs.control).parse().expect("uri"),
+        )),
+    })
+    .await
+    .expect("gateway binds");
+    let standalone = gw.serving_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(gw.run(async {
+        let _ = stopped.await;
+    }));
+    for rev in ["hello-v1", "hello-v2"] {
+        wait_for(&p, rev, Duration::from_secs(30), "ready", |r| r.ready >= 1).await;
+    }
+    let host = "hello.default.example.com";
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let reply = get(standalone, host, "/").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        answers.push(reply.text());
+    }
+    assert_eq!(
+        answers.iter().filter(|a| a.contains("blue")).count(),
+        10,
+        "half each through the standalone gateway: {answers:?}"
+    );
+
+    // A traffic change applied to the platform reaches the standalone gateway.
+    let rollback = split
+        .replace(
+            "      percent: 50\n      tag: blue",
+            "      percent: 100\n      tag: blue",
+        )
+        .replace(
+            "      percent: 50\n      tag: green",
+            "      percent: 0\n      tag: green",
+        );
+    apply(&p, &rollback).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut all_blue = true;
+        for _ in 0..4 {
+            let reply = get(standalone, host, "/").await;
+            assert_eq!(reply.status, 200);
+            all_blue &= reply.text().contains("blue");
+        }
+        if all_blue {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rollback never reached it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    let _ = running.await;
+    p.shutdown().await;
+}

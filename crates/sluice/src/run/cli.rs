@@ -92,6 +92,9 @@ struct RunFile {
     /// The gateway's Prometheus metrics (absent in files of older versions).
     #[serde(default)]
     gateway_metrics: Option<SocketAddr>,
+    /// The control plane's gRPC feeds (absent in files of older versions).
+    #[serde(default)]
+    control: Option<SocketAddr>,
 }
 
 // === sluice run ===
@@ -173,6 +176,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             admin: addrs.admin,
             gateway: addrs.gateway,
             gateway_metrics: Some(addrs.gateway_metrics),
+            control: Some(addrs.control),
         };
         if let Err(e) = std::fs::create_dir_all(&state_dir).and_then(|()| {
             std::fs::write(
