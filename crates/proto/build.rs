@@ -13,6 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
+        // The gateway's static routes file spells a mode `serve` or `proxy`.
+        .type_attribute(
+            ".sluice.v1.Mode",
+            "#[derive(serde::Deserialize, serde::Serialize)] #[serde(rename_all = \"lowercase\")]",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -496,10 +496,6 @@ async fn tick_loop(inner: Weak<Inner>, revision: Arc<Revision>, tick: Duration) 
 fn to_proto(key: &RevisionKey, st: &State) -> v1::Decision {
     let kpa = &st.kpa;
     let (desired, ebc) = kpa.status();
-    let mode = |m: Mode| match m {
-        Mode::Serve => v1::Mode::Serve,
-        Mode::Proxy => v1::Mode::Proxy,
-    };
     let mut out = v1::Decision {
         namespace: key.namespace.clone(),
         revision: key.name.clone(),
@@ -523,7 +519,7 @@ fn to_proto(key: &RevisionKey, st: &State) -> v1::Decision {
             ..
         } = *d;
         out.desired_scale = scale;
-        out.mode = mode(m).into();
+        out.mode = m.into();
         out.panic = panic_mode;
         out.ready_pods = ready;
         out.stable_value = stable;

@@ -221,7 +221,7 @@ impl Reconciler {
         let pod = &rev.spec.pod;
         let addresses: Vec<String> = rev.ready.iter().map(ToString::to_string).collect();
         let mode = match rev.decision.as_ref().map(v1::Decision::mode) {
-            Some(v1::Mode::Serve) => v1::Mode::Serve,
+            Some(m) if m.is_serve() => v1::Mode::Serve,
             _ => v1::Mode::Proxy,
         };
         out.push(Action::Endpoints(v1::RevisionEndpoints {

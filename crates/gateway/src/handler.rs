@@ -201,7 +201,7 @@ async fn send(
     let backends = rev.backends();
     let pod = match backends.mode {
         Mode::Serve => backends.pick(),
-        Mode::Proxy => None,
+        Mode::Proxy | Mode::Unspecified => None,
     };
     drop(backends);
     if let Some(pod) = pod {
@@ -296,7 +296,7 @@ impl RequestGuard {
         let counted = rev.reports();
         if counted {
             rev.stats.lock().handle(ReqEvent::In, now);
-            if rev.backends().mode == Mode::Proxy {
+            if !rev.backends().mode.is_serve() {
                 poke(state, &rev, now);
             }
         }

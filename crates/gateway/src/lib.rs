@@ -371,6 +371,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_routes_file_spells_modes_serve_and_proxy() {
+        let file: RoutesFile = serde_norway::from_str(
+            "revisions:\n\
+             - {namespace: default, name: a, mode: serve}\n\
+             - {namespace: default, name: b, mode: proxy}\n\
+             - {namespace: default, name: c}\n",
+        )
+        .expect("parses");
+        let modes: Vec<Mode> = file.revisions.iter().map(|r| r.mode).collect();
+        assert_eq!(modes[..2], [Mode::Serve, Mode::Proxy]);
+        assert!(!modes[2].is_serve(), "no mode: through the activator");
+        assert!(
+            serde_norway::from_str::<RoutesFile>(
+                "revisions: [{namespace: d, name: x, mode: fast}]"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn every_bad_flag_is_reported_at_once() {
         let args = Args::try_parse_from([
             "gateway",

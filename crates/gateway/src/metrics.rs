@@ -102,7 +102,7 @@ impl RevisionMetrics {
     pub(crate) fn switched(&self, to: Mode) {
         match to {
             Mode::Serve => self.to_serve.inc(),
-            Mode::Proxy => self.to_proxy.inc(),
+            Mode::Proxy | Mode::Unspecified => self.to_proxy.inc(),
         }
     }
 

@@ -24,16 +24,9 @@ use crate::metrics::{Metrics, RevisionMetrics};
 /// Idle connections kept per pod.
 const MAX_IDLE_PER_POD: usize = 100;
 
-/// Where a revision's requests go: Knative's serve and proxy modes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Straight to a ready pod's queue-proxy.
-    Serve,
-    /// Through the activator (no ready pod, or not enough spare capacity for a burst).
-    #[default]
-    Proxy,
-}
+/// Where a revision's requests go: Knative's serve mode (straight to a ready pod's
+/// queue-proxy) or proxy mode (through the activator; also what unspecified means).
+pub use sluice_proto::v1::Mode;
 
 /// One service's traffic split.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -196,7 +189,7 @@ impl Routes {
             })
             .collect();
         rev.report.store(b.report, Ordering::Relaxed);
-        if old.mode != b.mode {
+        if old.mode.is_serve() != b.mode.is_serve() {
             rev.metrics.switched(b.mode);
         }
         rev.backends.store(Arc::new(Backends {

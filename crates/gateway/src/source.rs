@@ -10,7 +10,7 @@ use sluice_core::feed::{self, Event, Feed, Follower, ItemKey, RemoteEvents, Rout
 use sluice_proto::v1::{self, WatchRoutesRequest, routes_service_client::RoutesServiceClient};
 use tokio_stream::StreamExt;
 
-use crate::routes::{Mode, RevisionBackends, Routes, ServiceRoute, TrafficTarget};
+use crate::routes::{RevisionBackends, Routes, ServiceRoute, TrafficTarget};
 
 /// Knative's default `timeoutSeconds`, for a route that says 0.
 const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
@@ -97,10 +97,7 @@ fn revision_backends(r: &v1::RevisionRoute) -> RevisionBackends {
     RevisionBackends {
         namespace: r.namespace.clone(),
         name: r.revision.clone(),
-        mode: match r.mode() {
-            v1::Mode::Serve => Mode::Serve,
-            v1::Mode::Proxy | v1::Mode::Unspecified => Mode::Proxy,
-        },
+        mode: r.mode(),
         pods,
         report: r.report,
         timeout_seconds: Some(match r.timeout_seconds {

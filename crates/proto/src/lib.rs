@@ -24,3 +24,16 @@ pub mod sluice {
 
 pub use autoscaler::Stat;
 pub use sluice::v1;
+
+impl v1::Mode {
+    /// Serve mode: straight to the pods. Anything else (proxy, or unspecified by an older
+    /// sender) goes through the activator.
+    pub fn is_serve(self) -> bool {
+        self == Self::Serve
+    }
+
+    /// `serve` or `proxy`, as metrics labels and `sluice status` spell it.
+    pub fn label(self) -> &'static str {
+        if self.is_serve() { "serve" } else { "proxy" }
+    }
+}

@@ -302,7 +302,7 @@ impl Scenario {
                     ebc: d.excess_burst_capacity,
                     mode: match d.mode {
                         Mode::Serve => "serve",
-                        Mode::Proxy => "proxy",
+                        Mode::Proxy | Mode::Unspecified => "proxy",
                     },
                 });
             }

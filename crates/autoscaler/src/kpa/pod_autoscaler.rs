@@ -15,12 +15,9 @@ pub enum Activity {
     Inactive,
 }
 
-/// Serve: requests go straight to the pods. Proxy: through the activator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Serve,
-    Proxy,
-}
+/// Serve: requests go straight to the pods. Proxy: through the activator. The wire's
+/// enum; the KPA only ever decides one of those two.
+pub use sluice_proto::v1::Mode;
 
 /// A revision's bounds and scale-to-zero settings, resolved for this reconcile.
 #[derive(Clone, Debug, PartialEq)]

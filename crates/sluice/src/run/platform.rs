@@ -434,11 +434,10 @@ impl Platform {
                                 .unwrap_or(u32::MAX),
                             concurrency: live.get(&key).map_or(0.0, |d| d.stable_value),
                             panic: live.get(&key).is_some_and(|d| d.panic),
-                            mode: match d.map(v1::Decision::mode) {
-                                Some(v1::Mode::Serve) => "serve",
-                                _ => "proxy",
-                            }
-                            .to_owned(),
+                            mode: d
+                                .map_or(v1::Mode::Proxy, v1::Decision::mode)
+                                .label()
+                                .to_owned(),
                             error: inner.supervisor.last_error(&key),
                             pods: inner.supervisor.pods(&key),
                         }
