@@ -16,6 +16,7 @@ async fn queue_proxies_report_to_the_autoscaler_which_scales_on_their_load() {
         listen: "127.0.0.1:0".parse().expect("valid"),
         metrics_listen: "127.0.0.1:0".parse().expect("valid"),
         config: None,
+        control: None,
         no_auto_register: true,
     };
     let server = Server::bind(&args, Some(scaler.clone()))

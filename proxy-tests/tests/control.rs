@@ -33,6 +33,7 @@ fn spec(service: &str, revision: &str) -> RevisionSpec {
         },
         initial_scale: 1,
         report: false,
+        annotations: BTreeMap::new(),
     }
 }
 
@@ -82,6 +83,39 @@ async fn gateway_following(control: SocketAddr) -> (SocketAddr, tokio::sync::one
         let _ = stopped.await;
     }));
     (addr, stop)
+}
+
+/// An autoscaler on free loopback ports: its handle, its gRPC address, and its stop.
+async fn start_autoscaler(
+    control: Option<String>,
+    scaler: Option<Arc<dyn sluice_autoscaler::scaler::Scaler>>,
+) -> (
+    sluice_autoscaler::service::Autoscaler,
+    http::Uri,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server = AutoscalerServer::bind(
+        &AutoscalerArgs {
+            listen: loopback,
+            metrics_listen: loopback,
+            config: None,
+            no_auto_register: control.is_none(),
+            control,
+        },
+        scaler,
+    )
+    .await
+    .expect("autoscaler binds");
+    let autoscaler = server.autoscaler().clone();
+    let uri = format!("http://{}", server.grpc_addr())
+        .parse()
+        .expect("uri");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (autoscaler, uri, stop)
 }
 
 async fn status(gw: SocketAddr, service: &str) -> u16 {
@@ -170,26 +204,7 @@ async fn a_gateway_follows_the_control_plane_keeps_its_routes_while_it_is_away_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_applies_the_replicas_a_remote_autoscaler_sets() {
     let scaler = Arc::new(RecordingScaler::new());
-    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let server = AutoscalerServer::bind(
-        &AutoscalerArgs {
-            listen: loopback,
-            metrics_listen: loopback,
-            config: None,
-            no_auto_register: true,
-        },
-        Some(scaler.clone()),
-    )
-    .await
-    .expect("autoscaler binds");
-    let autoscaler = server.autoscaler().clone();
-    let uri: http::Uri = format!("http://{}", server.grpc_addr())
-        .parse()
-        .expect("uri");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (autoscaler, uri, stop) = start_autoscaler(None, Some(scaler.clone())).await;
 
     let (cp, backend): (ControlPlane, _) = control::start();
     cp.add_revision(spec("hello", "hello-00001")).expect("add");
@@ -214,5 +229,55 @@ async fn the_control_plane_applies_the_replicas_a_remote_autoscaler_sets() {
     assert!(scaled, "backend calls: {:?}", backend.calls());
     assert_eq!(scaler.calls().first(), Some(&(key.clone(), 3)));
     assert_eq!(cp.decision(&key).map(|d| d.replicas), Some(3));
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaler_learns_revisions_from_the_control_plane_which_applies_its_decisions() {
+    // Control plane and autoscaler in separate tasks, connected only over loopback gRPC,
+    // each following the other: revisions (with annotations) one way, decisions back.
+    let (cp, backend) = control::start();
+    let (control_addr, _server) = control::serve(&cp).await;
+    let (autoscaler, decisions, stop) =
+        start_autoscaler(Some(format!("http://{control_addr}")), None).await;
+    tokio::spawn(cp.clone().follow_decisions(decisions));
+
+    let mut hello = spec("hello", "hello-00001");
+    hello.initial_scale = 0;
+    hello.annotations = BTreeMap::from([(
+        "autoscaling.knative.dev/min-scale".to_owned(),
+        "2".to_owned(),
+    )]);
+    cp.add_revision(hello).expect("add");
+    let key = RevisionKey::new("default", "hello-00001");
+    let mut scaled = false;
+    for _ in 0..300 {
+        if backend.calls().contains(&Call::Scale(key.clone(), 2)) {
+            scaled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        scaled,
+        "min-scale 2 from the annotations reached the backend: {:?}",
+        backend.calls()
+    );
+    let registered = autoscaler.decisions(None);
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    assert_eq!(registered[0].revision, "hello-00001");
+
+    // The revision leaves the control plane: the autoscaler forgets it.
+    cp.remove_revision(&key);
+    let mut forgotten = false;
+    for _ in 0..200 {
+        if autoscaler.decisions(None).is_empty() {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(forgotten, "{:?}", autoscaler.decisions(None));
+    assert!(backend.calls().contains(&Call::Delete(key)));
     let _ = stop.send(());
 }

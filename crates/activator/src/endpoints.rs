@@ -7,10 +7,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sluice_core::feed::{self, Event, Feed, Follower, ItemKey, RemoteEvents};
-use sluice_proto::v1::endpoints_service_client::EndpointsServiceClient;
-use sluice_proto::v1::{RevisionEndpoints, WatchEndpointsRequest};
-use tokio_stream::StreamExt;
+use sluice_core::feed::{self, Feed, Follower, ItemKey};
+use sluice_proto::v1::RevisionEndpoints;
 
 use crate::revision::Registry;
 
@@ -29,19 +27,9 @@ pub(crate) async fn follow(source: EndpointsSource, registry: Arc<Registry>) {
     match source {
         EndpointsSource::InProcess(feed) => feed::follow_local(&feed, &mut follower).await,
         EndpointsSource::Grpc(uri) => {
-            feed::follow_remote("endpoints", uri, watch, &mut follower).await;
+            feed::follow_remote("endpoints", uri, feed::watch_endpoints, &mut follower).await;
         }
     }
-}
-
-async fn watch(
-    channel: tonic::transport::Channel,
-) -> Result<RemoteEvents<RevisionEndpoints>, tonic::Status> {
-    let stream = EndpointsServiceClient::new(channel)
-        .watch(WatchEndpointsRequest::default())
-        .await?
-        .into_inner();
-    Ok(Box::pin(stream.map(|e| e.map(Event::from))))
 }
 
 struct RegistryFollower(Arc<Registry>);

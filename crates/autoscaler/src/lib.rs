@@ -5,7 +5,9 @@
 //! - [`service`]: the tokio glue: revisions, stats, tick tasks, decisions to watchers.
 //! - [`scaler`]: the [`Scaler`](scaler::Scaler) trait that carries decisions out.
 //! - [`grpc`], [`server`]: the `sluice.v1` services and the `autoscaler` process.
+//! - [`follow`]: revisions and their pods from the control plane (`--control`).
 pub mod config;
+pub mod follow;
 pub mod grpc;
 pub mod kpa;
 pub mod revision;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{AutoscalerConfig, ConfigError};
+use crate::follow::StreamPods;
 use crate::grpc;
 use crate::scaler::{ObservedPods, Scaler};
 use crate::service::{Autoscaler, Options, TICK};
@@ -42,6 +43,12 @@ pub struct Args {
     /// `config-autoscaler`: a ConfigMap manifest (YAML), or a YAML map of its keys.
     #[arg(long, env = "SLUICE_AUTOSCALER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The control plane's gRPC address (`http://host:port`): revisions, their annotations
+    /// and their pods follow its `EndpointsService`, and only those are scaled. Without
+    /// it, a revision is scaled with the config's defaults from its first stat, and its
+    /// pods are the queue-proxies that report.
+    #[arg(long, env = "SLUICE_CONTROL_ADDRESS")]
+    pub control: Option<String>,
     /// Embedding only (no flag): scale only revisions registered through
     /// [`Autoscaler::upsert_revision`] and refuse stats for others. The standalone process
     /// scales a revision with the config's defaults from its first stat.
@@ -61,6 +68,8 @@ pub enum StartError {
     Config { path: PathBuf, message: String },
     #[error("{path}: {source}")]
     Invalid { path: PathBuf, source: ConfigError },
+    #[error("{0}")]
+    Flag(String),
     #[error(transparent)]
     Bind(#[from] sluice_core::serve::BindError),
 }
@@ -96,6 +105,8 @@ pub struct Server {
     autoscaler: Autoscaler,
     grpc: TcpListener,
     metrics: TcpListener,
+    /// The control plane followed, and the pod counts its stream fills in.
+    control: Option<(http::Uri, Arc<StreamPods>)>,
 }
 
 impl Server {
@@ -106,17 +117,29 @@ impl Server {
             Some(path) => load_config(path)?,
             None => AutoscalerConfig::default(),
         };
+        let mut bad = Vec::new();
+        let control_uri =
+            sluice_core::address::grpc_flag("control", args.control.as_deref(), &mut bad);
+        if let Some(message) = bad.pop() {
+            return Err(StartError::Flag(message));
+        }
         let grpc = listen("grpc", args.listen).await?;
         let metrics = listen("metrics", args.metrics_listen).await?;
         let options = Options {
             tick: TICK,
-            auto_register: !args.no_auto_register,
+            auto_register: !args.no_auto_register && control_uri.is_none(),
         };
-        let scaler = scaler.unwrap_or_else(|| Arc::new(ObservedPods));
+        let control = control_uri.map(|uri| (uri, Arc::new(StreamPods::default())));
+        let scaler: Arc<dyn Scaler> = match (scaler, &control) {
+            (Some(s), _) => s,
+            (None, Some((_, pods))) => pods.clone(),
+            (None, None) => Arc::new(ObservedPods),
+        };
         Ok(Self {
             autoscaler: Autoscaler::new(config, scaler, options),
             grpc,
             metrics,
+            control,
         })
     }
 
@@ -165,8 +188,17 @@ impl Server {
             stopped(),
             sluice_core::serve::Serving::new(SHUTDOWN_GRACE),
         ));
+        let follower = self.control.map(|(uri, pods)| {
+            tokio::spawn(tracing::Instrument::instrument(
+                crate::follow::follow(uri, self.autoscaler.clone(), pods),
+                tracing::info_span!("control"),
+            ))
+        });
         shutdown.await;
         tracing::info!("shutting down");
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         self.autoscaler.close();
         let _ = stop.send(true);
         if tokio::time::timeout(SHUTDOWN_GRACE, grpc).await.is_err() {

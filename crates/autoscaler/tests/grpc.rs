@@ -34,6 +34,7 @@ async fn start(scaler: Arc<dyn Scaler>) -> Running {
         listen: "127.0.0.1:0".parse().expect("valid"),
         metrics_listen: "127.0.0.1:0".parse().expect("valid"),
         config: None,
+        control: None,
         no_auto_register: true,
     };
     let server = Server::bind(&args, Some(scaler)).await.expect("binds");

@@ -36,6 +36,8 @@ struct Rev {
     /// The latest decision; `None` before the first.
     decision: Option<v1::Decision>,
     ready: Vec<SocketAddr>,
+    /// The replicas last set on its workload: its initial scale, then each decision's.
+    replicas: u32,
 }
 
 /// Why a change was refused.
@@ -72,6 +74,7 @@ impl Reconciler {
         self.revisions.insert(
             key.clone(),
             Rev {
+                replicas: spec.initial_scale,
                 spec: spec.clone(),
                 decision: None,
                 ready: Vec::new(),
@@ -161,6 +164,7 @@ impl Reconciler {
         // Applied every time it comes: the autoscaler sends it again only while the
         // backend's replicas differ from it.
         if let Ok(replicas) = u32::try_from(d.replicas) {
+            rev.replicas = replicas;
             out.push(Action::Scale(key.clone(), replicas));
         }
         self.publish(&key, &mut out);
@@ -231,6 +235,8 @@ impl Reconciler {
             container_concurrency: pod.container_concurrency,
             timeout_seconds: pod.timeout_seconds,
             addresses: addresses.clone(),
+            annotations: rev.spec.annotations.clone().into_iter().collect(),
+            replicas: rev.replicas,
         }));
         out.push(Action::Route(Route::Revision(v1::RevisionRoute {
             namespace: key.namespace.clone(),

@@ -2,6 +2,8 @@
 //! revisions with what it takes to run them. Whoever reads users' input (the local
 //! runtime's manifest planner, a Kubernetes `Service` watcher) produces these.
 
+use std::collections::BTreeMap;
+
 use sluice_core::RevisionKey;
 use sluice_proto::v1;
 
@@ -18,6 +20,8 @@ pub struct RevisionSpec {
     pub initial_scale: u32,
     /// Class `mpa.autoscaling.knative.dev`: the gateway reports its concurrency.
     pub report: bool,
+    /// The revision's annotations, for the autoscaler (`autoscaling.knative.dev/*`).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// How to run one pod of a revision.

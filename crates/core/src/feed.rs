@@ -261,6 +261,28 @@ where
     Ok(())
 }
 
+/// One watch of a control plane's `EndpointsService` (for [`follow_remote`]).
+pub async fn watch_endpoints(
+    channel: tonic::transport::Channel,
+) -> Result<RemoteEvents<v1::RevisionEndpoints>, tonic::Status> {
+    let stream = v1::endpoints_service_client::EndpointsServiceClient::new(channel)
+        .watch(v1::WatchEndpointsRequest::default())
+        .await?
+        .into_inner();
+    Ok(Box::pin(stream.map(|e| e.map(Event::from))))
+}
+
+/// One watch of a control plane's `RoutesService` (for [`follow_remote`]).
+pub async fn watch_routes(
+    channel: tonic::transport::Channel,
+) -> Result<RemoteEvents<Route>, tonic::Status> {
+    let stream = v1::routes_service_client::RoutesServiceClient::new(channel)
+        .watch(v1::WatchRoutesRequest::default())
+        .await?
+        .into_inner();
+    Ok(Box::pin(stream.map(|e| e.map(Event::from))))
+}
+
 // === impl Item for the wire types ===
 
 impl Item for v1::RevisionEndpoints {

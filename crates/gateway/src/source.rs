@@ -6,9 +6,8 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use sluice_core::feed::{self, Event, Feed, Follower, ItemKey, RemoteEvents, Route};
-use sluice_proto::v1::{self, WatchRoutesRequest, routes_service_client::RoutesServiceClient};
-use tokio_stream::StreamExt;
+use sluice_core::feed::{self, Feed, Follower, ItemKey, Route};
+use sluice_proto::v1;
 
 use crate::routes::{RevisionBackends, Routes, ServiceRoute, TrafficTarget};
 
@@ -29,16 +28,10 @@ pub(crate) async fn follow(source: RoutesSource, routes: Routes) {
     let mut follower = TableFollower(routes);
     match source {
         RoutesSource::InProcess(feed) => feed::follow_local(&feed, &mut follower).await,
-        RoutesSource::Grpc(uri) => feed::follow_remote("routes", uri, watch, &mut follower).await,
+        RoutesSource::Grpc(uri) => {
+            feed::follow_remote("routes", uri, feed::watch_routes, &mut follower).await
+        }
     }
-}
-
-async fn watch(channel: tonic::transport::Channel) -> Result<RemoteEvents<Route>, tonic::Status> {
-    let stream = RoutesServiceClient::new(channel)
-        .watch(WatchRoutesRequest::default())
-        .await?
-        .into_inner();
-    Ok(Box::pin(stream.map(|e| e.map(Event::from))))
 }
 
 struct TableFollower(Routes);

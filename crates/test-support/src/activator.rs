@@ -33,6 +33,7 @@ pub fn revision(
         container_concurrency,
         timeout_seconds,
         addresses: pods.iter().map(ToString::to_string).collect(),
+        ..RevisionEndpoints::default()
     }
 }
 

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::spec::PodSpec;
 
@@ -17,6 +19,7 @@ fn spec(name: &str, cc: u32) -> RevisionSpec {
         },
         initial_scale: 1,
         report: false,
+        annotations: BTreeMap::new(),
     }
 }
 

@@ -167,6 +167,7 @@ impl Platform {
                 listen: loopback(0),
                 metrics_listen: loopback(0),
                 config: None,
+                control: None,
                 no_auto_register: true,
             },
             Some(Arc::new(BackendPods(Arc::clone(control.backend())))),
@@ -343,6 +344,7 @@ impl Platform {
                 pod: rev.pod.clone(),
                 initial_scale: rev.initial_scale,
                 report: rev.mpa,
+                annotations: rev.annotations.clone(),
             };
             if let Err(e) = inner.control.add_revision(spec) {
                 // The world planned a new name: a bug if it happens.
