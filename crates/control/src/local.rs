@@ -1,13 +1,14 @@
-//! The local backend: a pod supervisor. A pod is two processes on free
-//! loopback ports, the app (with `PORT` and Knative's `K_*` env) and `sluice queue-proxy`
-//! in front of it (Knative's env). It counts as ready once its queue-proxy answers
+//! The local backend: a pod supervisor. A pod is two processes on free loopback ports,
+//! the app (with `PORT` and Knative's `K_*` env) and `sluice queue-proxy` in front of it
+//! (Knative's env). It counts as ready once its queue-proxy answers
 //! `K-Network-Probe: queue` with 200, which it does once the app passes its readiness
 //! probe.
 //!
 //! Each revision has a manager task that moves its pods toward the replicas the control
-//! plane sets (the autoscaler's decisions). Scale-down takes a pod out of rotation first, then SIGTERMs the queue-proxy
-//! (which drains) and the app once the queue-proxy has exited. A pod whose app or
-//! queue-proxy exits on its own is replaced, with a growing back-off if it keeps failing.
+//! plane sets (the autoscaler's decisions). Scale-down takes a pod out of rotation first,
+//! then SIGTERMs the queue-proxy (which drains) and the app once the queue-proxy has
+//! exited. A pod whose app or queue-proxy exits on its own is replaced, with a growing
+//! back-off if it keeps failing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};

@@ -67,6 +67,19 @@ fn background_load(
     })
 }
 
+/// `examples/traffic-split.yaml` with all of its traffic back on blue (`hello-v1`).
+fn rolled_back(split: &str) -> String {
+    split
+        .replace(
+            "      percent: 50\n      tag: blue",
+            "      percent: 100\n      tag: blue",
+        )
+        .replace(
+            "      percent: 50\n      tag: green",
+            "      percent: 0\n      tag: green",
+        )
+}
+
 /// Runs hey against the gateway on a blocking thread.
 async fn hey(args: &[&str], gw: SocketAddr, host: &str, path: &str) -> hey::HeyReport {
     let mut argv: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
@@ -213,15 +226,7 @@ async fn e2e_a_50_50_split_alternates_and_100_0_rolls_back_without_a_failure() {
     // Roll back under load.
     let background = background_load(gw, host, Duration::from_secs(6));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rollback = split
-        .replace(
-            "      percent: 50\n      tag: blue",
-            "      percent: 100\n      tag: blue",
-        )
-        .replace(
-            "      percent: 50\n      tag: green",
-            "      percent: 0\n      tag: green",
-        );
+    let rollback = rolled_back(&split);
     let summary = apply(&p, &rollback).await;
     assert!(
         !summary.iter().any(|l| l.contains("created")),
@@ -509,15 +514,7 @@ async fn e2e_a_standalone_gateway_follows_the_platforms_control_plane_over_grpc(
     );
 
     // A traffic change applied to the platform reaches the standalone gateway.
-    let rollback = split
-        .replace(
-            "      percent: 50\n      tag: blue",
-            "      percent: 100\n      tag: blue",
-        )
-        .replace(
-            "      percent: 50\n      tag: green",
-            "      percent: 0\n      tag: green",
-        );
+    let rollback = rolled_back(&split);
     apply(&p, &rollback).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
