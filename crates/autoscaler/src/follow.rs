@@ -4,7 +4,7 @@
 //! its annotations and containerConcurrency; its pods are the replicas set on its
 //! workload and the ready addresses listed; a revision gone from the stream is forgotten.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -48,7 +48,7 @@ struct Revisions {
     pods: Arc<StreamPods>,
     /// What each revision was registered with, so that a change of its pods alone does
     /// not register it again.
-    registered: HashMap<RevisionKey, (Vec<(String, String)>, u32)>,
+    registered: HashMap<RevisionKey, (BTreeMap<String, String>, u32)>,
 }
 
 impl Revisions {
@@ -75,21 +75,19 @@ impl Follower<RevisionEndpoints> for Revisions {
                 replicas: r.replicas,
             },
         );
-        let mut annotations: Vec<(String, String)> = r
+        let annotations: BTreeMap<String, String> = r
             .annotations
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        annotations.sort_unstable();
         let spec = (annotations, r.container_concurrency);
         if self.registered.get(&key) == Some(&spec) {
             return;
         }
-        match self.autoscaler.upsert_revision(
-            &key,
-            spec.0.iter().cloned().collect(),
-            r.container_concurrency,
-        ) {
+        match self
+            .autoscaler
+            .upsert_revision(&key, spec.0.clone(), r.container_concurrency)
+        {
             Ok(()) => {
                 tracing::info!(revision = %key, "revision registered from the control plane");
                 self.registered.insert(key, spec);

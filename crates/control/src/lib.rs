@@ -15,22 +15,18 @@ pub mod local;
 pub mod reconciler;
 pub mod spec;
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use sluice_core::RevisionKey;
-use sluice_core::feed::{Feed, Route};
-use sluice_proto::v1::{self, decision_service_client::DecisionServiceClient};
+use sluice_core::feed::{self, Feed, Follower, ItemKey, Route};
+use sluice_proto::v1;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 
 pub use backend::{Backend, Pods};
 pub use reconciler::{Action, Reconciler, Refused};
 pub use spec::{PodSpec, RevisionSpec, ServiceSpec};
-
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// The running control plane. Cheap to clone, every clone the same.
 #[derive(Clone)]
@@ -105,11 +101,6 @@ impl ControlPlane {
         self.inner.state.lock().decision_of(key).cloned()
     }
 
-    /// Reads the reconciler's state.
-    pub fn with_state<T>(&self, f: impl FnOnce(&Reconciler) -> T) -> T {
-        f(&self.inner.state.lock())
-    }
-
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
     }
@@ -124,39 +115,8 @@ impl ControlPlane {
     /// Follows an autoscaler's `DecisionService` at `uri`, reconnecting with back-off,
     /// for as long as the task runs.
     pub async fn follow_decisions(self, uri: http::Uri) {
-        let mut backoff = RECONNECT_MIN;
-        loop {
-            match self.decisions_once(&uri, &mut backoff).await {
-                Ok(()) => tracing::warn!(autoscaler = %uri, "decision stream ended; reconnecting"),
-                Err(error) => {
-                    tracing::warn!(autoscaler = %uri, %error, ?backoff, "autoscaler unreachable");
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RECONNECT_MAX);
-        }
-    }
-
-    async fn decisions_once(
-        &self,
-        uri: &http::Uri,
-        backoff: &mut Duration,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let channel = tonic::transport::Endpoint::from(uri.clone())
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        let mut stream = DecisionServiceClient::new(channel)
-            .watch(v1::WatchDecisionsRequest::default())
-            .await?
-            .into_inner();
-        tracing::info!(autoscaler = %uri, "decision stream connected");
-        *backoff = RECONNECT_MIN;
-        while let Some(d) = stream.next().await {
-            self.apply_decision(&d?);
-        }
-        Ok(())
+        let mut follower = Decisions(self);
+        feed::follow_remote("decisions", uri, feed::watch_decisions, &mut follower).await;
     }
 
     fn change(
@@ -185,6 +145,19 @@ impl ControlPlane {
             Action::Scale(key, replicas) => inner.backend.scale(&key, replicas),
         }
     }
+}
+
+/// The decision stream, applied as it comes.
+struct Decisions(ControlPlane);
+
+impl Follower<v1::Decision> for Decisions {
+    fn apply(&mut self, d: &v1::Decision) {
+        self.0.apply_decision(d);
+    }
+
+    /// Never called: the decision stream has no marker. Revisions leave the control
+    /// plane through its desired state, not through the autoscaler.
+    fn retain(&mut self, _: &HashSet<ItemKey>) {}
 }
 
 impl std::fmt::Debug for ControlPlane {

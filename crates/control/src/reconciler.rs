@@ -183,38 +183,9 @@ impl Reconciler {
         out
     }
 
-    /// Everything to publish now, for a fresh start of the feeds.
-    pub fn all(&self) -> Vec<Action> {
-        let mut out = Vec::new();
-        for key in self.revisions.keys() {
-            self.publish(key, &mut out);
-        }
-        for s in self.services.values() {
-            out.push(Action::Route(Route::Service(v1::ServiceRoute {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                removed: false,
-                traffic: s.traffic.clone(),
-            })));
-        }
-        out
-    }
-
-    pub fn revision(&self, key: &RevisionKey) -> Option<&RevisionSpec> {
-        self.revisions.get(key).map(|r| &r.spec)
-    }
-
     /// The revision's latest decision.
     pub fn decision_of(&self, key: &RevisionKey) -> Option<&v1::Decision> {
         self.revisions.get(key)?.decision.as_ref()
-    }
-
-    pub fn revisions(&self) -> impl Iterator<Item = &RevisionSpec> {
-        self.revisions.values().map(|r| &r.spec)
-    }
-
-    pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
-        self.services.values()
     }
 
     /// The revision's route and endpoints as they are now (the feeds drop repeats).

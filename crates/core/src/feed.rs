@@ -117,16 +117,6 @@ impl<T: Item> Feed<T> {
         !same
     }
 
-    /// The item with this key now.
-    pub fn get(&self, key: &ItemKey) -> Option<T> {
-        self.inner.state.lock().get(key).cloned()
-    }
-
-    /// Every item of `namespace` (all when empty) now, in key order.
-    pub fn snapshot(&self, namespace: &str) -> Vec<T> {
-        self.subscribe(namespace).0
-    }
-
     /// The items of `namespace` (all when empty) now, and the changes from now on.
     pub fn subscribe(&self, namespace: &str) -> (Vec<T>, broadcast::Receiver<T>) {
         let state = self.inner.state.lock();
@@ -237,10 +227,17 @@ where
         .await?;
     let mut events = watch(channel).await?;
     tracing::info!(source = %uri, "stream connected");
+    let mut answered = false;
     // The keys of the whole state being received; `None` once it has ended.
     let mut listing = Some(HashSet::new());
     while let Some(event) = events.next().await {
-        match event? {
+        let event = event?;
+        if !answered {
+            // The source answered: the next loss of it starts the back-off over.
+            answered = true;
+            *backoff = RECONNECT_MIN;
+        }
+        match event {
             Event::Item(item) => {
                 if let Some(listed) = listing.as_mut()
                     && !item.removed()
@@ -253,7 +250,6 @@ where
                 if let Some(listed) = listing.take() {
                     follower.retain(&listed);
                     follower.synced();
-                    *backoff = RECONNECT_MIN;
                 }
             }
         }
@@ -272,6 +268,19 @@ pub async fn watch_endpoints(
     Ok(Box::pin(stream.map(|e| e.map(Event::from))))
 }
 
+/// One watch of an autoscaler's `DecisionService` (for [`follow_remote`]): every
+/// revision's decision, then each change. It has no marker, so a follower of it is
+/// never asked to forget anything.
+pub async fn watch_decisions(
+    channel: tonic::transport::Channel,
+) -> Result<RemoteEvents<v1::Decision>, tonic::Status> {
+    let stream = v1::decision_service_client::DecisionServiceClient::new(channel)
+        .watch(v1::WatchDecisionsRequest::default())
+        .await?
+        .into_inner();
+    Ok(Box::pin(stream.map(|d| d.map(Event::Item))))
+}
+
 /// One watch of a control plane's `RoutesService` (for [`follow_remote`]).
 pub async fn watch_routes(
     channel: tonic::transport::Channel,
@@ -284,6 +293,20 @@ pub async fn watch_routes(
 }
 
 // === impl Item for the wire types ===
+
+impl Item for v1::Decision {
+    fn key(&self) -> ItemKey {
+        ItemKey {
+            kind: "decision",
+            namespace: self.namespace.clone(),
+            name: self.revision.clone(),
+        }
+    }
+
+    fn removed(&self) -> bool {
+        self.removed
+    }
+}
 
 impl Item for v1::RevisionEndpoints {
     fn key(&self) -> ItemKey {

@@ -154,5 +154,8 @@ fn a_removed_revision_leaves_the_feeds_before_its_workload_goes() {
     assert!(matches!(&out[1], Action::Endpoints(x) if x.removed));
     assert_eq!(out[2], Action::Delete(key("hello-00001")));
     assert!(r.remove_revision(&key("hello-00001")).is_empty());
-    assert!(r.all().is_empty());
+    assert!(
+        r.ready(&key("hello-00001"), Vec::new()).is_empty(),
+        "forgotten: nothing more is published for it"
+    );
 }

@@ -74,8 +74,8 @@ struct Inner {
     autoscaler: Autoscaler,
     supervisor: Supervisor,
     control: ControlPlane,
-    /// The gateway's domain, for services' URLs.
-    domain: String,
+    /// The gateway's table, for services' URLs (it follows the control plane's routes).
+    routes: sluice_gateway::Routes,
     addrs: Addresses,
     /// Stops the gateway, the activator and the admin port; then the autoscaler.
     stop: watch::Sender<bool>,
@@ -237,7 +237,7 @@ impl Platform {
                 autoscaler: autoscaler.autoscaler().clone(),
                 supervisor,
                 control: control.clone(),
-                domain: gateway.routes().domain().to_owned(),
+                routes: gateway.routes(),
                 addrs,
                 stop,
                 stop_autoscaler,
@@ -412,7 +412,7 @@ impl Platform {
             .map(|s| ServiceStatus {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
-                url: format!("http://{}.{}.{}", s.name, s.namespace, inner.domain),
+                url: inner.routes.url(&s.namespace, &s.name),
                 traffic: s
                     .traffic
                     .iter()
