@@ -68,6 +68,8 @@ struct Inner {
     /// The autoscaler's gRPC address, for the queue-proxies' stats (known once it is bound).
     autoscaler: Mutex<String>,
     revisions: Mutex<HashMap<RevisionKey, Arc<RevPods>>>,
+    /// Deleted revisions whose pods may still be draining, for `shutdown` to wait on.
+    deleted: Mutex<Vec<Arc<RevPods>>>,
     /// A revision's ready pods changed.
     changed: mpsc::UnboundedSender<RevisionKey>,
     next_pod: AtomicU64,
@@ -121,6 +123,7 @@ impl Supervisor {
                 config,
                 autoscaler: Mutex::new(String::new()),
                 revisions: Mutex::new(HashMap::new()),
+                deleted: Mutex::new(Vec::new()),
                 changed,
                 next_pod: AtomicU64::new(1),
             }),
@@ -182,15 +185,16 @@ impl Supervisor {
         rev.last_error.lock().clone()
     }
 
-    /// Drains and stops every pod of every revision.
+    /// Drains and stops every pod of every revision, the deleted ones' included.
     pub async fn shutdown(&self) {
-        let revisions: Vec<Arc<RevPods>> = self
+        let mut revisions: Vec<Arc<RevPods>> = self
             .inner
             .revisions
             .lock()
             .drain()
             .map(|(_, r)| r)
             .collect();
+        revisions.append(&mut self.inner.deleted.lock());
         for rev in &revisions {
             rev.stop.send_replace(true);
         }
@@ -212,6 +216,9 @@ impl Backend for Supervisor {
         // Its manager drains and stops the pods, and reports the ready set emptied.
         if let Some(rev) = self.inner.revisions.lock().remove(revision) {
             rev.stop.send_replace(true);
+            let mut deleted = self.inner.deleted.lock();
+            deleted.retain(|r| r.done.lock().as_ref().is_some_and(|t| !t.is_finished()));
+            deleted.push(rev);
         }
     }
 
