@@ -218,15 +218,12 @@ async fn the_control_plane_applies_the_replicas_a_remote_autoscaler_sets() {
     autoscaler
         .upsert_revision(&key, annotations, 10)
         .expect("a valid revision");
-    let mut scaled = false;
-    for _ in 0..300 {
-        if backend.calls().contains(&Call::Scale(key.clone(), 3)) {
-            scaled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(scaled, "backend calls: {:?}", backend.calls());
+    until_called(
+        &backend,
+        &Call::Scale(key.clone(), 3),
+        "min-scale 3 applied",
+    )
+    .await;
     assert_eq!(scaler.calls().first(), Some(&(key.clone(), 3)));
     assert_eq!(cp.decision(&key).map(|d| d.replicas), Some(3));
     let _ = stop.send(());
@@ -250,19 +247,12 @@ async fn an_autoscaler_learns_revisions_from_the_control_plane_which_applies_its
     )]);
     cp.add_revision(hello).expect("add");
     let key = RevisionKey::new("default", "hello-00001");
-    let mut scaled = false;
-    for _ in 0..300 {
-        if backend.calls().contains(&Call::Scale(key.clone(), 2)) {
-            scaled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        scaled,
-        "min-scale 2 from the annotations reached the backend: {:?}",
-        backend.calls()
-    );
+    until_called(
+        &backend,
+        &Call::Scale(key.clone(), 2),
+        "min-scale 2 from the annotations reached the backend",
+    )
+    .await;
     let registered = autoscaler.decisions(None);
     assert_eq!(registered.len(), 1, "{registered:?}");
     assert_eq!(registered[0].revision, "hello-00001");
@@ -280,4 +270,61 @@ async fn an_autoscaler_learns_revisions_from_the_control_plane_which_applies_its
     assert!(forgotten, "{:?}", autoscaler.decisions(None));
     assert!(backend.calls().contains(&Call::Delete(key)));
     let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_autoscaler_drops_the_min_scale_of_a_revision_the_rollout_unroutes() {
+    let (cp, backend) = control::start();
+    let (control_addr, _server) = control::serve(&cp).await;
+    let (_autoscaler, decisions, stop) =
+        start_autoscaler(Some(format!("http://{control_addr}")), None).await;
+    tokio::spawn(cp.clone().follow_decisions(decisions.clone()));
+    let mut old = spec("hello", "hello-00001");
+    old.annotations = BTreeMap::from([(
+        "autoscaling.knative.dev/min-scale".to_owned(),
+        "2".to_owned(),
+    )]);
+    cp.add_revision(old).expect("add");
+    cp.set_service(all_to("hello", "hello-00001"))
+        .expect("route");
+    let key = RevisionKey::new("default", "hello-00001");
+    // An idle pod's stats every 100 ms, so the decider has data (desired 0).
+    let pusher = sluice_core::push::Pusher::spawn(decisions, 16);
+    let stats = tokio::spawn(async move {
+        for _ in 0..300 {
+            pusher.try_send(sluice_core::push::revision_stat(
+                v1::Source::QueueProxy,
+                "hello-00001-pod",
+                "default",
+                "hello-00001",
+                0.0,
+                0.0,
+            ));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    until_called(&backend, &Call::Scale(key.clone(), 2), "min-scale 2 holds").await;
+    let pods: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2"]
+        .iter()
+        .map(|a| a.parse().expect("addr"))
+        .collect();
+    backend.set_ready(&key, &pods);
+    // The rollout: all traffic to a new revision. The old one is no longer routed, so its
+    // min-scale no longer holds: it keeps one pod for the rest of its stable window.
+    cp.add_revision(spec("hello", "hello-00002")).expect("add");
+    cp.set_service(all_to("hello", "hello-00002"))
+        .expect("route");
+    until_called(&backend, &Call::Scale(key, 1), "min-scale dropped").await;
+    stats.abort();
+    let _ = stop.send(());
+}
+
+async fn until_called(backend: &control::TestBackend, call: &Call, what: &str) {
+    for _ in 0..500 {
+        if backend.calls().contains(call) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: no {call:?} in {:?}", backend.calls());
 }

@@ -1,8 +1,9 @@
 //! A standalone autoscaler that learns revisions from the control plane: it follows the
 //! control plane's `EndpointsService` (`--control`), as Knative's autoscaler watches
 //! PodAutoscalers and their revisions' endpoints. Each revision listed is registered with
-//! its annotations and containerConcurrency; its pods are the replicas set on its
-//! workload and the ready addresses listed; a revision gone from the stream is forgotten.
+//! its annotations and containerConcurrency, and takes its reachability (routed or not);
+//! its pods are the replicas set on its workload and the ready addresses listed; a
+//! revision gone from the stream is forgotten.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub async fn follow(uri: http::Uri, autoscaler: Autoscaler, pods: Arc<StreamPods
         autoscaler,
         pods,
         registered: HashMap::new(),
+        reachable: HashMap::new(),
     };
     feed::follow_remote("revisions", uri, feed::watch_endpoints, &mut follower).await;
 }
@@ -49,11 +51,14 @@ struct Revisions {
     /// What each revision was registered with, so that a change of its pods alone does
     /// not register it again.
     registered: HashMap<RevisionKey, (BTreeMap<String, String>, u32)>,
+    /// Each registered revision's reachability as last set.
+    reachable: HashMap<RevisionKey, bool>,
 }
 
 impl Revisions {
     fn forget(&mut self, key: &RevisionKey) {
         self.pods.pods.lock().remove(key);
+        self.reachable.remove(key);
         if self.registered.remove(key).is_some() {
             self.autoscaler.remove_revision(key);
         }
@@ -81,20 +86,27 @@ impl Follower<RevisionEndpoints> for Revisions {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let spec = (annotations, r.container_concurrency);
-        if self.registered.get(&key) == Some(&spec) {
-            return;
-        }
-        match self
-            .autoscaler
-            .upsert_revision(&key, spec.0.clone(), r.container_concurrency)
-        {
-            Ok(()) => {
-                tracing::info!(revision = %key, "revision registered from the control plane");
-                self.registered.insert(key, spec);
+        if self.registered.get(&key) != Some(&spec) {
+            match self
+                .autoscaler
+                .upsert_revision(&key, spec.0.clone(), r.container_concurrency)
+            {
+                Ok(()) => {
+                    tracing::info!(revision = %key, "revision registered from the control plane");
+                    self.registered.insert(key.clone(), spec);
+                }
+                // The control plane checked it against the same keys: a config that
+                // differs between the two (a --config file here) can still refuse it.
+                Err(e) => {
+                    tracing::error!(revision = %key, %e, "a revision's annotations were refused");
+                    return;
+                }
             }
-            // The control plane checked it against the same keys: a config that differs
-            // between the two (a --config file here) can still refuse it.
-            Err(e) => tracing::error!(revision = %key, %e, "a revision's annotations were refused"),
+        }
+        let reachable = !r.unreachable;
+        if self.reachable.get(&key) != Some(&reachable) {
+            self.autoscaler.set_reachable(&key, reachable);
+            self.reachable.insert(key, reachable);
         }
     }
 

@@ -127,9 +127,13 @@ impl Reconciler {
             removed: false,
             traffic: spec.traffic.clone(),
         });
+        let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
         self.services
-            .insert((spec.namespace.clone(), spec.name.clone()), spec);
-        Ok(vec![Action::Route(route)])
+            .insert((namespace.clone(), name.clone()), spec);
+        let mut out = vec![Action::Route(route)];
+        // Its revisions' reachability may have changed (the feed drops what did not).
+        self.publish_service_revisions(&namespace, &name, &mut out);
+        Ok(out)
     }
 
     pub fn remove_service(&mut self, namespace: &str, name: &str) -> Vec<Action> {
@@ -140,12 +144,34 @@ impl Reconciler {
         {
             return Vec::new();
         }
-        vec![Action::Route(Route::Service(v1::ServiceRoute {
+        let mut out = vec![Action::Route(Route::Service(v1::ServiceRoute {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             removed: true,
             traffic: Vec::new(),
-        }))]
+        }))];
+        self.publish_service_revisions(namespace, name, &mut out);
+        out
+    }
+
+    /// Whether no traffic target of the revision's service names it; `false` while the
+    /// service's traffic is unknown (Knative counts unknown reachability as reachable).
+    fn unreachable(&self, key: &RevisionKey, spec: &RevisionSpec) -> bool {
+        self.services
+            .get(&(key.namespace.clone(), spec.pod.service.clone()))
+            .is_some_and(|s| !s.traffic.iter().any(|t| t.revision == key.name))
+    }
+
+    fn publish_service_revisions(&self, namespace: &str, service: &str, out: &mut Vec<Action>) {
+        let keys: Vec<RevisionKey> = self
+            .revisions
+            .iter()
+            .filter(|(k, r)| k.namespace == namespace && r.spec.pod.service == service)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.publish(&key, out);
+        }
     }
 
     /// The autoscaler's latest decision: its mode moves the gateways' traffic, and the
@@ -208,6 +234,7 @@ impl Reconciler {
             addresses: addresses.clone(),
             annotations: rev.spec.annotations.clone().into_iter().collect(),
             replicas: rev.replicas,
+            unreachable: self.unreachable(key, &rev.spec),
         }));
         out.push(Action::Route(Route::Revision(v1::RevisionRoute {
             namespace: key.namespace.clone(),

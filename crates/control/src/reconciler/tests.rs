@@ -139,9 +139,9 @@ fn traffic_must_name_known_revisions() {
         traffic: vec![target("hello-00001", 100)],
     };
     let out = r.set_service(good).expect("set");
-    assert!(matches!(&out[..], [Action::Route(Route::Service(s))] if s.traffic.len() == 1));
+    assert!(matches!(&out[0], Action::Route(Route::Service(s)) if s.traffic.len() == 1));
     let out = r.remove_service("default", "hello");
-    assert!(matches!(&out[..], [Action::Route(Route::Service(s))] if s.removed));
+    assert!(matches!(&out[0], Action::Route(Route::Service(s)) if s.removed));
     assert!(r.remove_service("default", "hello").is_empty());
 }
 
@@ -157,5 +157,44 @@ fn a_removed_revision_leaves_the_feeds_before_its_workload_goes() {
     assert!(
         r.ready(&key("hello-00001"), Vec::new()).is_empty(),
         "forgotten: nothing more is published for it"
+    );
+}
+
+#[test]
+fn a_revision_no_route_names_is_unreachable_and_unknown_counts_as_reachable() {
+    let mut r = Reconciler::new();
+    let out = r.add_revision(spec("hello-00001", 0)).expect("added");
+    assert!(
+        !endpoints(&out).expect("endpoints").unreachable,
+        "its service's traffic is not known yet"
+    );
+    r.add_revision(spec("hello-00002", 0)).expect("added");
+    let to = |rev: &str| ServiceSpec {
+        namespace: "default".into(),
+        name: "hello".into(),
+        traffic: vec![v1::TrafficTarget {
+            revision: rev.into(),
+            percent: 100,
+            tag: String::new(),
+        }],
+    };
+    let reachability = |out: &[Action]| -> Vec<(String, bool)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Endpoints(e) => Some((e.revision.clone(), e.unreachable)),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = r.set_service(to("hello-00001")).expect("set");
+    assert_eq!(
+        reachability(&out),
+        [("hello-00001".into(), false), ("hello-00002".into(), true)]
+    );
+    // The rollout: all traffic to the new revision.
+    let out = r.set_service(to("hello-00002")).expect("set");
+    assert_eq!(
+        reachability(&out),
+        [("hello-00001".into(), true), ("hello-00002".into(), false)]
     );
 }
