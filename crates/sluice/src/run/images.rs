@@ -9,10 +9,14 @@
 //! ```
 //!
 //! A key matches an image's repository (tag and digest dropped) whole, or its last path
-//! segment. The command `sample-app` means Sluice's own sample app.
+//! segment. The command `sample-app` means Sluice's own sample app. [`Local::resolve`]
+//! finds out, before planning, which of the programs the manifests name this machine lacks.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use super::manifest::Manifests;
+use super::world::{Local, argv};
 
 /// The word for Sluice's built-in sample app in a mapping.
 pub use sluice_control::spec::SAMPLE_APP;
@@ -78,6 +82,39 @@ fn repository(image: &str) -> &str {
         Some(colon) if !image[colon..].contains('/') => &image[..colon],
         _ => image,
     }
+}
+
+impl<'a> Local<'a> {
+    /// Looks up, on this machine, every program the manifests' containers name (the
+    /// planner itself does no I/O).
+    pub fn resolve(m: &Manifests, images: &'a ImageMap) -> Self {
+        let missing = m
+            .services
+            .iter()
+            .flat_map(|s| &s.spec.template.spec.containers)
+            .filter_map(|c| argv(c, images).ok()?.into_iter().next())
+            .filter(|p| p != SAMPLE_APP && find_program(p).is_none())
+            .collect();
+        Self { images, missing }
+    }
+}
+
+/// Where `program` runs from: itself if it names a path, else the first match on PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+    })
 }
 
 #[cfg(test)]

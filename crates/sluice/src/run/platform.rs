@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use super::images::ImageMap;
 use super::manifest::Manifests;
-use super::world::World;
+use super::world::{Local, World};
 
 /// Largest manifest `sluice apply` may send.
 const MAX_APPLY_BYTES: usize = 4 << 20;
@@ -324,7 +324,8 @@ impl Platform {
         let inner = &self.inner;
         let _turn = inner.apply_lock.lock().await;
         let current = inner.world.lock().clone();
-        let (next, changes) = current.apply(m, &inner.images)?;
+        let local = Local::resolve(m, &inner.images);
+        let (next, changes) = current.apply(m, &local)?;
         if changes.config
             && let Err(refused) = inner.autoscaler.set_config(next.config.clone())
         {

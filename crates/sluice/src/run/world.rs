@@ -3,14 +3,13 @@
 //! the next world and what changed, or every rule broken, each naming its field. Nothing
 //! changes unless everything passes.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_autoscaler::config::{AutoscalerConfig, MPA_CLASS};
 use sluice_autoscaler::revision::RevisionScaling;
 
-use super::images::{ImageMap, SAMPLE_APP};
-use super::manifest::{Manifests, RevisionTemplate, Service};
+use super::images::ImageMap;
+use super::manifest::{Container, Manifests, RevisionTemplate, Service};
 
 /// Knative's `max-revision-timeout-seconds` default.
 const MAX_TIMEOUT_SECONDS: u32 = 600;
@@ -20,6 +19,15 @@ const DEFAULT_TIMEOUT_SECONDS: u32 = 300;
 const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
 /// Env vars Knative sets itself and refuses in a template.
 const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
+
+/// What the planner knows of this machine, found out before planning: which command
+/// runs each image, and which programs cannot be run ([`Local::resolve`]).
+#[derive(Debug)]
+pub struct Local<'a> {
+    pub images: &'a ImageMap,
+    /// Programs the manifests' containers name that are not on this machine.
+    pub missing: BTreeSet<String>,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct World {
@@ -78,7 +86,7 @@ pub struct Changes {
 
 impl World {
     /// Checks `m` against this world; the next world and what changed, or every error.
-    pub fn apply(&self, m: &Manifests, images: &ImageMap) -> Result<(World, Changes), Vec<String>> {
+    pub fn apply(&self, m: &Manifests, local: &Local<'_>) -> Result<(World, Changes), Vec<String>> {
         let mut errors = Vec::new();
         let mut next = self.clone();
         let mut changes = Changes::default();
@@ -105,7 +113,7 @@ impl World {
         for s in &m.services {
             let key = (s.namespace().to_owned(), s.metadata.name.clone());
             let at = format!("service {}/{}", key.0, key.1);
-            match plan_service(next.services.get(&key), s, images, &next.config) {
+            match plan_service(next.services.get(&key), s, local, &next.config) {
                 Ok((state, new_revision)) => {
                     let i = touched
                         .iter()
@@ -183,7 +191,7 @@ impl World {
 fn plan_service(
     old: Option<&ServiceState>,
     s: &Service,
-    images: &ImageMap,
+    local: &Local<'_>,
     config: &AutoscalerConfig,
 ) -> Result<(ServiceState, Option<String>), Vec<String>> {
     let mut errors = Vec::new();
@@ -242,7 +250,7 @@ fn plan_service(
             }
             None => format!("{name}-{generation:05}"),
         };
-        match plan_revision(namespace, name, &rev_name, template, images, config) {
+        match plan_revision(namespace, name, &rev_name, template, local, config) {
             Ok(rev) => {
                 state.revisions.push(rev);
                 state.generation = generation;
@@ -265,7 +273,7 @@ fn plan_revision(
     service: &str,
     name: &str,
     t: &RevisionTemplate,
-    images: &ImageMap,
+    local: &Local<'_>,
     config: &AutoscalerConfig,
 ) -> Result<Revision, Vec<String>> {
     let mut errors = Vec::new();
@@ -285,34 +293,12 @@ fn plan_revision(
         }
     };
     let at = "spec.template.spec.containers[0]";
-    let argv: Vec<String> = if !container.command.is_empty() {
-        container
-            .command
-            .iter()
-            .chain(&container.args)
-            .cloned()
-            .collect()
-    } else {
-        match container.image.as_deref() {
-            Some(image) => match images.command(image) {
-                Some(cmd) => cmd.iter().chain(&container.args).cloned().collect(),
-                None => {
-                    errors.push(format!(
-                        "{at}.image: {image} has no local command: give the container a \
-                         `command`, or map the image in an --images file"
-                    ));
-                    Vec::new()
-                }
-            },
-            None => {
-                errors.push(format!("{at}: give an image or a command"));
-                Vec::new()
-            }
-        }
-    };
+    let argv = argv(container, local.images).unwrap_or_else(|e| {
+        errors.push(format!("{at}{e}"));
+        Vec::new()
+    });
     if let Some(program) = argv.first()
-        && program != SAMPLE_APP
-        && find_program(program).is_none()
+        && local.missing.contains(program)
     {
         errors.push(format!(
             "{at}.command: program {program:?} not found{}",
@@ -496,22 +482,27 @@ fn dns_label(s: &str) -> Result<(), String> {
     }
 }
 
-/// Where `program` runs from: itself if it names a path, else the first match on PATH.
-pub fn find_program(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return executable(&p).then_some(p);
+/// The command a container runs: its `command` and `args`, or its image's local command
+/// and `args`. An error is the rest of a message after the container's path.
+pub fn argv(container: &Container, images: &ImageMap) -> Result<Vec<String>, String> {
+    if !container.command.is_empty() {
+        return Ok(container
+            .command
+            .iter()
+            .chain(&container.args)
+            .cloned()
+            .collect());
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|p| executable(p))
-    })
+    match container.image.as_deref() {
+        Some(image) => match images.command(image) {
+            Some(cmd) => Ok(cmd.iter().chain(&container.args).cloned().collect()),
+            None => Err(format!(
+                ".image: {image} has no local command: give the container a `command`, or \
+                 map the image in an --images file"
+            )),
+        },
+        None => Err(": give an image or a command".to_owned()),
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::run::images::SAMPLE_APP;
 
 fn service(extra_template: &str, traffic: &str) -> String {
     format!(
@@ -23,7 +24,8 @@ spec:
 
 fn apply(world: &World, yaml: &str) -> Result<(World, Changes), Vec<String>> {
     let m = Manifests::parse("test.yaml", yaml).expect("parses");
-    world.apply(&m, &ImageMap::default())
+    let images = ImageMap::default();
+    world.apply(&m, &Local::resolve(&m, &images))
 }
 
 #[test]
@@ -180,6 +182,28 @@ fn bad_revisions_name_their_fields() {
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }
+}
+
+#[test]
+fn the_planner_takes_what_is_missing_from_its_input_not_from_the_machine() {
+    let yaml = service("", "").replace(
+        "image: gcr.io/knative-samples/helloworld-go",
+        "image: x\n          command: [\"not-on-any-machine\"]",
+    );
+    let m = Manifests::parse("test.yaml", &yaml).expect("parses");
+    let images = ImageMap::default();
+    let told = |missing: &[&str]| Local {
+        images: &images,
+        missing: missing.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    assert!(
+        World::default().apply(&m, &told(&[])).is_ok(),
+        "nothing said missing: planned, though no machine has it"
+    );
+    let errors = World::default()
+        .apply(&m, &told(&["not-on-any-machine"]))
+        .expect_err("refused");
+    assert!(errors.join("\n").contains("not found"), "{errors:?}");
 }
 
 #[test]
