@@ -7,29 +7,19 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sluice_core::feed::{self, Feed, Follower, ItemKey};
+use sluice_core::feed::{self, Follower, ItemKey, Source};
 use sluice_proto::v1::RevisionEndpoints;
 
 use crate::revision::Registry;
 
-/// Where an activator gets its endpoints.
-#[derive(Clone, Debug)]
-pub enum EndpointsSource {
-    /// A feed in the same process.
-    InProcess(Feed<RevisionEndpoints>),
-    /// An `EndpointsService` at this address (`http://host:port`): the control plane.
-    Grpc(http::Uri),
-}
+/// Where an activator gets its endpoints: a feed in this process, or the control
+/// plane's `EndpointsService` (`http://host:port`).
+pub type EndpointsSource = Source<RevisionEndpoints>;
 
 /// Keeps `registry` equal to what `source` says, until the process ends.
 pub(crate) async fn follow(source: EndpointsSource, registry: Arc<Registry>) {
     let mut follower = RegistryFollower(registry);
-    match source {
-        EndpointsSource::InProcess(feed) => feed::follow_local(&feed, &mut follower).await,
-        EndpointsSource::Grpc(uri) => {
-            feed::follow_remote("endpoints", uri, feed::watch_endpoints, &mut follower).await;
-        }
-    }
+    feed::follow("endpoints", source, feed::watch_endpoints, &mut follower).await;
 }
 
 struct RegistryFollower(Arc<Registry>);

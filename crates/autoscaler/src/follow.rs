@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sluice_core::feed::{self, Follower, ItemKey};
+use sluice_core::feed::{self, Follower, ItemKey, Source};
 use sluice_proto::v1::RevisionEndpoints;
 
 use crate::kpa::PodCounts;
@@ -34,15 +34,19 @@ impl Scaler for StreamPods {
 }
 
 /// Keeps `autoscaler`'s revisions and `pods` equal to the control plane's endpoints
-/// stream at `uri`, for as long as the task runs.
-pub async fn follow(uri: http::Uri, autoscaler: Autoscaler, pods: Arc<StreamPods>) {
+/// feed, in this process or over gRPC, for as long as the task runs.
+pub async fn follow(
+    source: Source<RevisionEndpoints>,
+    autoscaler: Autoscaler,
+    pods: Arc<StreamPods>,
+) {
     let mut follower = Revisions {
         autoscaler,
         pods,
         registered: HashMap::new(),
         reachable: HashMap::new(),
     };
-    feed::follow_remote("revisions", uri, feed::watch_endpoints, &mut follower).await;
+    feed::follow("revisions", source, feed::watch_endpoints, &mut follower).await;
 }
 
 struct Revisions {

@@ -190,7 +190,11 @@ impl Server {
         ));
         let follower = self.control.map(|(uri, pods)| {
             tokio::spawn(tracing::Instrument::instrument(
-                crate::follow::follow(uri, self.autoscaler.clone(), pods),
+                crate::follow::follow(
+                    sluice_core::feed::Source::Grpc(uri),
+                    self.autoscaler.clone(),
+                    pods,
+                ),
                 tracing::info_span!("control"),
             ))
         });

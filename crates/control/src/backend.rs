@@ -7,14 +7,6 @@ use sluice_core::RevisionKey;
 
 use crate::spec::RevisionSpec;
 
-/// A revision's pods as its backend counts them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pods {
-    pub ready: u32,
-    /// Replicas set (ready or not).
-    pub replicas: u32,
-}
-
 /// Runs revisions' workloads. Every method is called with the control plane's state
 /// locked: none may block (queue slow work such as an API call) or call back into the
 /// control plane. A backend reports a change of a revision's ready pods on the channel it
@@ -29,6 +21,4 @@ pub trait Backend: Send + Sync + 'static {
     fn scale(&self, revision: &RevisionKey, replicas: u32);
     /// The ready pods' queue-proxy addresses.
     fn ready(&self, revision: &RevisionKey) -> Vec<SocketAddr>;
-    /// The revision's pods, or `None` for a revision it does not run.
-    fn pods(&self, revision: &RevisionKey) -> Option<Pods>;
 }

@@ -24,7 +24,7 @@ use sluice_core::feed::{self, Feed, Follower, ItemKey, Route};
 use sluice_proto::v1;
 use tokio::sync::mpsc;
 
-pub use backend::{Backend, Pods};
+pub use backend::Backend;
 pub use reconciler::{Action, Reconciler, Refused};
 pub use spec::{PodSpec, RevisionSpec, ServiceSpec};
 

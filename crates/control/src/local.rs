@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::backend::{Backend, Pods};
+use crate::backend::Backend;
 use crate::spec::{PodSpec, RevisionSpec, SAMPLE_APP};
 
 /// Output lines kept per pod, shown when it fails.
@@ -81,7 +81,6 @@ struct RevPods {
     key: RevisionKey,
     spec: PodSpec,
     desired: watch::Sender<u32>,
-    replicas: AtomicU32,
     ready: Mutex<Vec<SocketAddr>>,
     /// Why the last pod failed, for `sluice status`.
     last_error: Mutex<Option<String>>,
@@ -146,7 +145,6 @@ impl Supervisor {
             key: key.clone(),
             spec,
             desired: watch::Sender::new(initial),
-            replicas: AtomicU32::new(0),
             ready: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
             pods: Mutex::new(BTreeMap::new()),
@@ -232,14 +230,6 @@ impl Backend for Supervisor {
     fn ready(&self, revision: &RevisionKey) -> Vec<SocketAddr> {
         Supervisor::ready(self, revision)
     }
-
-    fn pods(&self, revision: &RevisionKey) -> Option<Pods> {
-        let rev = self.inner.revisions.lock().get(revision).cloned()?;
-        Some(Pods {
-            ready: u32::try_from(rev.ready.lock().len()).unwrap_or(u32::MAX),
-            replicas: rev.replicas.load(Ordering::Relaxed),
-        })
-    }
 }
 
 // === the manager ===
@@ -295,10 +285,6 @@ async fn manage(inner: Arc<Inner>, rev: Arc<RevPods>) {
             }
             pods.sort_by_key(|p| p.id);
         }
-        rev.replicas.store(
-            u32::try_from(pods.len()).unwrap_or(u32::MAX),
-            Ordering::Relaxed,
-        );
         if shutting_down && pods.is_empty() && stopping == 0 {
             return;
         }

@@ -70,6 +70,32 @@ pub trait Follower<T>: Send {
     fn synced(&mut self) {}
 }
 
+/// Where a follower's feed is: in this process, or a control plane's gRPC service.
+#[derive(Clone, Debug)]
+pub enum Source<T> {
+    InProcess(Feed<T>),
+    /// `http://host:port`.
+    Grpc(http::Uri),
+}
+
+/// Keeps `follower` equal to `source` for as long as the task runs; `watch` opens one
+/// remote watch (see [`follow_remote`]).
+pub async fn follow<T, W, Fut>(
+    what: &'static str,
+    source: Source<T>,
+    watch: W,
+    follower: &mut impl Follower<T>,
+) where
+    T: Item,
+    W: FnMut(tonic::transport::Channel) -> Fut,
+    Fut: Future<Output = Result<RemoteEvents<T>, tonic::Status>>,
+{
+    match source {
+        Source::InProcess(feed) => follow_local(&feed, follower).await,
+        Source::Grpc(uri) => follow_remote(what, uri, watch, follower).await,
+    }
+}
+
 /// A connected remote watch: its events, as they come.
 pub type RemoteEvents<T> = Pin<Box<dyn Stream<Item = Result<Event<T>, tonic::Status>> + Send>>;
 

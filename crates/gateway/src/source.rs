@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use sluice_core::feed::{self, Feed, Follower, ItemKey, Route};
+use sluice_core::feed::{self, Follower, ItemKey, Route, Source};
 use sluice_proto::v1;
 
 use crate::routes::{RevisionBackends, Routes, ServiceRoute, TrafficTarget};
@@ -14,24 +14,14 @@ use crate::routes::{RevisionBackends, Routes, ServiceRoute, TrafficTarget};
 /// Knative's default `timeoutSeconds`, for a route that says 0.
 const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
 
-/// Where a gateway gets its routes.
-#[derive(Clone, Debug)]
-pub enum RoutesSource {
-    /// A feed in the same process.
-    InProcess(Feed<Route>),
-    /// A control plane's `RoutesService` at this address (`http://host:port`).
-    Grpc(http::Uri),
-}
+/// Where a gateway gets its routes: a feed in this process, or a control plane's
+/// `RoutesService` (`http://host:port`).
+pub type RoutesSource = Source<Route>;
 
 /// Keeps `routes` equal to what `source` says, until the task is dropped.
 pub(crate) async fn follow(source: RoutesSource, routes: Routes) {
     let mut follower = TableFollower(routes);
-    match source {
-        RoutesSource::InProcess(feed) => feed::follow_local(&feed, &mut follower).await,
-        RoutesSource::Grpc(uri) => {
-            feed::follow_remote("routes", uri, feed::watch_routes, &mut follower).await
-        }
-    }
+    feed::follow("routes", source, feed::watch_routes, &mut follower).await;
 }
 
 struct TableFollower(Routes);

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sluice_control::{Backend, ControlPlane, Pods, RevisionSpec};
+use sluice_control::{Backend, ControlPlane, RevisionSpec};
 use sluice_core::RevisionKey;
 use tokio::sync::mpsc;
 
@@ -28,7 +28,6 @@ pub struct TestBackend {
 struct State {
     calls: Vec<Call>,
     ready: HashMap<RevisionKey, Vec<SocketAddr>>,
-    replicas: HashMap<RevisionKey, u32>,
 }
 
 impl TestBackend {
@@ -48,19 +47,16 @@ impl Backend for TestBackend {
     fn create(&self, spec: &RevisionSpec) {
         let mut st = self.state.lock();
         st.calls.push(Call::Create(spec.key(), spec.initial_scale));
-        st.replicas.insert(spec.key(), spec.initial_scale);
     }
 
     fn delete(&self, revision: &RevisionKey) {
         let mut st = self.state.lock();
         st.calls.push(Call::Delete(revision.clone()));
-        st.replicas.remove(revision);
     }
 
     fn scale(&self, revision: &RevisionKey, replicas: u32) {
         let mut st = self.state.lock();
         st.calls.push(Call::Scale(revision.clone(), replicas));
-        st.replicas.insert(revision.clone(), replicas);
     }
 
     fn ready(&self, revision: &RevisionKey) -> Vec<SocketAddr> {
@@ -70,16 +66,6 @@ impl Backend for TestBackend {
             .get(revision)
             .cloned()
             .unwrap_or_default()
-    }
-
-    fn pods(&self, revision: &RevisionKey) -> Option<Pods> {
-        let st = self.state.lock();
-        let replicas = *st.replicas.get(revision)?;
-        let ready = st.ready.get(revision).map_or(0, Vec::len);
-        Some(Pods {
-            ready: u32::try_from(ready).unwrap_or(u32::MAX),
-            replicas,
-        })
     }
 }
 

@@ -23,12 +23,12 @@ use hyper::service::service_fn;
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_activator::{Activator, EndpointsSource};
-use sluice_autoscaler::kpa::PodCounts;
-use sluice_autoscaler::scaler::{RevisionKey, Scaler};
+use sluice_autoscaler::follow::StreamPods;
+use sluice_autoscaler::scaler::RevisionKey;
 use sluice_autoscaler::server::{Args as AutoscalerArgs, Server as AutoscalerServer};
 use sluice_autoscaler::service::Autoscaler;
 use sluice_control::local::{PodStatus, Supervisor, SupervisorConfig};
-use sluice_control::{Backend, ControlPlane, RevisionSpec, ServiceSpec};
+use sluice_control::{ControlPlane, RevisionSpec, ServiceSpec};
 use sluice_core::respond;
 use sluice_core::serve::{Limits, Serving, listen, local_addr, serve};
 use sluice_gateway::{Gateway, RoutesSource};
@@ -161,6 +161,9 @@ impl Platform {
             changed_tx,
         );
         let control = ControlPlane::new(Arc::new(supervisor.clone()));
+        // The autoscaler learns revisions, their reachability and their pods from the
+        // control plane's endpoints feed, as it does in another process.
+        let pods = Arc::new(StreamPods::default());
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let autoscaler = AutoscalerServer::bind(
             &AutoscalerArgs {
@@ -170,7 +173,7 @@ impl Platform {
                 control: None,
                 no_auto_register: true,
             },
-            Some(Arc::new(BackendPods(Arc::clone(control.backend())))),
+            Some(pods.clone()),
         )
         .await
         .map_err(|e| format!("autoscaler: {e}"))?;
@@ -309,6 +312,14 @@ impl Platform {
                     follow_decisions(platform.clone())
                         .instrument(tracing::info_span!("follow_decisions")),
                 ),
+                tokio::spawn(
+                    sluice_autoscaler::follow::follow(
+                        sluice_core::feed::Source::InProcess(inner.control.endpoints()),
+                        inner.autoscaler.clone(),
+                        pods,
+                    )
+                    .instrument(tracing::info_span!("autoscaler_revisions")),
+                ),
             ],
         };
         *inner.tasks.lock() = tasks;
@@ -351,14 +362,6 @@ impl Platform {
                 // The world planned a new name: a bug if it happens.
                 tracing::error!(revision = %key, %e, "the control plane refused a planned revision");
             }
-            if let Err(e) = inner.autoscaler.upsert_revision(
-                &key,
-                rev.annotations.clone(),
-                rev.pod.container_concurrency,
-            ) {
-                // Checked while planning against the same config: a bug if it happens.
-                tracing::error!(revision = %key, %e, "autoscaler refused a checked revision");
-            }
         }
         for (namespace, name) in &changes.traffic {
             let s = &next.services[&(namespace.clone(), name.clone())];
@@ -377,16 +380,6 @@ impl Platform {
             };
             if let Err(e) = inner.control.set_service(spec) {
                 tracing::error!(service = %name, %e, "the control plane refused planned traffic");
-            }
-        }
-        // Knative's routing state: a revision that no traffic target names is
-        // unreachable, so its min-scale no longer holds pods.
-        for s in next.services.values() {
-            for r in &s.revisions {
-                let routed = s.traffic.iter().any(|t| t.revision == r.name);
-                inner
-                    .autoscaler
-                    .set_reachable(&RevisionKey::new(&s.namespace, &r.name), routed);
             }
         }
         *inner.world.lock() = next;
@@ -476,24 +469,6 @@ impl Platform {
         if let Some(task) = tasks.autoscaler {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
-    }
-}
-
-/// The autoscaler's view of the backend's pods. Its decisions are carried out by the
-/// control plane, which follows its decision stream, so `scale` does nothing here.
-struct BackendPods(Arc<dyn Backend>);
-
-impl Scaler for BackendPods {
-    fn pods(&self, revision: &RevisionKey) -> Option<PodCounts> {
-        let pods = self.0.pods(revision).unwrap_or_default();
-        Some(PodCounts {
-            ready: pods.ready,
-            replicas: pods.replicas,
-        })
-    }
-
-    fn scale(&self, revision: &RevisionKey, replicas: u32) {
-        tracing::trace!(%revision, replicas, "scale: carried out by the control plane");
     }
 }
 
