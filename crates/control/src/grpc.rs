@@ -4,35 +4,77 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use sluice_core::feed::{Feed, Route};
+use sluice_core::feed::{Event, Feed, Item, Route};
 use sluice_proto::v1::endpoints_service_server::{EndpointsService, EndpointsServiceServer};
 use sluice_proto::v1::routes_service_server::{RoutesService, RoutesServiceServer};
 use sluice_proto::v1::{
     EndpointsEvent, RevisionEndpoints, RoutesEvent, WatchEndpointsRequest, WatchRoutesRequest,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::{Stream, StreamExt};
 
 type Events<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
 
-/// A feed served as one of the watch services.
+/// A feed served as one of the watch services; its watches end when `stop` turns true.
 #[derive(Clone, Debug)]
-pub struct Watch<T>(pub Feed<T>);
+pub struct Watch<T> {
+    feed: Feed<T>,
+    stop: watch::Receiver<bool>,
+}
 
-/// Serves both feeds on `listener` until `shutdown` completes.
+/// Serves both feeds on `listener` until `shutdown` completes. Then every watch ends, so
+/// that the connections close and followers go looking for the next control plane
+/// (a watch never ends on its own, and a graceful shutdown waits for open streams).
 pub async fn serve(
     listener: TcpListener,
     routes: Feed<Route>,
     endpoints: Feed<RevisionEndpoints>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stop) = watch::channel(false);
+    let stopping = async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(RoutesServiceServer::new(Watch(routes)))
-        .add_service(EndpointsServiceServer::new(Watch(endpoints)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(RoutesServiceServer::new(Watch {
+            feed: routes,
+            stop: stop.clone(),
+        }))
+        .add_service(EndpointsServiceServer::new(Watch {
+            feed: endpoints,
+            stop,
+        }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
         .await
+}
+
+impl<T: Item> Watch<T> {
+    /// The feed's events for `namespace` as `M`, until the server stops.
+    fn events<M>(&self, namespace: String) -> Events<M>
+    where
+        M: From<Event<T>> + Send + 'static,
+    {
+        let mut events = Box::pin(self.feed.events(namespace));
+        let mut stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    e = events.next() => e,
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                let Some(event) = event else { return };
+                if tx.send(Ok(M::from(event))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
 }
 
 #[tonic::async_trait]
@@ -43,10 +85,9 @@ impl RoutesService for Watch<Route> {
         &self,
         request: tonic::Request<WatchRoutesRequest>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
-        let events = self.0.events(request.into_inner().namespace);
-        Ok(tonic::Response::new(Box::pin(
-            events.map(|e| Ok(RoutesEvent::from(e))),
-        )))
+        Ok(tonic::Response::new(
+            self.events(request.into_inner().namespace),
+        ))
     }
 }
 
@@ -58,9 +99,8 @@ impl EndpointsService for Watch<RevisionEndpoints> {
         &self,
         request: tonic::Request<WatchEndpointsRequest>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
-        let events = self.0.events(request.into_inner().namespace);
-        Ok(tonic::Response::new(Box::pin(
-            events.map(|e| Ok(EndpointsEvent::from(e))),
-        )))
+        Ok(tonic::Response::new(
+            self.events(request.into_inner().namespace),
+        ))
     }
 }
