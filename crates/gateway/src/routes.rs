@@ -69,6 +69,11 @@ pub struct RevisionBackends {
     pub timeout_seconds: Option<u64>,
 }
 
+/// The URL of a service under `domain`: `http://{name}.{namespace}.{domain}`.
+pub fn service_url(domain: &str, namespace: &str, name: &str) -> String {
+    format!("http://{name}.{namespace}.{domain}")
+}
+
 /// The routing table's handle: cheap to clone, every clone the same table.
 #[derive(Clone, Debug)]
 pub struct Routes {
@@ -155,7 +160,7 @@ impl Routes {
 
     /// The URL of a service (`http://{name}.{namespace}.{domain}`).
     pub fn url(&self, namespace: &str, name: &str) -> String {
-        format!("http://{name}.{namespace}.{}", self.inner.domain)
+        service_url(&self.inner.domain, namespace, name)
     }
 
     /// Adds or replaces a service's split. Its revisions need no backends yet: until

@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Run the control plane alone: the applied services, their pods (local processes),
+    /// and the routes and endpoints feeds the other components follow.
+    Control(sluice::run::control::ControlArgs),
     /// Run the autoscaler: stats in and decisions out over gRPC, metrics on HTTP.
     Autoscaler(sluice_autoscaler::server::Args),
     /// Run the activator: hold requests for revisions with no ready pod, release them to
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::QueueProxy(args) => sluice_queue_proxy::main(*args),
         Command::SampleApp(args) => sluice_sample_app::main(args),
         Command::Run(args) => sluice::run::cli::run(args),
+        Command::Control(args) => sluice::run::control::main(args),
         Command::Apply(args) => sluice::run::cli::apply(args),
         Command::Status(args) => sluice::run::cli::status(args),
     }

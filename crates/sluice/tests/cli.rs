@@ -89,3 +89,22 @@ fn bad_input_exits_2_naming_the_field() {
     assert_eq!(missing.status.code(), Some(2));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn control_names_every_bad_flag_and_exits_64_before_binding() {
+    let out = Command::new(BIN)
+        .args([
+            "control",
+            "--autoscaler-address=ftp://x",
+            "--drain-quiet-period=soon",
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for flag in ["--autoscaler-address", "--drain-quiet-period"] {
+        assert!(stderr.contains(flag), "{flag} in {stderr}");
+    }
+}

@@ -33,25 +33,78 @@ pub struct RunArgs {
     /// Hosts are `{service}.{namespace}.{domain}`.
     #[arg(long, env = "SLUICE_DOMAIN", default_value = "example.com")]
     pub domain: String,
-    /// More images to run locally (YAML `images: {IMAGE: [COMMAND, ARG…]}`).
-    #[arg(long)]
-    pub images: Option<PathBuf>,
     /// The admin port `sluice apply` and `sluice status` use (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
+    /// Where `run.json` is written.
+    #[arg(long, env = "SLUICE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub pods: PodArgs,
+}
+
+/// How pods run: the flags `sluice run` and `sluice control` share.
+#[derive(Debug, clap::Args)]
+pub struct PodArgs {
+    /// More images to run locally (YAML `images: {IMAGE: [COMMAND, ARG…]}`).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
     /// How long a new pod may take to become ready before it is reported and replaced.
     #[arg(long, default_value = "60s")]
     pub pod_ready_timeout: String,
     /// After SIGTERM, how long a queue-proxy keeps serving with no new request.
     #[arg(long, default_value = "1s")]
     pub drain_quiet_period: String,
-    /// Where `run.json` is written.
-    #[arg(long, env = "SLUICE_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// The bounds on client connections, for the gateway, the activator and every pod's
-    /// queue-proxy.
+    /// The bounds on client connections, for every pod's queue-proxy (and, in `sluice
+    /// run`, the gateway and the activator).
     #[command(flatten)]
     pub limits: sluice_core::serve::LimitArgs,
+}
+
+/// [`PodArgs`], checked.
+#[derive(Debug)]
+pub struct Pods {
+    pub images: ImageMap,
+    pub ready_timeout: Duration,
+    pub drain_quiet_period: Duration,
+    pub limits: sluice_core::serve::Limits,
+    /// The `sluice` binary that pods run.
+    pub exe: PathBuf,
+}
+
+impl PodArgs {
+    /// Checks every flag; each bad one is added to `bad`.
+    pub fn check(&self, bad: &mut Vec<String>) -> Pods {
+        let mut duration = |flag: &str, v: &str| {
+            sluice_core::duration::positive(v).unwrap_or_else(|| {
+                bad.push(format!(
+                    "--{flag}={v:?}: expected a duration such as 500ms or 60s"
+                ));
+                Duration::ZERO
+            })
+        };
+        let ready_timeout = duration("pod-ready-timeout", &self.pod_ready_timeout);
+        let drain_quiet_period = duration("drain-quiet-period", &self.drain_quiet_period);
+        let limits = self.limits.limits(bad);
+        let images = match &self.images {
+            Some(p) => ImageMap::load(p).unwrap_or_else(|e| {
+                bad.push(e);
+                ImageMap::default()
+            }),
+            None => ImageMap::default(),
+        };
+        let exe = std::env::current_exe().unwrap_or_else(|e| {
+            bad.push(format!("cannot find the sluice binary for pods: {e}"));
+            PathBuf::new()
+        });
+        Pods {
+            images,
+            ready_timeout,
+            drain_quiet_period,
+            limits,
+            exe,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,34 +154,16 @@ struct RunFile {
 
 pub fn run(args: RunArgs) -> ExitCode {
     sluice_core::telemetry::init("warn");
-    let duration = |flag: &str, v: &str| {
-        sluice_core::duration::positive(v)
-            .ok_or_else(|| format!("--{flag}={v:?}: expected a duration such as 500ms or 60s"))
-    };
-    let checked = (|| {
-        let ready_timeout = duration("pod-ready-timeout", &args.pod_ready_timeout)?;
-        let drain = duration("drain-quiet-period", &args.drain_quiet_period)?;
-        let mut bad = Vec::new();
-        let limits = args.limits.limits(&mut bad);
-        if !bad.is_empty() {
-            return Err(bad.join("\n"));
-        }
-        let images = match &args.images {
-            Some(p) => ImageMap::load(p)?,
-            None => ImageMap::default(),
-        };
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find the sluice binary for pods: {e}"))?;
-        let manifests = Manifests::read(&args.files).map_err(|e| e.join("\n"))?;
-        Ok::<_, String>((ready_timeout, drain, limits, images, exe, manifests))
-    })();
-    let (ready_timeout, drain, limits, images, exe, manifests) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sluice run: {e}");
-            return ExitCode::from(EXIT_BAD_INPUT);
-        }
-    };
+    let mut bad = Vec::new();
+    let pods = args.pods.check(&mut bad);
+    let manifests = Manifests::read(&args.files).unwrap_or_else(|mut e| {
+        bad.append(&mut e);
+        Manifests::default()
+    });
+    if !bad.is_empty() {
+        eprintln!("sluice run: {}", bad.join("\n"));
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let state_dir = state_dir(args.state_dir.as_ref());
     if let Some(other) = running_platform(&state_dir) {
         eprintln!(
@@ -152,14 +187,14 @@ pub fn run(args: RunArgs) -> ExitCode {
     runtime.spawn(sluice_core::memory::give_back_after_bursts());
     runtime.block_on(async move {
         let platform = match Platform::start(Options {
-            exe,
+            exe: pods.exe,
             gateway_listen: args.listen,
             admin_listen: args.admin_listen,
             domain: args.domain,
-            images,
-            ready_timeout,
-            drain_quiet_period: drain,
-            limits,
+            images: pods.images,
+            ready_timeout: pods.ready_timeout,
+            drain_quiet_period: pods.drain_quiet_period,
+            limits: pods.limits,
         })
         .await
         {

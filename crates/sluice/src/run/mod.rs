@@ -2,11 +2,15 @@
 //!
 //! - [`manifest`], [`images`]: what users write, and which local command runs an image.
 //! - [`world`]: the pure planner: services, revisions and traffic, every rule checked.
-//! - [`platform`]: the control plane (with the local process backend), autoscaler,
-//!   activator and gateway wired together, and the admin port.
+//! - [`desired`]: the applied world, the control plane over the local process backend,
+//!   and the admin port.
+//! - [`platform`]: that with the autoscaler, activator and gateway, in one process.
+//! - [`control`]: that alone (`sluice control`), the others in their own processes.
 //! - [`cli`], [`display`]: `sluice run`, `sluice apply`, `sluice status`.
 
 pub mod cli;
+pub mod control;
+pub mod desired;
 pub mod display;
 pub mod images;
 pub mod manifest;

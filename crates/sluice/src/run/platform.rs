@@ -8,40 +8,28 @@
 //!   in-process here and served over gRPC for gateways and activators elsewhere.
 //! - Queue-proxies, the activator and the gateway send stats to the autoscaler over gRPC.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_activator::{Activator, EndpointsSource};
 use sluice_autoscaler::follow::StreamPods;
-use sluice_autoscaler::scaler::RevisionKey;
 use sluice_autoscaler::server::{Args as AutoscalerArgs, Server as AutoscalerServer};
 use sluice_autoscaler::service::Autoscaler;
+use sluice_control::ControlPlane;
 use sluice_control::local::{PodStatus, Supervisor, SupervisorConfig};
-use sluice_control::{ControlPlane, RevisionSpec, ServiceSpec};
-use sluice_core::respond;
-use sluice_core::serve::{Limits, Serving, listen, local_addr, serve};
+use sluice_core::serve::{Limits, listen, local_addr};
 use sluice_gateway::{Gateway, RoutesSource};
-use sluice_proto::v1;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::Instrument;
 
+use super::desired::Desired;
 use super::images::ImageMap;
 use super::manifest::Manifests;
-use super::world::{Local, World};
-
-/// Largest manifest `sluice apply` may send.
-const MAX_APPLY_BYTES: usize = 4 << 20;
+use super::world::World;
 
 /// How to start the platform.
 #[derive(Clone, Debug)]
@@ -67,15 +55,9 @@ pub struct Platform {
 
 #[derive(Debug)]
 struct Inner {
-    images: ImageMap,
-    /// Applies take turns; status reads the last applied world.
-    apply_lock: tokio::sync::Mutex<()>,
-    world: Mutex<World>,
+    desired: Arc<Desired>,
     autoscaler: Autoscaler,
-    supervisor: Supervisor,
     control: ControlPlane,
-    /// The gateway's table, for services' URLs (it follows the control plane's routes).
-    routes: sluice_gateway::Routes,
     addrs: Addresses,
     /// Stops the gateway, the activator and the admin port; then the autoscaler.
     stop: watch::Sender<bool>,
@@ -232,15 +214,22 @@ impl Platform {
         };
         let (stop, _) = watch::channel(false);
         let (stop_autoscaler, _) = watch::channel(false);
+        let desired = Arc::new(Desired {
+            images: opts.images,
+            domain: gateway.routes().domain().to_owned(),
+            gateway: addrs.gateway.to_string(),
+            apply_lock: tokio::sync::Mutex::new(()),
+            world: Mutex::new(World::default()),
+            supervisor,
+            control: control.clone(),
+            autoscaler: Some(autoscaler.autoscaler().clone()),
+            state: None,
+        });
         let platform = Self {
             inner: Arc::new(Inner {
-                images: opts.images,
-                apply_lock: tokio::sync::Mutex::new(()),
-                world: Mutex::new(World::default()),
+                desired: Arc::clone(&desired),
                 autoscaler: autoscaler.autoscaler().clone(),
-                supervisor,
                 control: control.clone(),
-                routes: gateway.routes(),
                 addrs,
                 stop,
                 stop_autoscaler,
@@ -254,11 +243,7 @@ impl Platform {
             }
         };
         let inner = &platform.inner;
-        let p = platform.clone();
-        let admin_page = move |_| {
-            let p = p.clone();
-            service_fn(move |req| admin_page(p.clone(), req))
-        };
+
         let tasks = Tasks {
             front: vec![
                 tokio::spawn(
@@ -287,12 +272,10 @@ impl Platform {
                     }
                     .instrument(tracing::info_span!("control"))
                 }),
-                tokio::spawn(serve(
-                    "admin",
+                tokio::spawn(super::desired::serve_admin(
                     admin,
-                    admin_page,
+                    desired,
                     stopped(&inner.stop),
-                    Serving::new(Duration::from_secs(1)),
                 )),
             ],
             autoscaler: Some(tokio::spawn(
@@ -332,126 +315,19 @@ impl Platform {
 
     /// Applies manifests: everything or, when any rule is broken, nothing.
     pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
-        let inner = &self.inner;
-        let _turn = inner.apply_lock.lock().await;
-        let current = inner.world.lock().clone();
-        let local = Local::resolve(m, &inner.images);
-        let (next, changes) = current.apply(m, &local)?;
-        if changes.config
-            && let Err(refused) = inner.autoscaler.set_config(next.config.clone())
-        {
-            return Err(refused
-                .0
-                .iter()
-                .map(|(rev, e)| format!("ConfigMap config-autoscaler: revision {rev}: {e}"))
-                .collect());
-        }
-        for (namespace, _, name) in &changes.new_revisions {
-            let (_, rev) = next
-                .revision(namespace, name)
-                .expect("a planned revision is in the next world");
-            let key = RevisionKey::new(namespace, name);
-            // The activator learns the revision before any route names it.
-            let spec = RevisionSpec {
-                pod: rev.pod.clone(),
-                initial_scale: rev.initial_scale,
-                report: rev.mpa,
-                annotations: rev.annotations.clone(),
-            };
-            if let Err(e) = inner.control.add_revision(spec) {
-                // The world planned a new name: a bug if it happens.
-                tracing::error!(revision = %key, %e, "the control plane refused a planned revision");
-            }
-        }
-        for (namespace, name) in &changes.traffic {
-            let s = &next.services[&(namespace.clone(), name.clone())];
-            let spec = ServiceSpec {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                traffic: s
-                    .traffic
-                    .iter()
-                    .map(|t| v1::TrafficTarget {
-                        revision: t.revision.clone(),
-                        percent: t.percent,
-                        tag: t.tag.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            };
-            if let Err(e) = inner.control.set_service(spec) {
-                tracing::error!(service = %name, %e, "the control plane refused planned traffic");
-            }
-        }
-        *inner.world.lock() = next;
-        let mut summary = changes.summary;
-        summary.extend(m.ignored.iter().cloned());
-        Ok(summary)
+        self.inner.desired.apply(m).await
     }
 
     /// Services, revisions, traffic, pods and the autoscaler's view, now.
     pub fn status(&self) -> Status {
-        let inner = &self.inner;
-        let world = inner.world.lock().clone();
-        // The decisions above are the applied ones, published on change; the averages
-        // move every tick, so they are read from the autoscaler as they are now.
-        let live: HashMap<RevisionKey, v1::Decision> = inner
-            .autoscaler
-            .decisions(None)
-            .into_iter()
-            .map(|d| (RevisionKey::new(&d.namespace, &d.revision), d))
-            .collect();
-        let services = world
-            .services
-            .values()
-            .map(|s| ServiceStatus {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                url: inner.routes.url(&s.namespace, &s.name),
-                traffic: s
-                    .traffic
-                    .iter()
-                    .map(|t| TrafficStatus {
-                        revision: t.revision.clone(),
-                        percent: t.percent,
-                        tag: t.tag.clone(),
-                    })
-                    .collect(),
-                revisions: s
-                    .revisions
-                    .iter()
-                    .map(|r| {
-                        let key = RevisionKey::new(&s.namespace, &r.name);
-                        let d = inner.control.decision(&key);
-                        let d = d.as_ref();
-                        RevisionStatus {
-                            name: r.name.clone(),
-                            desired: d.map_or(-1, |d| d.desired_scale),
-                            ready: u32::try_from(inner.supervisor.ready(&key).len())
-                                .unwrap_or(u32::MAX),
-                            concurrency: live.get(&key).map_or(0.0, |d| d.stable_value),
-                            panic: live.get(&key).is_some_and(|d| d.panic),
-                            mode: d
-                                .map_or(v1::Mode::Proxy, v1::Decision::mode)
-                                .label()
-                                .to_owned(),
-                            error: inner.supervisor.last_error(&key),
-                            pods: inner.supervisor.pods(&key),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        Status {
-            gateway: inner.addrs.gateway.to_string(),
-            services,
-        }
+        self.inner.desired.status()
     }
 
     /// Drains and stops every pod, then the gateway, the activator and the admin port,
     /// then the autoscaler.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        inner.supervisor.shutdown().await;
+        inner.desired.supervisor.shutdown().await;
         let tasks = std::mem::take(&mut *inner.tasks.lock());
         inner.stop.send_replace(true);
         for task in tasks.front {
@@ -487,54 +363,4 @@ async fn follow_decisions(platform: Platform) {
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// The admin port: `GET /status` (JSON), `POST /apply` (YAML manifests), `GET /healthz`.
-async fn admin_page(
-    platform: Platform,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/status") => {
-            let body =
-                serde_json::to_vec_pretty(&platform.status()).expect("a status always serializes");
-            let mut rsp = Response::new(Full::new(Bytes::from(body)));
-            rsp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            rsp
-        }
-        (&Method::POST, "/apply") => {
-            let body = match Limited::new(req.into_body(), MAX_APPLY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return Ok(respond::text(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("cannot read the manifests: {e}"),
-                    ));
-                }
-            };
-            let text = String::from_utf8_lossy(&body);
-            let applied = match Manifests::parse("apply", &text) {
-                Ok(m) => platform.apply(&m).await,
-                Err(e) => Err(e),
-            };
-            match applied {
-                Ok(summary) => respond::text(StatusCode::OK, summary.join("\n") + "\n"),
-                Err(errors) => respond::text(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("refused; nothing was changed:\n  {}\n", errors.join("\n  ")),
-                ),
-            }
-        }
-        (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "sluice"),
-        _ => respond::text(
-            StatusCode::NOT_FOUND,
-            "not found: this port serves GET /status, POST /apply and GET /healthz",
-        ),
-    })
 }

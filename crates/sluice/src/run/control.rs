@@ -1,0 +1,261 @@
+//! `sluice control`: the control plane as its own process, as on a cluster. It keeps the
+//! applied world (admin port: `sluice apply`, `sluice status`), runs pods through the local
+//! process backend, follows the autoscaler's decisions over gRPC, and serves the routes and
+//! endpoints feeds that gateways, activators and the autoscaler follow (`--control`).
+//! With `--state-dir` every accepted apply is kept and replayed at start, so the desired
+//! state survives a restart (its pods are started again, not adopted).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sluice_control::ControlPlane;
+use sluice_control::local::{Supervisor, SupervisorConfig};
+use sluice_core::process::Exit;
+use sluice_core::serve::{Limits, listen, local_addr};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::cli::PodArgs;
+use super::desired::{Desired, serve_admin};
+use super::images::ImageMap;
+use super::world::World;
+
+/// `EX_USAGE`: a bad flag.
+const EXIT_CONFIG: u8 = 64;
+
+/// `sluice control`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// The gRPC feeds (`sluice.v1.RoutesService`, `sluice.v1.EndpointsService`).
+    #[arg(long, env = "SLUICE_CONTROL_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// The admin port (`sluice apply`, `sluice status --admin`).
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:8070")]
+    pub admin_listen: SocketAddr,
+    /// The autoscaler's gRPC address (`http://host:port`): its decisions are followed, and
+    /// pods send their stats there.
+    #[arg(long, env = "SLUICE_AUTOSCALER_ADDRESS")]
+    pub autoscaler_address: String,
+    /// Hosts are `{service}.{namespace}.{domain}`.
+    #[arg(long, env = "SLUICE_DOMAIN", default_value = "example.com")]
+    pub domain: String,
+    /// The gateway's address, as `sluice status` shows it.
+    #[arg(long, default_value = "")]
+    pub gateway_address: String,
+    /// Where accepted applies are kept, and replayed from at start.
+    #[arg(long, env = "SLUICE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub pods: PodArgs,
+}
+
+/// How to start the control plane.
+#[derive(Clone, Debug)]
+pub struct ControlOptions {
+    /// The `sluice` binary that pods run.
+    pub exe: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub autoscaler: http::Uri,
+    pub domain: String,
+    pub gateway: String,
+    pub images: ImageMap,
+    pub ready_timeout: Duration,
+    pub drain_quiet_period: Duration,
+    /// The pods' bounds on client connections.
+    pub limits: Limits,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlServer {
+    desired: Arc<Desired>,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl ControlServer {
+    /// Binds both ports, replays the kept applies, then serves.
+    pub async fn start(opts: ControlOptions) -> Result<Self, String> {
+        let grpc = listen("control", opts.listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        let admin = listen("admin", opts.admin_listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (changed, changed_rx) = mpsc::unbounded_channel();
+        let supervisor = Supervisor::new(
+            SupervisorConfig {
+                exe: opts.exe,
+                ready_timeout: opts.ready_timeout,
+                drain_quiet_period: opts.drain_quiet_period,
+                limits: opts.limits,
+            },
+            changed,
+        );
+        supervisor.set_autoscaler(opts.autoscaler.to_string());
+        let control = ControlPlane::new(Arc::new(supervisor.clone()));
+        let desired = Arc::new(Desired {
+            images: opts.images,
+            domain: opts.domain,
+            gateway: opts.gateway,
+            apply_lock: tokio::sync::Mutex::new(()),
+            world: parking_lot::Mutex::new(World::default()),
+            supervisor,
+            control: control.clone(),
+            autoscaler: None,
+            state: opts.state_dir,
+        });
+        let (stop, _) = watch::channel(false);
+        let stopped = || {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut tasks = vec![
+            tokio::spawn(
+                control
+                    .clone()
+                    .follow_backend(changed_rx)
+                    .instrument(tracing::info_span!("follow_pods")),
+            ),
+            tokio::spawn(
+                control
+                    .clone()
+                    .follow_decisions(opts.autoscaler)
+                    .instrument(tracing::info_span!("follow_decisions")),
+            ),
+        ];
+        let replayed = match desired.replay().await {
+            Ok(n) => n,
+            Err(e) => {
+                for t in &tasks {
+                    t.abort();
+                }
+                desired.supervisor.shutdown().await;
+                return Err(format!("cannot replay the kept applies: {e}"));
+            }
+        };
+        if replayed > 0 {
+            tracing::info!(applies = replayed, "desired state replayed");
+        }
+        let (grpc_addr, admin_addr) = (local_addr(&grpc), local_addr(&admin));
+        let grpc_stop = stopped();
+        tasks.push(tokio::spawn(
+            async move {
+                if let Err(e) = sluice_control::grpc::serve(
+                    grpc,
+                    control.routes(),
+                    control.endpoints(),
+                    grpc_stop,
+                )
+                .await
+                {
+                    tracing::error!(%e, "the control plane's gRPC port failed");
+                }
+            }
+            .instrument(tracing::info_span!("control")),
+        ));
+        tasks.push(tokio::spawn(serve_admin(
+            admin,
+            Arc::clone(&desired),
+            stopped(),
+        )));
+        tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "control plane serving");
+        Ok(Self {
+            desired,
+            grpc: grpc_addr,
+            admin: admin_addr,
+            stop,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// The gRPC feeds' address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Drains and stops every pod, then closes both ports.
+    pub async fn shutdown(&self) {
+        self.desired.supervisor.shutdown().await;
+        self.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        // The followers first (they never end); the ports close on their own once their
+        // watches have ended.
+        let (followers, ports) = tasks.split_at(2);
+        for task in followers {
+            task.abort();
+        }
+        for task in ports {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !task.is_finished() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            task.abort();
+        }
+    }
+}
+
+/// The `sluice control` process: check the flags (exit 64), serve until SIGTERM or
+/// Ctrl-C, then drain the pods.
+pub fn main(args: ControlArgs) -> ExitCode {
+    sluice_core::telemetry::init("info");
+    let opts = match options(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sluice control: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    sluice_core::process::run("control", None, async move {
+        let server = ControlServer::start(opts)
+            .await
+            .map_err(|e| Exit::new(1, e))?;
+        sluice_core::shutdown::logged_signal().await;
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Every bad flag at once.
+fn options(a: ControlArgs) -> Result<ControlOptions, String> {
+    let mut bad = Vec::new();
+    let autoscaler = sluice_core::address::grpc_flag(
+        "autoscaler-address",
+        Some(&a.autoscaler_address),
+        &mut bad,
+    );
+    if autoscaler.is_none() && bad.is_empty() {
+        bad.push("--autoscaler-address is required".to_owned());
+    }
+    let pods = a.pods.check(&mut bad);
+    match autoscaler {
+        Some(autoscaler) if bad.is_empty() => Ok(ControlOptions {
+            exe: pods.exe,
+            listen: a.listen,
+            admin_listen: a.admin_listen,
+            autoscaler,
+            domain: a.domain,
+            gateway: a.gateway_address,
+            images: pods.images,
+            ready_timeout: pods.ready_timeout,
+            drain_quiet_period: pods.drain_quiet_period,
+            limits: pods.limits,
+            state_dir: a.state_dir,
+        }),
+        _ => Err(bad.join("\n")),
+    }
+}

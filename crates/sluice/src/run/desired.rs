@@ -1,0 +1,304 @@
+//! The desired side of the local platform: the applied world (services, revisions,
+//! traffic, `config-autoscaler`), the control plane over the local process backend, and
+//! the admin port that `sluice apply` and `sluice status` use. `sluice run` runs it beside
+//! the autoscaler, activator and gateway; `sluice control` runs it alone, with the
+//! autoscaler in another process.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use sluice_autoscaler::scaler::RevisionKey;
+use sluice_autoscaler::service::Autoscaler;
+use sluice_control::local::Supervisor;
+use sluice_control::{ControlPlane, RevisionSpec, ServiceSpec};
+use sluice_core::respond;
+use sluice_proto::v1;
+
+use super::images::ImageMap;
+use super::manifest::Manifests;
+use super::platform::{RevisionStatus, ServiceStatus, Status, TrafficStatus};
+use super::world::{Local, World};
+
+/// Largest manifest `sluice apply` may send.
+const MAX_APPLY_BYTES: usize = 4 << 20;
+
+/// The applied world and what carries it out.
+#[derive(Debug)]
+pub struct Desired {
+    pub(crate) images: ImageMap,
+    /// Services' URLs are under it.
+    pub(crate) domain: String,
+    /// The gateway's address, as `sluice status` shows it.
+    pub(crate) gateway: String,
+    /// Applies take turns; status reads the last applied world.
+    pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    pub(crate) world: Mutex<World>,
+    pub(crate) supervisor: Supervisor,
+    pub(crate) control: ControlPlane,
+    /// In-process: the autoscaler that `config-autoscaler` changes reach, and whose live
+    /// averages status shows. `None` when it runs in another process.
+    pub(crate) autoscaler: Option<Autoscaler>,
+    /// Where accepted applies are kept (`applied/NNNNNN.yaml`), to replay at start.
+    pub(crate) state: Option<PathBuf>,
+}
+
+impl Desired {
+    /// Applies manifests: everything or, when any rule is broken, nothing.
+    pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
+        let inner = self;
+        let _turn = inner.apply_lock.lock().await;
+        let current = inner.world.lock().clone();
+        let local = Local::resolve(m, &inner.images);
+        let (next, changes) = current.apply(m, &local)?;
+        if changes.config {
+            let Some(autoscaler) = &inner.autoscaler else {
+                return Err(vec![
+                    "ConfigMap config-autoscaler: the autoscaler runs in its own process, which \
+                     reads it at start (--config); it cannot be changed through the control plane"
+                        .to_owned(),
+                ]);
+            };
+            if let Err(refused) = autoscaler.set_config(next.config.clone()) {
+                return Err(refused
+                    .0
+                    .iter()
+                    .map(|(rev, e)| format!("ConfigMap config-autoscaler: revision {rev}: {e}"))
+                    .collect());
+            }
+        }
+        for (namespace, _, name) in &changes.new_revisions {
+            let (_, rev) = next
+                .revision(namespace, name)
+                .expect("a planned revision is in the next world");
+            let key = RevisionKey::new(namespace, name);
+            // The activator learns the revision before any route names it.
+            let spec = RevisionSpec {
+                pod: rev.pod.clone(),
+                initial_scale: rev.initial_scale,
+                report: rev.mpa,
+                annotations: rev.annotations.clone(),
+            };
+            if let Err(e) = inner.control.add_revision(spec) {
+                // The world planned a new name: a bug if it happens.
+                tracing::error!(revision = %key, %e, "the control plane refused a planned revision");
+            }
+        }
+        for (namespace, name) in &changes.traffic {
+            let s = &next.services[&(namespace.clone(), name.clone())];
+            let spec = ServiceSpec {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                traffic: s
+                    .traffic
+                    .iter()
+                    .map(|t| v1::TrafficTarget {
+                        revision: t.revision.clone(),
+                        percent: t.percent,
+                        tag: t.tag.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            };
+            if let Err(e) = inner.control.set_service(spec) {
+                tracing::error!(service = %name, %e, "the control plane refused planned traffic");
+            }
+        }
+        *inner.world.lock() = next;
+        let mut summary = changes.summary;
+        summary.extend(m.ignored.iter().cloned());
+        Ok(summary)
+    }
+
+    /// Services, revisions, traffic, pods and the autoscaler's view, now.
+    pub fn status(&self) -> Status {
+        let inner = self;
+        let world = inner.world.lock().clone();
+        // The control plane's decisions are the applied ones, published on change; the
+        // averages move every tick, so they are read from an in-process autoscaler as they
+        // are now (from the last published decision otherwise).
+        let live: HashMap<RevisionKey, v1::Decision> = inner
+            .autoscaler
+            .as_ref()
+            .map(|a| a.decisions(None))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| (RevisionKey::new(&d.namespace, &d.revision), d))
+            .collect();
+        let services = world
+            .services
+            .values()
+            .map(|s| ServiceStatus {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                url: sluice_gateway::routes::service_url(&inner.domain, &s.namespace, &s.name),
+                traffic: s
+                    .traffic
+                    .iter()
+                    .map(|t| TrafficStatus {
+                        revision: t.revision.clone(),
+                        percent: t.percent,
+                        tag: t.tag.clone(),
+                    })
+                    .collect(),
+                revisions: s
+                    .revisions
+                    .iter()
+                    .map(|r| {
+                        let key = RevisionKey::new(&s.namespace, &r.name);
+                        let d = inner.control.decision(&key);
+                        let d = d.as_ref();
+                        RevisionStatus {
+                            name: r.name.clone(),
+                            desired: d.map_or(-1, |d| d.desired_scale),
+                            ready: u32::try_from(inner.supervisor.ready(&key).len())
+                                .unwrap_or(u32::MAX),
+                            concurrency: live.get(&key).or(d).map_or(0.0, |d| d.stable_value),
+                            panic: live.get(&key).or(d).is_some_and(|d| d.panic),
+                            mode: d
+                                .map_or(v1::Mode::Proxy, v1::Decision::mode)
+                                .label()
+                                .to_owned(),
+                            error: inner.supervisor.last_error(&key),
+                            pods: inner.supervisor.pods(&key),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            gateway: inner.gateway.clone(),
+            services,
+        }
+    }
+
+    /// Parses and applies manifests sent to the admin port; kept in the state directory
+    /// once accepted, so that a restart replays them.
+    pub async fn apply_text(&self, text: &str) -> Result<Vec<String>, Vec<String>> {
+        let m = Manifests::parse("apply", text)?;
+        let summary = self.apply(&m).await?;
+        if let Some(dir) = &self.state
+            && let Err(e) = keep(dir, text)
+        {
+            // Applied but not kept: say so rather than lose it silently at a restart.
+            return Ok(summary
+                .into_iter()
+                .chain([format!("warning: not kept for a restart: {e}")])
+                .collect());
+        }
+        Ok(summary)
+    }
+
+    /// Applies again, in order, what the state directory kept. Returns how many applies.
+    pub async fn replay(&self) -> Result<usize, String> {
+        let Some(dir) = &self.state else {
+            return Ok(0);
+        };
+        let dir = dir.join("applied");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        files.sort();
+        for path in &files {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let m =
+                Manifests::parse(&path.display().to_string(), &text).map_err(|e| e.join("; "))?;
+            self.apply(&m)
+                .await
+                .map_err(|e| format!("{}: {}", path.display(), e.join("; ")))?;
+        }
+        Ok(files.len())
+    }
+}
+
+/// Writes one accepted apply as the next `applied/NNNNNN.yaml` (via a temporary file, so a
+/// crash leaves no half-written apply behind).
+fn keep(dir: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = dir.join("applied");
+    std::fs::create_dir_all(&dir)?;
+    let next = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok()?.path().file_stem()?.to_str()?.parse::<u64>().ok())
+        .max()
+        .map_or(1, |n| n + 1);
+    let tmp = dir.join(format!("{next:06}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(format!("{next:06}.yaml")))
+}
+
+/// The admin port: `GET /status` (JSON), `POST /apply` (YAML manifests), `GET /healthz`.
+async fn admin_page(
+    platform: Arc<Desired>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/status") => {
+            let body =
+                serde_json::to_vec_pretty(&platform.status()).expect("a status always serializes");
+            let mut rsp = Response::new(Full::new(Bytes::from(body)));
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            rsp
+        }
+        (&Method::POST, "/apply") => {
+            let body = match Limited::new(req.into_body(), MAX_APPLY_BYTES)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(respond::text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("cannot read the manifests: {e}"),
+                    ));
+                }
+            };
+            let text = String::from_utf8_lossy(&body);
+            let applied = platform.apply_text(&text).await;
+            match applied {
+                Ok(summary) => respond::text(StatusCode::OK, summary.join("\n") + "\n"),
+                Err(errors) => respond::text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("refused; nothing was changed:\n  {}\n", errors.join("\n  ")),
+                ),
+            }
+        }
+        (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "sluice"),
+        _ => respond::text(
+            StatusCode::NOT_FOUND,
+            "not found: this port serves GET /status, POST /apply and GET /healthz",
+        ),
+    })
+}
+
+/// Serves the admin port until `shutdown`.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    desired: Arc<Desired>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let page = move |_| {
+        let desired = Arc::clone(&desired);
+        hyper::service::service_fn(move |req| admin_page(Arc::clone(&desired), req))
+    };
+    sluice_core::serve::serve(
+        "admin",
+        listener,
+        page,
+        shutdown,
+        sluice_core::serve::Serving::new(std::time::Duration::from_secs(1)),
+    )
+    .await;
+}
