@@ -52,13 +52,17 @@ pub struct Desired {
 impl Desired {
     /// Applies manifests: everything or, when any rule is broken, nothing.
     pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
-        let inner = self;
-        let _turn = inner.apply_lock.lock().await;
-        let current = inner.world.lock().clone();
-        let local = Local::resolve(m, &inner.images);
+        let _turn = self.apply_lock.lock().await;
+        self.apply_locked(m)
+    }
+
+    /// [`Desired::apply`], with the turn already taken.
+    fn apply_locked(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
+        let current = self.world.lock().clone();
+        let local = Local::resolve(m, &self.images);
         let (next, changes) = current.apply(m, &local)?;
         if changes.config {
-            let Some(autoscaler) = &inner.autoscaler else {
+            let Some(autoscaler) = &self.autoscaler else {
                 return Err(vec![
                     "ConfigMap config-autoscaler: the autoscaler runs in its own process, which \
                      reads it at start (--config); it cannot be changed through the control plane"
@@ -85,7 +89,7 @@ impl Desired {
                 report: rev.mpa,
                 annotations: rev.annotations.clone(),
             };
-            if let Err(e) = inner.control.add_revision(spec) {
+            if let Err(e) = self.control.add_revision(spec) {
                 // The world planned a new name: a bug if it happens.
                 tracing::error!(revision = %key, %e, "the control plane refused a planned revision");
             }
@@ -105,11 +109,11 @@ impl Desired {
                     })
                     .collect(),
             };
-            if let Err(e) = inner.control.set_service(spec) {
+            if let Err(e) = self.control.set_service(spec) {
                 tracing::error!(service = %name, %e, "the control plane refused planned traffic");
             }
         }
-        *inner.world.lock() = next;
+        *self.world.lock() = next;
         let mut summary = changes.summary;
         summary.extend(m.ignored.iter().cloned());
         Ok(summary)
@@ -117,12 +121,11 @@ impl Desired {
 
     /// Services, revisions, traffic, pods and the autoscaler's view, now.
     pub fn status(&self) -> Status {
-        let inner = self;
-        let world = inner.world.lock().clone();
+        let world = self.world.lock().clone();
         // The control plane's decisions are the applied ones, published on change; the
         // averages move every tick, so they are read from an in-process autoscaler as they
         // are now (from the last published decision otherwise).
-        let live: HashMap<RevisionKey, v1::Decision> = inner
+        let live: HashMap<RevisionKey, v1::Decision> = self
             .autoscaler
             .as_ref()
             .map(|a| a.decisions(None))
@@ -136,7 +139,7 @@ impl Desired {
             .map(|s| ServiceStatus {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
-                url: sluice_gateway::routes::service_url(&inner.domain, &s.namespace, &s.name),
+                url: sluice_gateway::routes::service_url(&self.domain, &s.namespace, &s.name),
                 traffic: s
                     .traffic
                     .iter()
@@ -151,12 +154,12 @@ impl Desired {
                     .iter()
                     .map(|r| {
                         let key = RevisionKey::new(&s.namespace, &r.name);
-                        let d = inner.control.decision(&key);
+                        let d = self.control.decision(&key);
                         let d = d.as_ref();
                         RevisionStatus {
                             name: r.name.clone(),
                             desired: d.map_or(-1, |d| d.desired_scale),
-                            ready: u32::try_from(inner.supervisor.ready(&key).len())
+                            ready: u32::try_from(self.supervisor.ready(&key).len())
                                 .unwrap_or(u32::MAX),
                             concurrency: live.get(&key).or(d).map_or(0.0, |d| d.stable_value),
                             panic: live.get(&key).or(d).is_some_and(|d| d.panic),
@@ -164,15 +167,15 @@ impl Desired {
                                 .map_or(v1::Mode::Proxy, v1::Decision::mode)
                                 .label()
                                 .to_owned(),
-                            error: inner.supervisor.last_error(&key),
-                            pods: inner.supervisor.pods(&key),
+                            error: self.supervisor.last_error(&key),
+                            pods: self.supervisor.pods(&key),
                         }
                     })
                     .collect(),
             })
             .collect();
         Status {
-            gateway: inner.gateway.clone(),
+            gateway: self.gateway.clone(),
             services,
         }
     }
@@ -181,7 +184,9 @@ impl Desired {
     /// once accepted, so that a restart replays them.
     pub async fn apply_text(&self, text: &str) -> Result<Vec<String>, Vec<String>> {
         let m = Manifests::parse("apply", text)?;
-        let summary = self.apply(&m).await?;
+        // Kept in the same turn, so that the kept applies replay in the order they ran.
+        let _turn = self.apply_lock.lock().await;
+        let summary = self.apply_locked(&m)?;
         if let Some(dir) = &self.state
             && let Err(e) = keep(dir, text)
         {
