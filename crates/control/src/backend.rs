@@ -21,4 +21,19 @@ pub trait Backend: Send + Sync + 'static {
     fn scale(&self, revision: &RevisionKey, replicas: u32);
     /// The ready pods' queue-proxy addresses.
     fn ready(&self, revision: &RevisionKey) -> Vec<SocketAddr>;
+    /// Every pod of the revision now, oldest first, for `sluice status`.
+    fn pods(&self, revision: &RevisionKey) -> Vec<PodStatus>;
+    /// Why the revision's last pod failed, while no pod has become ready since.
+    fn last_error(&self, revision: &RevisionKey) -> Option<String>;
+}
+
+/// One pod as `sluice status --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodStatus {
+    pub name: String,
+    /// Its queue-proxy's address (what the gateway and the activator send to).
+    pub address: SocketAddr,
+    /// `starting` (not ready yet), `ready` (in rotation), or `stopping` (out of rotation,
+    /// draining).
+    pub state: String,
 }

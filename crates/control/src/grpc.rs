@@ -53,8 +53,13 @@ pub async fn serve(
 }
 
 impl<T: Item> Watch<T> {
+    /// `feed`, whose watches end when `stop` turns true.
+    pub(crate) fn new(feed: Feed<T>, stop: watch::Receiver<bool>) -> Self {
+        Self { feed, stop }
+    }
+
     /// The feed's events for `namespace` as `M`, until the server stops.
-    fn events<M>(&self, namespace: String) -> Events<M>
+    pub(crate) fn events<M>(&self, namespace: String) -> Events<M>
     where
         M: From<Event<T>> + Send + 'static,
     {

@@ -2,7 +2,8 @@
 //!
 //! - [`spec`]: the desired state (services with traffic, revisions with their pods).
 //! - [`reconciler`]: the pure part: desired state + decisions + ready pods → actions.
-//! - [`backend`]: what runs revisions; [`local`] runs them as processes on this machine.
+//! - [`backend`]: what runs revisions; [`local`] runs them as processes on this machine,
+//!   [`node`] serves that to a control plane in another process.
 //! - [`ControlPlane`]: the reconciler behind a lock, carrying its actions out: the routes
 //!   and endpoints feeds (served over gRPC by [`grpc`]) and the backend.
 //!
@@ -12,6 +13,7 @@
 pub mod backend;
 pub mod grpc;
 pub mod local;
+pub mod node;
 pub mod reconciler;
 pub mod spec;
 
@@ -94,6 +96,24 @@ impl ControlPlane {
     pub fn pods_changed(&self, key: &RevisionKey) {
         let backend = Arc::clone(&self.inner.backend);
         let _ = self.change(|r| Ok(r.ready(key, backend.ready(key))));
+    }
+
+    /// Adopts the workloads the backend runs already (created by a previous control plane;
+    /// call once its state is known and the desired state applied): a desired revision's
+    /// pods are kept as they run, any other workload is deleted. Returns the deleted ones.
+    pub fn adopt(&self, running: &[(RevisionKey, u32)]) -> Vec<RevisionKey> {
+        let backend = Arc::clone(&self.inner.backend);
+        let mut deleted = Vec::new();
+        for (key, replicas) in running {
+            let _ = self.change(|r| match r.adopted(key, *replicas, backend.ready(key)) {
+                Some(actions) => Ok(actions),
+                None => {
+                    deleted.push(key.clone());
+                    Ok(vec![Action::Delete(key.clone())])
+                }
+            });
+        }
+        deleted
     }
 
     /// The revision's latest decision.

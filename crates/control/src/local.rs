@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backend::Backend;
+pub use crate::backend::PodStatus;
 use crate::spec::{PodSpec, RevisionSpec, SAMPLE_APP};
 
 /// Output lines kept per pod, shown when it fails.
@@ -88,17 +89,6 @@ struct RevPods {
     pods: Mutex<BTreeMap<u64, PodStatus>>,
     stop: watch::Sender<bool>,
     done: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// One pod as `sluice status --json` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PodStatus {
-    pub name: String,
-    /// Its queue-proxy's address (what the gateway and the activator send to).
-    pub address: SocketAddr,
-    /// `starting` (not ready yet), `ready` (in rotation), or `stopping` (out of rotation,
-    /// draining).
-    pub state: String,
 }
 
 /// A pod as its manager sees it.
@@ -183,6 +173,16 @@ impl Supervisor {
         rev.last_error.lock().clone()
     }
 
+    /// The revisions it runs, with the replicas set on each.
+    pub fn revisions(&self) -> Vec<(RevisionKey, u32)> {
+        self.inner
+            .revisions
+            .lock()
+            .iter()
+            .map(|(k, r)| (k.clone(), *r.desired.borrow()))
+            .collect()
+    }
+
     /// Drains and stops every pod of every revision, the deleted ones' included.
     pub async fn shutdown(&self) {
         let mut revisions: Vec<Arc<RevPods>> = self
@@ -229,6 +229,14 @@ impl Backend for Supervisor {
 
     fn ready(&self, revision: &RevisionKey) -> Vec<SocketAddr> {
         Supervisor::ready(self, revision)
+    }
+
+    fn pods(&self, revision: &RevisionKey) -> Vec<PodStatus> {
+        Supervisor::pods(self, revision)
+    }
+
+    fn last_error(&self, revision: &RevisionKey) -> Option<String> {
+        Supervisor::last_error(self, revision)
     }
 }
 
@@ -524,6 +532,10 @@ fn readiness_probe_for(probe: &serde_json::Value, user_port: u16) -> serde_json:
 }
 
 fn spawn(mut cmd: Command, tail: &Tail) -> std::io::Result<Child> {
+    // Sockets passed to this process are its own, not its pods'.
+    for var in sluice_core::serve::passed::VARS {
+        cmd.env_remove(var);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -542,12 +554,13 @@ fn spawn(mut cmd: Command, tail: &Tail) -> std::io::Result<Child> {
     Ok(child)
 }
 
-/// The child gets SIGTERM when `sluice run` dies, even by SIGKILL, so that no pod outlives
-/// the platform (`kill_on_drop` covers only the exits that run destructors).
+/// The child gets SIGTERM when this process dies, even by SIGKILL, so that no pod (or, for
+/// `sluice run --distributed`, no component) outlives the platform (`kill_on_drop` covers
+/// only the exits that run destructors).
 ///
-/// Linux sends it when the thread that forked the child exits: pods are spawned from the
-/// runtime's worker threads, which live as long as the platform.
-fn die_with_parent(cmd: &mut Command) {
+/// Linux sends it when the thread that forked the child exits: children are spawned from
+/// the runtime's worker threads, which live as long as the platform.
+pub fn die_with_parent(cmd: &mut Command) {
     let parent = nix::unistd::getpid();
     let hook = move || {
         nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;

@@ -209,6 +209,23 @@ impl Reconciler {
         out
     }
 
+    /// A workload found running in the backend when this control plane started (one
+    /// that a previous control plane created): its replicas stand until the autoscaler's
+    /// first decision, so that its pods are counted as they are. Returns `None` for a
+    /// workload of no desired revision, which the caller deletes.
+    pub fn adopted(
+        &mut self,
+        key: &RevisionKey,
+        replicas: u32,
+        ready: Vec<SocketAddr>,
+    ) -> Option<Vec<Action>> {
+        let rev = self.revisions.get_mut(key)?;
+        if rev.decision.is_none() {
+            rev.replicas = replicas;
+        }
+        Some(self.ready(key, ready))
+    }
+
     /// The revision's latest decision.
     pub fn decision_of(&self, key: &RevisionKey) -> Option<&v1::Decision> {
         self.revisions.get(key)?.decision.as_ref()

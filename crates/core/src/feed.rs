@@ -307,6 +307,18 @@ pub async fn watch_decisions(
     Ok(Box::pin(stream.map(|d| d.map(Event::Item))))
 }
 
+/// One watch of a node's `NodeService` (for [`follow_remote`]): its pods, for the control
+/// plane that drives it.
+pub async fn watch_pods(
+    channel: tonic::transport::Channel,
+) -> Result<RemoteEvents<v1::WorkloadPods>, tonic::Status> {
+    let stream = v1::node_service_client::NodeServiceClient::new(channel)
+        .watch(v1::WatchPodsRequest::default())
+        .await?
+        .into_inner();
+    Ok(Box::pin(stream.map(|e| e.map(Event::from))))
+}
+
 /// One watch of a control plane's `RoutesService` (for [`follow_remote`]).
 pub async fn watch_routes(
     channel: tonic::transport::Channel,
@@ -428,6 +440,44 @@ impl From<v1::EndpointsEvent> for Event<v1::RevisionEndpoints> {
     fn from(e: v1::EndpointsEvent) -> Self {
         match e.revision {
             Some(r) => Self::Item(r),
+            None => Self::Synced,
+        }
+    }
+}
+
+impl Item for v1::WorkloadPods {
+    fn key(&self) -> ItemKey {
+        ItemKey {
+            kind: "workload",
+            namespace: self.namespace.clone(),
+            name: self.revision.clone(),
+        }
+    }
+
+    fn removed(&self) -> bool {
+        self.removed
+    }
+}
+
+impl From<Event<v1::WorkloadPods>> for v1::PodsEvent {
+    fn from(e: Event<v1::WorkloadPods>) -> Self {
+        match e {
+            Event::Item(w) => Self {
+                workload: Some(w),
+                synced: false,
+            },
+            Event::Synced => Self {
+                workload: None,
+                synced: true,
+            },
+        }
+    }
+}
+
+impl From<v1::PodsEvent> for Event<v1::WorkloadPods> {
+    fn from(e: v1::PodsEvent) -> Self {
+        match e.workload {
+            Some(w) => Self::Item(w),
             None => Self::Synced,
         }
     }

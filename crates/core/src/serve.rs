@@ -31,6 +31,7 @@ mod conn;
 mod io;
 pub mod limits;
 pub mod local;
+pub mod passed;
 
 pub use conn::{DEADLINE_SLACK, ExchangeDeadline, InFlight};
 pub use io::Io;
@@ -50,11 +51,17 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-/// Binds `addr` for the port called `port` (named in the error).
+/// Binds `addr` for the port called `port` (named in the error), or takes the socket
+/// passed to the process under that name ([`passed`]: systemd's socket activation), which
+/// then wins over `addr`.
 pub async fn listen(port: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { port, addr, source })
+    let bind_error = |source| BindError { port, addr, source };
+    if let Some(l) = passed::take(port).map_err(bind_error)? {
+        let l = TcpListener::from_std(l).map_err(bind_error)?;
+        tracing::debug!(port, addr = %local_addr(&l), "listening on a passed socket");
+        return Ok(l);
+    }
+    TcpListener::bind(addr).await.map_err(bind_error)
 }
 
 /// The address a bound listener took (the port, when 0 was asked for).

@@ -44,6 +44,8 @@ fn options(
         drain_quiet_period: Duration::from_millis(100),
         limits: Limits::default(),
         state_dir: Some(state.to_path_buf()),
+        node: None,
+        autoscaler_config: None,
     }
 }
 

@@ -8,23 +8,12 @@ use std::time::Duration;
 
 use sluice::run::Platform;
 use sluice::run::manifest::Manifests;
-use sluice_test_support::{client, hey, load};
+use sluice_test_support::{client, hey};
 use tokio::time::Instant;
 
 mod common;
 
 use common::*;
-
-/// Every request of a load run answered, and with 200.
-fn assert_all_200(report: &load::LoadReport) {
-    assert_eq!(report.errors, 0, "{:?}", report.sample_errors);
-    assert_eq!(
-        report.statuses.keys().copied().collect::<Vec<_>>(),
-        [200],
-        "{:?}",
-        report.statuses
-    );
-}
 
 /// A platform with the 6 s window, one example applied, and its first revision ready.
 async fn serving(example_file: &str, revision_name: &str) -> (Platform, SocketAddr) {
@@ -45,39 +34,6 @@ fn url(gw: SocketAddr, path: &str) -> String {
 
 async fn get(gw: SocketAddr, host: &str, path: &str) -> client::Reply {
     client::get_with(&url(gw, path), &[("host", host)]).await
-}
-
-/// 8 clients sending `GET /` for `host` through the gateway for `time`, in the background.
-fn background_load(
-    gw: SocketAddr,
-    host: &'static str,
-    time: Duration,
-) -> tokio::task::JoinHandle<load::LoadReport> {
-    let target = url(gw, "/");
-    tokio::spawn(async move {
-        load::run_with_headers(
-            client::http1(),
-            &target,
-            &[("host", host)],
-            8,
-            Some(200_000),
-            time,
-        )
-        .await
-    })
-}
-
-/// `examples/traffic-split.yaml` with all of its traffic back on blue (`hello-v1`).
-fn rolled_back(split: &str) -> String {
-    split
-        .replace(
-            "      percent: 50\n      tag: blue",
-            "      percent: 100\n      tag: blue",
-        )
-        .replace(
-            "      percent: 50\n      tag: green",
-            "      percent: 0\n      tag: green",
-        )
 }
 
 /// Runs hey against the gateway on a blocking thread.

@@ -28,8 +28,13 @@ fn example(name: &str) -> String {
 }
 
 fn start(manifest: &str, state: &Path) -> Child {
+    start_with(manifest, state, &[])
+}
+
+fn start_with(manifest: &str, state: &Path, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args(["run", "-f", manifest, "--listen", "127.0.0.1:0"])
+        .args(extra)
         .arg("--state-dir")
         .arg(state)
         .args(["--drain-quiet-period", "100ms"])
@@ -173,6 +178,42 @@ fn sigkill_takes_the_pods_with_it() {
     wait_gone(&pod, Duration::from_secs(10));
 }
 
+/// `--distributed`: four components and the pod's two processes, all children of
+/// `sluice run`.
+fn running_distributed(test: &str) -> (Child, Vec<(u32, String)>) {
+    let state = state_dir(test);
+    let sluice = start_with(&example("helloworld-go.yaml"), &state, &["--distributed"]);
+    wait_ready(&state, 1);
+    let all = children(sluice.id());
+    assert_eq!(
+        all.len(),
+        6,
+        "control, autoscaler, activator, gateway, app, queue-proxy: {all:?}"
+    );
+    (sluice, all)
+}
+
+#[test]
+fn distributed_sigterm_stops_every_process_and_exits_0() {
+    let (mut sluice, all) = running_distributed("dist-sigterm");
+    kill(
+        Pid::from_raw(i32::try_from(sluice.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_exit(&mut sluice, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status}");
+    wait_gone(&all, Duration::from_secs(1));
+}
+
+#[test]
+fn distributed_sigkill_takes_every_process_with_it() {
+    let (mut sluice, all) = running_distributed("dist-sigkill");
+    sluice.kill().unwrap();
+    sluice.wait().unwrap();
+    wait_gone(&all, Duration::from_secs(15));
+}
+
 #[test]
 fn a_malformed_manifest_exits_2_naming_the_field() {
     let state = state_dir("malformed");
@@ -201,22 +242,25 @@ fn a_malformed_manifest_exits_2_naming_the_field() {
 fn a_gateway_port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let state = state_dir("port-in-use");
-    let out = Command::new(BIN)
-        .args(["run", "-f", &example("helloworld-go.yaml")])
-        .args(["--listen", &addr.to_string()])
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&addr.to_string()) && stderr.contains("in use"),
-        "names the address and the reason: {stderr}"
-    );
-    assert!(
-        !state.join("run.json").exists(),
-        "nothing claims to be running"
-    );
+    for mode in [&[][..], &["--distributed"][..]] {
+        let state = state_dir("port-in-use");
+        let out = Command::new(BIN)
+            .args(["run", "-f", &example("helloworld-go.yaml")])
+            .args(["--listen", &addr.to_string()])
+            .args(mode)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{mode:?}: {stderr}");
+        assert!(
+            stderr.contains(&addr.to_string()) && stderr.contains("in use"),
+            "{mode:?}: names the address and the reason: {stderr}"
+        );
+        assert!(
+            !state.join("run.json").exists(),
+            "{mode:?}: nothing claims to be running"
+        );
+    }
 }

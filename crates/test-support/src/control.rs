@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use sluice_control::backend::PodStatus;
 use sluice_control::{Backend, ControlPlane, RevisionSpec};
 use sluice_core::RevisionKey;
 use tokio::sync::mpsc;
@@ -66,6 +67,23 @@ impl Backend for TestBackend {
             .get(revision)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The ready pods, named by their order.
+    fn pods(&self, revision: &RevisionKey) -> Vec<PodStatus> {
+        self.ready(revision)
+            .into_iter()
+            .enumerate()
+            .map(|(i, address)| PodStatus {
+                name: format!("{}-{i}", revision.name),
+                address,
+                state: "ready".to_owned(),
+            })
+            .collect()
+    }
+
+    fn last_error(&self, _: &RevisionKey) -> Option<String> {
+        None
     }
 }
 

@@ -13,9 +13,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::display;
+use super::distributed::{Distributed, Files};
 use super::images::ImageMap;
 use super::manifest::{self, Manifests};
-use super::platform::{Options, Platform, Status};
+use super::platform::{Addresses, Options, Platform, Status};
 
 /// Bad manifests, flags or input.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -36,9 +37,16 @@ pub struct RunArgs {
     /// The admin port `sluice apply` and `sluice status` use (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
-    /// Where `run.json` is written.
+    /// Where `run.json` is written (and, with `--distributed`, what the control plane
+    /// keeps).
     #[arg(long, env = "SLUICE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Run each part in its own process (`sluice control`, `sluice autoscaler`, `sluice
+    /// activator`, `sluice gateway`), connected over loopback as on a cluster, each
+    /// restarted if it dies; the pods stay with this process and survive a restart of the
+    /// control plane.
+    #[arg(long)]
+    pub distributed: bool,
     #[command(flatten)]
     pub pods: PodArgs,
 }
@@ -160,6 +168,15 @@ pub fn run(args: RunArgs) -> ExitCode {
         bad.append(&mut e);
         Manifests::default()
     });
+    // What `--distributed` sends to its control plane: the files as they are.
+    let text = if args.distributed && bad.is_empty() {
+        read_texts(&args.files).unwrap_or_else(|mut e| {
+            bad.append(&mut e);
+            String::new()
+        })
+    } else {
+        String::new()
+    };
     if !bad.is_empty() {
         eprintln!("sluice run: {}", bad.join("\n"));
         return ExitCode::from(EXIT_BAD_INPUT);
@@ -186,7 +203,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     runtime.spawn(sluice_core::memory::give_back_after_bursts());
     runtime.block_on(async move {
-        let platform = match Platform::start(Options {
+        let opts = Options {
             exe: pods.exe,
             gateway_listen: args.listen,
             admin_listen: args.admin_listen,
@@ -195,9 +212,15 @@ pub fn run(args: RunArgs) -> ExitCode {
             ready_timeout: pods.ready_timeout,
             drain_quiet_period: pods.drain_quiet_period,
             limits: pods.limits,
-        })
-        .await
-        {
+        };
+        let started = if args.distributed {
+            start_distributed(opts, &state_dir, &manifests, args.pods.images.clone())
+                .await
+                .map(Running::Distributed)
+        } else {
+            Platform::start(opts).await.map(Running::InProcess)
+        };
+        let platform = match started {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("sluice run: {e}");
@@ -236,7 +259,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                  `sluice run -f FILE`"
             );
         }
-        let code = match platform.apply(&manifests).await {
+        let code = match platform.apply(&manifests, text).await {
             Ok(summary) => {
                 for line in summary {
                     println!("{line}");
@@ -258,9 +281,104 @@ pub fn run(args: RunArgs) -> ExitCode {
     })
 }
 
+/// The platform `sluice run` started: in this process, or each part in its own.
+enum Running {
+    InProcess(Platform),
+    Distributed(Distributed),
+}
+
+impl Running {
+    fn addresses(&self) -> Addresses {
+        match self {
+            Self::InProcess(p) => p.addresses(),
+            Self::Distributed(d) => d.addresses(),
+        }
+    }
+
+    async fn status(&self) -> Result<Status, String> {
+        match self {
+            Self::InProcess(p) => Ok(p.status()),
+            Self::Distributed(d) => d.status().await,
+        }
+    }
+
+    /// Applies the manifests (`text`, as read, for a control plane in another process).
+    async fn apply(&self, m: &Manifests, text: String) -> Result<Vec<String>, Vec<String>> {
+        match self {
+            Self::InProcess(p) => p.apply(m).await,
+            Self::Distributed(_) if text.trim().is_empty() => Ok(Vec::new()),
+            Self::Distributed(d) => {
+                let lines = |t: &str| -> Vec<String> {
+                    t.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with("refused;"))
+                        .map(str::to_owned)
+                        .collect()
+                };
+                match d.apply_text(text).await {
+                    Ok((200, t)) => Ok(lines(&t)),
+                    Ok((_, t)) => Err(lines(&t)),
+                    Err(e) => Err(vec![e]),
+                }
+            }
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Self::InProcess(p) => p.shutdown().await,
+            Self::Distributed(d) => d.shutdown().await,
+        }
+    }
+}
+
+/// `sluice run --distributed`: the `config-autoscaler` among the manifests becomes the
+/// autoscaler's start-up config, which the control plane keeps too. What a control plane
+/// of an earlier run kept is forgotten: its applies outlive a restart of the control
+/// plane, not of the platform (as in-process).
+async fn start_distributed(
+    opts: Options,
+    state_dir: &std::path::Path,
+    manifests: &Manifests,
+    images: Option<PathBuf>,
+) -> Result<Distributed, String> {
+    let kept = state_dir.join("control");
+    match std::fs::remove_dir_all(&kept) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot clear {}: {e}", kept.display())),
+    }
+    let config = match &manifests.config_autoscaler {
+        Some(data) => {
+            let path = state_dir.join("config-autoscaler.yaml");
+            let doc = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "config-autoscaler", "namespace": "knative-serving"},
+                "data": data,
+            });
+            let text = serde_norway::to_string(&doc).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(state_dir)
+                .and_then(|()| std::fs::write(&path, text))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    Distributed::start(
+        opts,
+        Files {
+            state_dir: state_dir.to_owned(),
+            config,
+            images,
+        },
+    )
+    .await
+}
+
 /// Shows the status live until SIGINT or SIGTERM: redrawn in place on a terminal, one
 /// line per change otherwise.
-async fn show_until_signal(platform: &Platform) -> &'static str {
+async fn show_until_signal(platform: &Running) -> &'static str {
     let tty = std::io::stdout().is_terminal();
     let mut changes = display::Changes::default();
     let mut drawn_lines = 0usize;
@@ -272,7 +390,13 @@ async fn show_until_signal(platform: &Platform) -> &'static str {
             s = &mut signal => return s,
             _ = tick.tick() => {}
         }
-        let status = platform.status();
+        let status = match platform.status().await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                continue;
+            }
+        };
         let mut out = std::io::stdout().lock();
         if tty {
             let text = display::table(&status);
@@ -294,44 +418,16 @@ async fn show_until_signal(platform: &Platform) -> &'static str {
 // === sluice apply / sluice status ===
 
 pub fn apply(args: ApplyArgs) -> ExitCode {
-    // Each file is read once, and parsed here too so that errors name the files.
-    let mut body = String::new();
-    let mut errors = Vec::new();
-    for path in &args.files {
-        let files = match manifest::yaml_files(path) {
-            Ok(files) => files,
-            Err(e) => {
-                errors.push(format!("{}: {e}", path.display()));
-                continue;
-            }
-        };
-        for f in files {
-            match manifest::read_manifest(&f) {
-                Ok(text) => {
-                    if let Err(mut e) = Manifests::parse(&f.display().to_string(), &text) {
-                        errors.append(&mut e);
-                    }
-                    body.push_str(&text);
-                    body.push_str("\n---\n");
-                }
-                Err(e) => errors.push(e),
-            }
+    let body = match read_texts(&args.files) {
+        Ok(body) => body,
+        Err(errors) => {
+            eprintln!(
+                "sluice apply: refused; nothing was changed:\n  {}",
+                errors.join("\n  ")
+            );
+            return ExitCode::from(EXIT_BAD_INPUT);
         }
-    }
-    if errors.is_empty() && body.len() as u64 > manifest::MAX_MANIFEST_BYTES {
-        errors.push(format!(
-            "{} bytes of manifests in all; one apply may send at most {} (3 MiB)",
-            body.len(),
-            manifest::MAX_MANIFEST_BYTES
-        ));
-    }
-    if !errors.is_empty() {
-        eprintln!(
-            "sluice apply: refused; nothing was changed:\n  {}",
-            errors.join("\n  ")
-        );
-        return ExitCode::from(EXIT_BAD_INPUT);
-    }
+    };
     let admin = match admin_address(&args.target) {
         Ok(a) => a,
         Err(e) => {
@@ -389,6 +485,46 @@ pub fn status(args: StatusArgs) -> ExitCode {
             eprintln!("sluice status: unexpected answer from the platform: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The manifests in `paths` (files or folders) as one YAML text, each file parsed too so
+/// that errors name the files; every error at once.
+fn read_texts(paths: &[PathBuf]) -> Result<String, Vec<String>> {
+    let mut body = String::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let files = match manifest::yaml_files(path) {
+            Ok(files) => files,
+            Err(e) => {
+                errors.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        for f in files {
+            match manifest::read_manifest(&f) {
+                Ok(text) => {
+                    if let Err(mut e) = Manifests::parse(&f.display().to_string(), &text) {
+                        errors.append(&mut e);
+                    }
+                    body.push_str(&text);
+                    body.push_str("\n---\n");
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if errors.is_empty() && body.len() as u64 > manifest::MAX_MANIFEST_BYTES {
+        errors.push(format!(
+            "{} bytes of manifests in all; one apply may send at most {} (3 MiB)",
+            body.len(),
+            manifest::MAX_MANIFEST_BYTES
+        ));
+    }
+    if errors.is_empty() {
+        Ok(body)
+    } else {
+        Err(errors)
     }
 }
 

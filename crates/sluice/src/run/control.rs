@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_control::ControlPlane;
 use sluice_control::local::{Supervisor, SupervisorConfig};
+use sluice_control::node::RemoteNode;
+use sluice_control::{Backend, ControlPlane};
 use sluice_core::process::Exit;
 use sluice_core::serve::{Limits, listen, local_addr};
 use tokio::sync::{mpsc, watch};
@@ -22,10 +23,13 @@ use tracing::Instrument;
 use super::cli::PodArgs;
 use super::desired::{Desired, serve_admin};
 use super::images::ImageMap;
-use super::world::World;
+use super::manifest::Manifests;
+use super::world::{Local, World};
 
 /// `EX_USAGE`: a bad flag.
 const EXIT_CONFIG: u8 = 64;
+/// How long a start waits for the node's state before replaying the applies.
+const NODE_SYNC_LIMIT: Duration = Duration::from_secs(10);
 
 /// `sluice control`'s flags.
 #[derive(Debug, clap::Args)]
@@ -49,6 +53,14 @@ pub struct ControlArgs {
     /// Where accepted applies are kept, and replayed from at start.
     #[arg(long, env = "SLUICE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The `config-autoscaler` the autoscaler runs with (its `--config`): an apply that
+    /// keeps it is accepted (one that changes it is refused).
+    #[arg(long, env = "SLUICE_AUTOSCALER_CONFIG")]
+    pub autoscaler_config: Option<PathBuf>,
+    /// A node that runs the pods (`http://host:port`, `sluice.v1.NodeService`), instead
+    /// of this process: they then outlive it, and its next start adopts them.
+    #[arg(long, env = "SLUICE_NODE_ADDRESS")]
+    pub node: Option<String>,
     #[command(flatten)]
     pub pods: PodArgs,
 }
@@ -69,20 +81,29 @@ pub struct ControlOptions {
     /// The pods' bounds on client connections.
     pub limits: Limits,
     pub state_dir: Option<PathBuf>,
+    /// The node that runs the pods; `None`: this process.
+    pub node: Option<http::Uri>,
+    /// The autoscaler's `config-autoscaler` (a ConfigMap manifest), as its start took it.
+    pub autoscaler_config: Option<Manifests>,
 }
 
 /// A running control plane.
 #[derive(Debug)]
 pub struct ControlServer {
-    desired: Arc<Desired>,
+    /// The pods, when they are this process's own (no `--node`).
+    supervisor: Option<Supervisor>,
     grpc: SocketAddr,
     admin: SocketAddr,
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Tasks that never end on their own: aborted at shutdown.
+    followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The two ports, which end once `stop` turns true.
+    ports: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ControlServer {
-    /// Binds both ports, replays the kept applies, then serves.
+    /// Binds both ports, learns what the node runs (with `--node`), replays the kept
+    /// applies, adopts the node's workloads, then serves.
     pub async fn start(opts: ControlOptions) -> Result<Self, String> {
         let grpc = listen("control", opts.listen)
             .await
@@ -90,25 +111,52 @@ impl ControlServer {
         let admin = listen("admin", opts.admin_listen)
             .await
             .map_err(|e| e.to_string())?;
+        // The config the autoscaler started with is the applied one.
+        let world = match &opts.autoscaler_config {
+            Some(m) => World::default()
+                .apply(m, &Local::resolve(m, &opts.images))
+                .map(|(world, _)| world)
+                .map_err(|e| format!("--autoscaler-config: {}", e.join("; ")))?,
+            None => World::default(),
+        };
         let (changed, changed_rx) = mpsc::unbounded_channel();
-        let supervisor = Supervisor::new(
-            SupervisorConfig {
-                exe: opts.exe,
-                ready_timeout: opts.ready_timeout,
-                drain_quiet_period: opts.drain_quiet_period,
-                limits: opts.limits,
-            },
-            changed,
-        );
-        supervisor.set_autoscaler(opts.autoscaler.to_string());
-        let control = ControlPlane::new(Arc::new(supervisor.clone()));
+        let mut followers = Vec::new();
+        let (backend, supervisor, node): (Arc<dyn Backend>, _, _) = match opts.node {
+            Some(uri) => {
+                let (node, task) = RemoteNode::new(uri.clone(), changed);
+                followers.push(tokio::spawn(
+                    task.instrument(tracing::info_span!("node", %uri)),
+                ));
+                if !node.synced(NODE_SYNC_LIMIT).await {
+                    tracing::warn!(
+                        node = %uri,
+                        "the node has not answered in {NODE_SYNC_LIMIT:?}; going on, and \
+                         taking its pods as they are reported"
+                    );
+                }
+                (Arc::new(node.clone()), None, Some(node))
+            }
+            None => {
+                let supervisor = Supervisor::new(
+                    SupervisorConfig {
+                        exe: opts.exe,
+                        ready_timeout: opts.ready_timeout,
+                        drain_quiet_period: opts.drain_quiet_period,
+                        limits: opts.limits,
+                    },
+                    changed,
+                );
+                supervisor.set_autoscaler(opts.autoscaler.to_string());
+                (Arc::new(supervisor.clone()), Some(supervisor), None)
+            }
+        };
+        let control = ControlPlane::new(backend);
         let desired = Arc::new(Desired {
             images: opts.images,
             domain: opts.domain,
             gateway: opts.gateway,
             apply_lock: tokio::sync::Mutex::new(()),
-            world: parking_lot::Mutex::new(World::default()),
-            supervisor,
+            world: parking_lot::Mutex::new(world),
             control: control.clone(),
             autoscaler: None,
             state: opts.state_dir,
@@ -120,62 +168,70 @@ impl ControlServer {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let mut tasks = vec![
-            tokio::spawn(
-                control
-                    .clone()
-                    .follow_backend(changed_rx)
-                    .instrument(tracing::info_span!("follow_pods")),
-            ),
-            tokio::spawn(
-                control
-                    .clone()
-                    .follow_decisions(opts.autoscaler)
-                    .instrument(tracing::info_span!("follow_decisions")),
-            ),
-        ];
+        followers.push(tokio::spawn(
+            control
+                .clone()
+                .follow_backend(changed_rx)
+                .instrument(tracing::info_span!("follow_pods")),
+        ));
         let replayed = match desired.replay().await {
             Ok(n) => n,
             Err(e) => {
-                for t in &tasks {
+                for t in &followers {
                     t.abort();
                 }
-                desired.supervisor.shutdown().await;
+                if let Some(s) = &supervisor {
+                    s.shutdown().await;
+                }
                 return Err(format!("cannot replay the kept applies: {e}"));
             }
         };
         if replayed > 0 {
             tracing::info!(applies = replayed, "desired state replayed");
         }
+        if let Some(node) = &node {
+            let running = node.workloads();
+            let deleted = control.adopt(&running);
+            tracing::info!(
+                adopted = running.len() - deleted.len(),
+                deleted = deleted.len(),
+                "the node's workloads adopted; those of no desired revision deleted"
+            );
+        }
+        followers.push(tokio::spawn(
+            control
+                .clone()
+                .follow_decisions(opts.autoscaler)
+                .instrument(tracing::info_span!("follow_decisions")),
+        ));
         let (grpc_addr, admin_addr) = (local_addr(&grpc), local_addr(&admin));
         let grpc_stop = stopped();
-        tasks.push(tokio::spawn(
-            async move {
-                if let Err(e) = sluice_control::grpc::serve(
-                    grpc,
-                    control.routes(),
-                    control.endpoints(),
-                    grpc_stop,
-                )
-                .await
-                {
-                    tracing::error!(%e, "the control plane's gRPC port failed");
+        let ports = vec![
+            tokio::spawn(
+                async move {
+                    if let Err(e) = sluice_control::grpc::serve(
+                        grpc,
+                        control.routes(),
+                        control.endpoints(),
+                        grpc_stop,
+                    )
+                    .await
+                    {
+                        tracing::error!(%e, "the control plane's gRPC port failed");
+                    }
                 }
-            }
-            .instrument(tracing::info_span!("control")),
-        ));
-        tasks.push(tokio::spawn(serve_admin(
-            admin,
-            Arc::clone(&desired),
-            stopped(),
-        )));
+                .instrument(tracing::info_span!("control")),
+            ),
+            tokio::spawn(serve_admin(admin, Arc::clone(&desired), stopped())),
+        ];
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "control plane serving");
         Ok(Self {
-            desired,
+            supervisor,
             grpc: grpc_addr,
             admin: admin_addr,
             stop,
-            tasks: Mutex::new(tasks),
+            followers: Mutex::new(followers),
+            ports: Mutex::new(ports),
         })
     }
 
@@ -188,17 +244,17 @@ impl ControlServer {
         self.admin
     }
 
-    /// Drains and stops every pod, then closes both ports.
+    /// Drains and stops its own pods (a node's stay), then closes both ports.
     pub async fn shutdown(&self) {
-        self.desired.supervisor.shutdown().await;
+        if let Some(s) = &self.supervisor {
+            s.shutdown().await;
+        }
         self.stop.send_replace(true);
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        // The followers first (they never end); the ports close on their own once their
-        // watches have ended.
-        let (followers, ports) = tasks.split_at(2);
-        for task in followers {
+        for task in std::mem::take(&mut *self.followers.lock()) {
             task.abort();
         }
+        // The ports close on their own once their watches have ended.
+        let ports = std::mem::take(&mut *self.ports.lock());
         for task in ports {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while !task.is_finished() && tokio::time::Instant::now() < deadline {
@@ -241,7 +297,13 @@ fn options(a: ControlArgs) -> Result<ControlOptions, String> {
     if autoscaler.is_none() && bad.is_empty() {
         bad.push("--autoscaler-address is required".to_owned());
     }
+    let node = sluice_core::address::grpc_flag("node", a.node.as_deref(), &mut bad);
     let pods = a.pods.check(&mut bad);
+    let autoscaler_config = a.autoscaler_config.as_ref().and_then(|path| {
+        Manifests::read(std::slice::from_ref(path))
+            .map_err(|e| bad.push(format!("--autoscaler-config: {}", e.join("; "))))
+            .ok()
+    });
     match autoscaler {
         Some(autoscaler) if bad.is_empty() => Ok(ControlOptions {
             exe: pods.exe,
@@ -255,6 +317,8 @@ fn options(a: ControlArgs) -> Result<ControlOptions, String> {
             drain_quiet_period: pods.drain_quiet_period,
             limits: pods.limits,
             state_dir: a.state_dir,
+            node,
+            autoscaler_config,
         }),
         _ => Err(bad.join("\n")),
     }

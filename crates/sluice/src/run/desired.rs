@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use sluice_autoscaler::scaler::RevisionKey;
 use sluice_autoscaler::service::Autoscaler;
-use sluice_control::local::Supervisor;
 use sluice_control::{ControlPlane, RevisionSpec, ServiceSpec};
 use sluice_core::respond;
 use sluice_proto::v1;
@@ -40,7 +39,7 @@ pub struct Desired {
     /// Applies take turns; status reads the last applied world.
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
     pub(crate) world: Mutex<World>,
-    pub(crate) supervisor: Supervisor,
+    /// Over whichever backend runs the pods (`sluice status` reads them there).
     pub(crate) control: ControlPlane,
     /// In-process: the autoscaler that `config-autoscaler` changes reach, and whose live
     /// averages status shows. `None` when it runs in another process.
@@ -133,6 +132,7 @@ impl Desired {
             .into_iter()
             .map(|d| (RevisionKey::new(&d.namespace, &d.revision), d))
             .collect();
+        let backend = self.control.backend();
         let services = world
             .services
             .values()
@@ -159,16 +159,15 @@ impl Desired {
                         RevisionStatus {
                             name: r.name.clone(),
                             desired: d.map_or(-1, |d| d.desired_scale),
-                            ready: u32::try_from(self.supervisor.ready(&key).len())
-                                .unwrap_or(u32::MAX),
+                            ready: u32::try_from(backend.ready(&key).len()).unwrap_or(u32::MAX),
                             concurrency: live.get(&key).or(d).map_or(0.0, |d| d.stable_value),
                             panic: live.get(&key).or(d).is_some_and(|d| d.panic),
                             mode: d
                                 .map_or(v1::Mode::Proxy, v1::Decision::mode)
                                 .label()
                                 .to_owned(),
-                            error: self.supervisor.last_error(&key),
-                            pods: self.supervisor.pods(&key),
+                            error: backend.last_error(&key),
+                            pods: backend.pods(&key),
                         }
                     })
                     .collect(),
@@ -177,6 +176,7 @@ impl Desired {
         Status {
             gateway: self.gateway.clone(),
             services,
+            components: Vec::new(),
         }
     }
 
@@ -258,19 +258,10 @@ async fn admin_page(
             rsp
         }
         (&Method::POST, "/apply") => {
-            let body = match Limited::new(req.into_body(), MAX_APPLY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return Ok(respond::text(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("cannot read the manifests: {e}"),
-                    ));
-                }
+            let text = match manifests_body(req).await {
+                Ok(text) => text,
+                Err(refused) => return Ok(refused),
             };
-            let text = String::from_utf8_lossy(&body);
             let applied = platform.apply_text(&text).await;
             match applied {
                 Ok(summary) => respond::text(StatusCode::OK, summary.join("\n") + "\n"),
@@ -286,6 +277,22 @@ async fn admin_page(
             "not found: this port serves GET /status, POST /apply and GET /healthz",
         ),
     })
+}
+
+/// The manifests a `POST /apply` carries (at most 4 MiB), or the answer that refuses them.
+pub(crate) async fn manifests_body(
+    req: Request<Incoming>,
+) -> Result<String, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_APPLY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+        Err(e) => Err(respond::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("cannot read the manifests: {e}"),
+        )),
+    }
 }
 
 /// Serves the admin port until `shutdown`.

@@ -8,7 +8,7 @@ use super::platform::{RevisionStatus, Status};
 
 /// The status as a table.
 pub fn table(s: &Status) -> String {
-    let mut out = String::new();
+    let mut out = components(s);
     if s.services.is_empty() {
         let _ = writeln!(
             out,
@@ -67,6 +67,29 @@ pub fn table(s: &Status) -> String {
     out
 }
 
+/// `--distributed`: one line with each component's process and restarts.
+fn components(s: &Status) -> String {
+    if s.components.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = s
+        .components
+        .iter()
+        .map(|c| {
+            let pid = c
+                .pid
+                .map_or("restarting".to_owned(), |p| format!("pid {p}"));
+            match (&c.last_exit, c.restarts) {
+                (Some(exit), n) if n > 0 => {
+                    format!("{} ({pid}; restarted {n}x, last: {exit})", c.name)
+                }
+                _ => format!("{} ({pid})", c.name),
+            }
+        })
+        .collect();
+    format!("components: {}\n", parts.join(", "))
+}
+
 fn desired(r: &RevisionStatus) -> String {
     if r.desired < 0 {
         "-".to_owned()
@@ -82,9 +105,21 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// One line per revision whose pods, mode or panic changed since the last call.
+    /// One line per revision whose pods, mode or panic changed since the last call, and
+    /// per component restarted since.
     pub fn lines(&mut self, s: &Status) -> Vec<String> {
         let mut out = Vec::new();
+        for c in &s.components {
+            let key = format!("component {}", c.name);
+            let state = format!("restarts={}", c.restarts);
+            if c.restarts > 0 && self.last.get(&key) != Some(&state) {
+                out.push(format!(
+                    "{key} {state} last_exit={}",
+                    c.last_exit.as_deref().unwrap_or("-")
+                ));
+            }
+            self.last.insert(key, state);
+        }
         for svc in &s.services {
             for r in &svc.revisions {
                 let key = format!("{}/{}", svc.namespace, r.name);
@@ -133,6 +168,7 @@ mod tests {
                     pods: Vec::new(),
                 }],
             }],
+            components: Vec::new(),
         }
     }
 
@@ -149,6 +185,42 @@ mod tests {
             t.contains("hello-00001        2      1          3.2     no  serve"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_restarted_component_is_shown_with_how_it_died() {
+        use crate::run::distributed::ComponentStatus;
+        let mut s = status(1);
+        s.components = vec![
+            ComponentStatus {
+                name: "gateway".into(),
+                pid: Some(10),
+                restarts: 0,
+                last_exit: None,
+            },
+            ComponentStatus {
+                name: "control".into(),
+                pid: Some(12),
+                restarts: 1,
+                last_exit: Some("signal: 9 (SIGKILL)".into()),
+            },
+        ];
+        let t = table(&s);
+        assert!(
+            t.starts_with(
+                "components: gateway (pid 10), control (pid 12; restarted 1x, last: signal: 9 \
+                 (SIGKILL))\n"
+            ),
+            "{t}"
+        );
+        let mut c = Changes::default();
+        let lines = c.lines(&s);
+        assert_eq!(
+            lines[0],
+            "component control restarts=1 last_exit=signal: 9 (SIGKILL)"
+        );
+        assert_eq!(lines.len(), 2, "and the revision: {lines:?}");
+        assert!(c.lines(&s).is_empty(), "printed once");
     }
 
     #[test]

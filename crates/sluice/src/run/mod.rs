@@ -6,12 +6,15 @@
 //!   and the admin port.
 //! - [`platform`]: that with the autoscaler, activator and gateway, in one process.
 //! - [`control`]: that alone (`sluice control`), the others in their own processes.
+//! - [`distributed`]: `sluice run --distributed`: every part in its own process, kept
+//!   running by this one, which also runs the pods (the node).
 //! - [`cli`], [`display`]: `sluice run`, `sluice apply`, `sluice status`.
 
 pub mod cli;
 pub mod control;
 pub mod desired;
 pub mod display;
+pub mod distributed;
 pub mod images;
 pub mod manifest;
 pub mod platform;

@@ -56,6 +56,7 @@ pub struct Platform {
 #[derive(Debug)]
 struct Inner {
     desired: Arc<Desired>,
+    supervisor: Supervisor,
     autoscaler: Autoscaler,
     control: ControlPlane,
     addrs: Addresses,
@@ -91,6 +92,9 @@ pub struct Addresses {
 pub struct Status {
     pub gateway: String,
     pub services: Vec<ServiceStatus>,
+    /// `sluice run --distributed`: each component's process and restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<super::distributed::ComponentStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -220,7 +224,6 @@ impl Platform {
             gateway: addrs.gateway.to_string(),
             apply_lock: tokio::sync::Mutex::new(()),
             world: Mutex::new(World::default()),
-            supervisor,
             control: control.clone(),
             autoscaler: Some(autoscaler.autoscaler().clone()),
             state: None,
@@ -228,6 +231,7 @@ impl Platform {
         let platform = Self {
             inner: Arc::new(Inner {
                 desired: Arc::clone(&desired),
+                supervisor,
                 autoscaler: autoscaler.autoscaler().clone(),
                 control: control.clone(),
                 addrs,
@@ -327,7 +331,7 @@ impl Platform {
     /// then the autoscaler.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        inner.desired.supervisor.shutdown().await;
+        inner.supervisor.shutdown().await;
         let tasks = std::mem::take(&mut *inner.tasks.lock());
         inner.stop.send_replace(true);
         for task in tasks.front {

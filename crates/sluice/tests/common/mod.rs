@@ -10,6 +10,7 @@ use sluice::run::manifest::Manifests;
 use sluice::run::platform::RevisionStatus;
 use sluice::run::{Options, Platform, Status};
 use sluice_core::serve::Limits;
+use sluice_test_support::{client, load};
 use tokio::time::Instant;
 
 pub const FAST_CONFIG: &str = r#"
@@ -96,4 +97,48 @@ pub fn test_limits() -> Limits {
         idle_timeout: Duration::from_secs(3),
         ..Limits::default()
     }
+}
+
+/// Every request of a load run answered, and with 200.
+pub fn assert_all_200(report: &load::LoadReport) {
+    assert_eq!(report.errors, 0, "{:?}", report.sample_errors);
+    assert_eq!(
+        report.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{:?}",
+        report.statuses
+    );
+}
+
+/// 8 clients sending `GET /` for `host` through the gateway for `time`, in the background.
+pub fn background_load(
+    gw: std::net::SocketAddr,
+    host: &'static str,
+    time: Duration,
+) -> tokio::task::JoinHandle<load::LoadReport> {
+    let target = format!("http://{gw}/");
+    tokio::spawn(async move {
+        load::run_with_headers(
+            client::http1(),
+            &target,
+            &[("host", host)],
+            8,
+            Some(200_000),
+            time,
+        )
+        .await
+    })
+}
+
+/// `examples/traffic-split.yaml` with all of its traffic back on blue (`hello-v1`).
+pub fn rolled_back(split: &str) -> String {
+    split
+        .replace(
+            "      percent: 50\n      tag: blue",
+            "      percent: 100\n      tag: blue",
+        )
+        .replace(
+            "      percent: 50\n      tag: green",
+            "      percent: 0\n      tag: green",
+        )
 }
