@@ -173,13 +173,15 @@ impl GatewayError {
         let status = match &self {
             // No pod and nowhere to hold the request: unavailable, not a bad gateway.
             Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Upstream(_, e) if e.is_client_body() => {
-                tracing::debug!(error = %self, "client's request body failed");
-                StatusCode::BAD_REQUEST
-            }
-            Self::Upstream(..) => {
-                tracing::warn!(error = %self, "no answer");
-                StatusCode::BAD_GATEWAY
+            // The mapping every proxy shares: 400 for the client's own body, else 502.
+            Self::Upstream(_, e) => {
+                let status = e.status();
+                if status == StatusCode::BAD_REQUEST {
+                    tracing::debug!(error = %self, "client's request body failed");
+                } else {
+                    tracing::warn!(error = %self, "no answer");
+                }
+                status
             }
         };
         respond::text(status, self.to_string())

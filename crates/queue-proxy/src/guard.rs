@@ -54,9 +54,11 @@ impl RequestGuard {
     pub(crate) fn start(&self) -> Instant {
         self.start
     }
+}
 
+impl sluice_core::proxy_body::BodyGuard for RequestGuard {
     /// The response body ended without error: the connection may be reused.
-    pub(crate) fn mark_clean(&mut self) {
+    fn mark_clean(&mut self) {
         self.clean = true;
     }
 }

@@ -23,8 +23,9 @@ use sluice_core::upstream::{self, UpstreamError};
 use tokio::time::Instant;
 
 use crate::State;
-use crate::body::ProxyBody;
 use crate::guard::RequestGuard;
+
+type ProxyBody = sluice_core::proxy_body::ProxyBody<RequestGuard>;
 
 /// Why a request got no answer from the app. Mapped to a response in one place.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +164,7 @@ async fn proxy(
     let (parts, body) = rsp.into_parts();
     Response::from_parts(
         parts,
-        ProxyBody::upstream(body, guard, start + timeouts.total, timeouts.idle),
+        ProxyBody::timed(body, guard, start + timeouts.total, timeouts.idle),
     )
 }
 

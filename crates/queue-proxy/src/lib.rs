@@ -6,7 +6,6 @@
 //! [`QueueProxy::run`] serves until the shutdown future resolves and drains.
 
 mod admin;
-mod body;
 pub mod config;
 mod guard;
 mod handler;
