@@ -5,7 +5,8 @@
 //! probe.
 //!
 //! Each revision has a manager task that moves its pods toward the replicas the control
-//! plane sets (the autoscaler's decisions). Scale-down takes a pod out of rotation first,
+//! plane sets (the autoscaler's decisions); what to start and stop, and when to try again
+//! after a failure, is decided by a plain struct ([`pods`]). Scale-down takes a pod out of rotation first,
 //! then SIGTERMs the queue-proxy (which drains) and the app once the queue-proxy has
 //! exited. A pod whose app or queue-proxy exits on its own is replaced, with a growing
 //! back-off if it keeps failing.
@@ -32,6 +33,10 @@ use crate::backend::Backend;
 pub use crate::backend::PodStatus;
 use crate::spec::{PodSpec, RevisionSpec, SAMPLE_APP};
 
+mod pods;
+
+use pods::PodSet;
+
 /// Output lines kept per pod, shown when it fails.
 const TAIL_LINES: usize = 20;
 /// A starting pod's queue-proxy is probed every `PROBE_FAST` for its first `PROBE_FAST_FOR`
@@ -42,8 +47,6 @@ const PROBE_FAST_FOR: Duration = Duration::from_millis(250);
 const PROBE_EVERY: Duration = Duration::from_millis(25);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const APP_STOP_GRACE: Duration = Duration::from_secs(10);
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct SupervisorConfig {
@@ -91,9 +94,8 @@ struct RevPods {
     done: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// A pod as its manager sees it.
+/// A pod as its manager sees it: whether it is ready, and how to tell it to stop.
 struct PodHandle {
-    id: u64,
     ready: Arc<std::sync::atomic::AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -242,16 +244,14 @@ impl Backend for Supervisor {
 
 // === the manager ===
 
-/// Moves a revision's pods toward the desired count until told to stop.
+/// Moves a revision's pods toward the desired count until told to stop: the glue around
+/// [`PodSet`], which decides; this starts, signals and waits.
 async fn manage(inner: Arc<Inner>, rev: Arc<RevPods>) {
     let mut desired = rev.desired.subscribe();
     let mut stop = rev.stop.subscribe();
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(u64, Result<(), String>)>();
-    let mut pods: Vec<PodHandle> = Vec::new();
-    // Pods told to stop but not yet gone.
-    let mut stopping = 0usize;
-    let mut failures = 0u32;
-    let mut retry_at: Option<Instant> = None;
+    let mut set = PodSet::default();
+    let mut pods: HashMap<u64, PodHandle> = HashMap::new();
     loop {
         let shutting_down = *stop.borrow();
         let want = if shutting_down {
@@ -259,9 +259,11 @@ async fn manage(inner: Arc<Inner>, rev: Arc<RevPods>) {
         } else {
             *desired.borrow_and_update() as usize
         };
-        let now = Instant::now();
-        let may_start = retry_at.is_none_or(|at| now >= at);
-        while pods.len() < want && may_start {
+        let plan = set.plan(want, Instant::now(), |id| {
+            pods.get(&id)
+                .is_some_and(|p| p.ready.load(Ordering::Relaxed))
+        });
+        for _ in 0..plan.start {
             let id = inner.next_pod.fetch_add(1, Ordering::Relaxed);
             let (stop_tx, stop_rx) = oneshot::channel();
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -276,30 +278,28 @@ async fn manage(inner: Arc<Inner>, rev: Arc<RevPods>) {
                 }
                 .instrument(tracing::debug_span!("pod", id)),
             );
-            pods.push(PodHandle {
+            pods.insert(
                 id,
-                ready,
-                stop: Some(stop_tx),
-            });
+                PodHandle {
+                    ready,
+                    stop: Some(stop_tx),
+                },
+            );
+            set.started(id);
         }
-        if pods.len() > want {
-            // Surplus: pods not ready yet go first, then the newest.
-            pods.sort_by_key(|p| (p.ready.load(Ordering::Relaxed), std::cmp::Reverse(p.id)));
-            for mut pod in pods.drain(..pods.len() - want) {
-                if let Some(tx) = pod.stop.take() {
-                    let _ = tx.send(());
-                    stopping += 1;
-                }
+        for id in plan.stop {
+            if let Some(tx) = pods.get_mut(&id).and_then(|p| p.stop.take()) {
+                let _ = tx.send(());
             }
-            pods.sort_by_key(|p| p.id);
         }
-        if shutting_down && pods.is_empty() && stopping == 0 {
+        if shutting_down && set.is_empty() {
             return;
         }
+        let retry_at = set.retry_at(want);
         let backoff = async {
             match retry_at {
-                Some(at) if pods.len() < want => tokio::time::sleep_until(at).await,
-                _ => std::future::pending().await,
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -308,25 +308,14 @@ async fn manage(inner: Arc<Inner>, rev: Arc<RevPods>) {
             }
             _ = stop.changed() => {}
             Some((id, result)) = ended_rx.recv() => {
-                if let Some(i) = pods.iter().position(|p| p.id == id) {
-                    pods.remove(i);
-                } else {
-                    stopping = stopping.saturating_sub(1);
-                }
-                match result {
-                    Ok(()) => failures = 0,
-                    Err(why) => {
-                        failures += 1;
-                        let wait = BACKOFF_MIN
-                            .saturating_mul(1 << failures.min(6))
-                            .min(BACKOFF_MAX);
-                        retry_at = Some(Instant::now() + wait);
-                        tracing::warn!(revision = %rev.key, "{why}");
-                        *rev.last_error.lock() = Some(why);
-                    }
+                pods.remove(&id);
+                set.ended(id, &result, Instant::now());
+                if let Err(why) = result {
+                    tracing::warn!(revision = %rev.key, "{why}");
+                    *rev.last_error.lock() = Some(why);
                 }
             }
-            () = backoff => retry_at = None,
+            () = backoff => {}
         }
     }
 }
