@@ -51,9 +51,16 @@ fn main() {
     let endpoints = publisher.clone();
     rt.spawn(async move {
         let listener = tokio::net::TcpListener::bind(source).await.unwrap();
-        sluice_control::grpc::serve(listener, Feed::new(), endpoints, std::future::pending())
-            .await
-            .unwrap();
+        sluice_control::grpc::serve(
+            listener,
+            sluice_control::grpc::Feeds {
+                endpoints,
+                ..Default::default()
+            },
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
     });
 
     let mut procs = Procs::default();

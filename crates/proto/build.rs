@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/endpoints.proto",
         "proto/sluice/v1/routes.proto",
         "proto/sluice/v1/node.proto",
+        "proto/sluice/v1/config.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -3,14 +3,17 @@
 //! PodAutoscalers and their revisions' endpoints. Each revision listed is registered with
 //! its annotations and containerConcurrency, and takes its reachability (routed or not);
 //! its pods are the replicas set on its workload and the ready addresses listed; a
-//! revision gone from the stream is forgotten.
+//! revision gone from the stream is forgotten. It also follows the control plane's
+//! `ConfigService`: the applied `config-autoscaler` replaces the one it started with.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sluice_core::feed::{self, Follower, ItemKey, Source};
-use sluice_proto::v1::RevisionEndpoints;
+use sluice_proto::v1::{ConfigMap, RevisionEndpoints};
+
+use crate::config::AutoscalerConfig;
 
 use crate::kpa::PodCounts;
 use crate::scaler::{RevisionKey, Scaler};
@@ -130,5 +133,167 @@ impl Follower<RevisionEndpoints> for Revisions {
         for key in gone {
             self.forget(&key);
         }
+    }
+}
+
+/// Keeps `autoscaler`'s config equal to the control plane's `config-autoscaler`, for as
+/// long as the task runs. Until the control plane has one (or once it is deleted), the
+/// config the process started with holds.
+pub async fn follow_config(
+    source: Source<ConfigMap>,
+    autoscaler: Autoscaler,
+    started_with: AutoscalerConfig,
+) {
+    let mut follower = Config {
+        autoscaler,
+        started_with,
+        applied: None,
+    };
+    feed::follow("config", source, feed::watch_config, &mut follower).await;
+}
+
+struct Config {
+    autoscaler: Autoscaler,
+    started_with: AutoscalerConfig,
+    /// The control plane's data last applied.
+    applied: Option<BTreeMap<String, String>>,
+}
+
+const CONFIG_AUTOSCALER: &str = "config-autoscaler";
+
+impl Config {
+    fn set(&mut self, data: Option<BTreeMap<String, String>>) {
+        if data == self.applied {
+            return;
+        }
+        let config = match &data {
+            None => self.started_with.clone(),
+            Some(d) => match AutoscalerConfig::from_data(d) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(%e, "the control plane's config-autoscaler is invalid; kept the current one");
+                    return;
+                }
+            },
+        };
+        // The control plane checked it against the same revisions.
+        match self.autoscaler.set_config(config) {
+            Ok(()) => {
+                tracing::info!(
+                    from_control_plane = data.is_some(),
+                    "config-autoscaler applied"
+                );
+                self.applied = data;
+            }
+            Err(refused) => {
+                for (revision, e) in refused.0 {
+                    tracing::error!(%revision, %e, "config-autoscaler refused; kept the current one");
+                }
+            }
+        }
+    }
+}
+
+impl Follower<ConfigMap> for Config {
+    fn apply(&mut self, c: &ConfigMap) {
+        if c.name != CONFIG_AUTOSCALER {
+            return;
+        }
+        let data = (!c.removed).then(|| c.data.clone().into_iter().collect());
+        self.set(data);
+    }
+
+    fn retain(&mut self, listed: &HashSet<ItemKey>) {
+        if !listed.iter().any(|k| k.name == CONFIG_AUTOSCALER) {
+            self.set(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::service::Options;
+
+    fn config_map(name: &str, data: &[(&str, &str)], removed: bool) -> ConfigMap {
+        ConfigMap {
+            namespace: "knative-serving".into(),
+            name: name.into(),
+            data: data
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            removed,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_control_planes_config_replaces_the_started_one_until_it_is_deleted() {
+        let started = AutoscalerConfig::default();
+        let autoscaler = Autoscaler::new(
+            started.clone(),
+            Arc::new(StreamPods::default()),
+            Options {
+                tick: Duration::from_secs(2),
+                auto_register: false,
+            },
+        );
+        let mut follower = Config {
+            autoscaler: autoscaler.clone(),
+            started_with: started,
+            applied: None,
+        };
+        let window = |a: &Autoscaler| a.config().stable_window;
+        assert_eq!(window(&autoscaler), Duration::from_secs(60));
+
+        follower.apply(&config_map(
+            "config-autoscaler",
+            &[("stable-window", "6s")],
+            false,
+        ));
+        assert_eq!(window(&autoscaler), Duration::from_secs(6));
+
+        follower.apply(&config_map(
+            "config-defaults",
+            &[("stable-window", "7s")],
+            false,
+        ));
+        assert_eq!(
+            window(&autoscaler),
+            Duration::from_secs(6),
+            "other ConfigMaps ignored"
+        );
+
+        follower.apply(&config_map(
+            "config-autoscaler",
+            &[("stable-window", "soon")],
+            false,
+        ));
+        assert_eq!(
+            window(&autoscaler),
+            Duration::from_secs(6),
+            "an invalid one kept out"
+        );
+
+        follower.apply(&config_map("config-autoscaler", &[], true));
+        assert_eq!(
+            window(&autoscaler),
+            Duration::from_secs(60),
+            "deleted: the started one"
+        );
+
+        follower.apply(&config_map(
+            "config-autoscaler",
+            &[("stable-window", "6s")],
+            false,
+        ));
+        follower.retain(&HashSet::new());
+        assert_eq!(
+            window(&autoscaler),
+            Duration::from_secs(60),
+            "not listed on a resync: the started one"
+        );
     }
 }

@@ -107,6 +107,9 @@ pub struct Server {
     metrics: TcpListener,
     /// The control plane followed, and the pod counts its stream fills in.
     control: Option<(http::Uri, Arc<StreamPods>)>,
+    /// The config it started with (`--config`), which holds until the control plane has
+    /// one.
+    config: AutoscalerConfig,
 }
 
 impl Server {
@@ -136,10 +139,11 @@ impl Server {
             (None, None) => Arc::new(ObservedPods),
         };
         Ok(Self {
-            autoscaler: Autoscaler::new(config, scaler, options),
+            autoscaler: Autoscaler::new(config.clone(), scaler, options),
             grpc,
             metrics,
             control,
+            config,
         })
     }
 
@@ -188,19 +192,29 @@ impl Server {
             stopped(),
             sluice_core::serve::Serving::new(SHUTDOWN_GRACE),
         ));
-        let follower = self.control.map(|(uri, pods)| {
-            tokio::spawn(tracing::Instrument::instrument(
-                crate::follow::follow(
-                    sluice_core::feed::Source::Grpc(uri),
-                    self.autoscaler.clone(),
-                    pods,
-                ),
-                tracing::info_span!("control"),
-            ))
+        let followers = self.control.map(|(uri, pods)| {
+            [
+                tokio::spawn(tracing::Instrument::instrument(
+                    crate::follow::follow(
+                        sluice_core::feed::Source::Grpc(uri.clone()),
+                        self.autoscaler.clone(),
+                        pods,
+                    ),
+                    tracing::info_span!("control"),
+                )),
+                tokio::spawn(tracing::Instrument::instrument(
+                    crate::follow::follow_config(
+                        sluice_core::feed::Source::Grpc(uri),
+                        self.autoscaler.clone(),
+                        self.config,
+                    ),
+                    tracing::info_span!("control_config"),
+                )),
+            ]
         });
         shutdown.await;
         tracing::info!("shutting down");
-        if let Some(follower) = follower {
+        for follower in followers.into_iter().flatten() {
             follower.abort();
         }
         self.autoscaler.close();

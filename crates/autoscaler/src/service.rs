@@ -152,6 +152,11 @@ impl Autoscaler {
         &self.inner.metrics
     }
 
+    /// `config-autoscaler` as it is now.
+    pub fn config(&self) -> AutoscalerConfig {
+        self.inner.config.read().clone()
+    }
+
     /// Registers a revision or updates its annotations and `containerConcurrency`. A bad
     /// annotation refuses the change whole and leaves a registered revision as it was.
     pub fn upsert_revision(

@@ -1,14 +1,17 @@
-//! The control plane's feeds over gRPC: `sluice.v1.RoutesService/Watch` for gateways and
-//! `sluice.v1.EndpointsService/Watch` for activators.
+//! The control plane's feeds over gRPC: `sluice.v1.RoutesService/Watch` for gateways,
+//! `sluice.v1.EndpointsService/Watch` for activators (and autoscalers), and
+//! `sluice.v1.ConfigService/Watch` for autoscalers.
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use sluice_core::feed::{Event, Feed, Item, Route};
+use sluice_proto::v1::config_service_server::{ConfigService, ConfigServiceServer};
 use sluice_proto::v1::endpoints_service_server::{EndpointsService, EndpointsServiceServer};
 use sluice_proto::v1::routes_service_server::{RoutesService, RoutesServiceServer};
 use sluice_proto::v1::{
-    EndpointsEvent, RevisionEndpoints, RoutesEvent, WatchEndpointsRequest, WatchRoutesRequest,
+    ConfigEvent, ConfigMap, EndpointsEvent, RevisionEndpoints, RoutesEvent, WatchConfigRequest,
+    WatchEndpointsRequest, WatchRoutesRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -24,15 +27,27 @@ pub struct Watch<T> {
     stop: watch::Receiver<bool>,
 }
 
-/// Serves both feeds on `listener` until `shutdown` completes. Then every watch ends, so
+/// The feeds a control plane serves.
+#[derive(Clone, Debug, Default)]
+pub struct Feeds {
+    pub routes: Feed<Route>,
+    pub endpoints: Feed<RevisionEndpoints>,
+    pub config: Feed<ConfigMap>,
+}
+
+/// Serves the feeds on `listener` until `shutdown` completes. Then every watch ends, so
 /// that the connections close and followers go looking for the next control plane
 /// (a watch never ends on its own, and a graceful shutdown waits for open streams).
 pub async fn serve(
     listener: TcpListener,
-    routes: Feed<Route>,
-    endpoints: Feed<RevisionEndpoints>,
+    feeds: Feeds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let Feeds {
+        routes,
+        endpoints,
+        config,
+    } = feeds;
     let (stop_tx, stop) = watch::channel(false);
     let stopping = async move {
         shutdown.await;
@@ -46,8 +61,9 @@ pub async fn serve(
         }))
         .add_service(EndpointsServiceServer::new(Watch {
             feed: endpoints,
-            stop,
+            stop: stop.clone(),
         }))
+        .add_service(ConfigServiceServer::new(Watch { feed: config, stop }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
         .await
 }
@@ -107,5 +123,17 @@ impl EndpointsService for Watch<RevisionEndpoints> {
         Ok(tonic::Response::new(
             self.events(request.into_inner().namespace),
         ))
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigService for Watch<ConfigMap> {
+    type WatchStream = Events<ConfigEvent>;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<WatchConfigRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Ok(tonic::Response::new(self.events(String::new())))
     }
 }

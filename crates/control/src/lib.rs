@@ -43,6 +43,8 @@ struct Inner {
     state: Mutex<Reconciler>,
     routes: Feed<Route>,
     endpoints: Feed<v1::RevisionEndpoints>,
+    /// The applied `config-autoscaler`, for autoscalers in other processes.
+    config: Feed<v1::ConfigMap>,
 }
 
 // === impl ControlPlane ===
@@ -57,6 +59,7 @@ impl ControlPlane {
                 state: Mutex::new(Reconciler::new()),
                 routes: Feed::new(),
                 endpoints: Feed::new(),
+                config: Feed::new(),
             }),
         }
     }
@@ -69,6 +72,26 @@ impl ControlPlane {
     /// The activators' feed.
     pub fn endpoints(&self) -> Feed<v1::RevisionEndpoints> {
         self.inner.endpoints.clone()
+    }
+
+    /// Every feed, to serve ([`grpc::serve`]).
+    pub fn feeds(&self) -> grpc::Feeds {
+        grpc::Feeds {
+            routes: self.routes(),
+            endpoints: self.endpoints(),
+            config: self.inner.config.clone(),
+        }
+    }
+
+    /// The applied `config-autoscaler` (its `data`), for autoscalers that follow this
+    /// control plane. Whoever applies it has checked it against every revision.
+    pub fn set_autoscaler_config(&self, data: &std::collections::BTreeMap<String, String>) {
+        self.inner.config.publish(v1::ConfigMap {
+            namespace: "knative-serving".to_owned(),
+            name: "config-autoscaler".to_owned(),
+            data: data.clone().into_iter().collect(),
+            removed: false,
+        });
     }
 
     pub fn add_revision(&self, spec: RevisionSpec) -> Result<(), Refused> {

@@ -319,6 +319,17 @@ pub async fn watch_pods(
     Ok(Box::pin(stream.map(|e| e.map(Event::from))))
 }
 
+/// One watch of a control plane's `ConfigService` (for [`follow_remote`]).
+pub async fn watch_config(
+    channel: tonic::transport::Channel,
+) -> Result<RemoteEvents<v1::ConfigMap>, tonic::Status> {
+    let stream = v1::config_service_client::ConfigServiceClient::new(channel)
+        .watch(v1::WatchConfigRequest::default())
+        .await?
+        .into_inner();
+    Ok(Box::pin(stream.map(|e| e.map(Event::from))))
+}
+
 /// One watch of a control plane's `RoutesService` (for [`follow_remote`]).
 pub async fn watch_routes(
     channel: tonic::transport::Channel,
@@ -440,6 +451,44 @@ impl From<v1::EndpointsEvent> for Event<v1::RevisionEndpoints> {
     fn from(e: v1::EndpointsEvent) -> Self {
         match e.revision {
             Some(r) => Self::Item(r),
+            None => Self::Synced,
+        }
+    }
+}
+
+impl Item for v1::ConfigMap {
+    fn key(&self) -> ItemKey {
+        ItemKey {
+            kind: "configmap",
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    fn removed(&self) -> bool {
+        self.removed
+    }
+}
+
+impl From<Event<v1::ConfigMap>> for v1::ConfigEvent {
+    fn from(e: Event<v1::ConfigMap>) -> Self {
+        match e {
+            Event::Item(c) => Self {
+                config_map: Some(c),
+                synced: false,
+            },
+            Event::Synced => Self {
+                config_map: None,
+                synced: true,
+            },
+        }
+    }
+}
+
+impl From<v1::ConfigEvent> for Event<v1::ConfigMap> {
+    fn from(e: v1::ConfigEvent) -> Self {
+        match e.config_map {
+            Some(c) => Self::Item(c),
             None => Self::Synced,
         }
     }

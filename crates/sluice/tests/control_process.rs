@@ -45,7 +45,6 @@ fn options(
         limits: Limits::default(),
         state_dir: Some(state.to_path_buf()),
         node: None,
-        autoscaler_config: None,
     }
 }
 
@@ -132,19 +131,23 @@ async fn the_control_plane_alone_runs_a_service_and_its_state_survives_a_restart
         until_200(gateway, "served through the gateway").await,
         "Hello Knative!\n"
     );
-    // config-autoscaler belongs to the autoscaler's process: refused whole, not kept.
+    // config-autoscaler is served to the autoscaler's process (its config feed), and kept.
     let config = http::Request::post(format!("http://{admin_addr}/apply"))
         .body(Full::new(Bytes::from(common::FAST_CONFIG)))
         .expect("request");
-    let refused = client::send(&client::http1(), config)
+    let configured = client::send(&client::http1(), config)
         .await
         .expect("answered");
-    assert_eq!(refused.status, 422, "{}", refused.text());
-    assert!(refused.text().contains("--config"), "{}", refused.text());
+    assert_eq!(configured.status, 200, "{}", configured.text());
+    assert!(
+        configured.text().contains("config-autoscaler configured"),
+        "{}",
+        configured.text()
+    );
     let kept: Vec<_> = std::fs::read_dir(state.join("applied"))
-        .expect("the apply was kept")
+        .expect("the applies were kept")
         .collect();
-    assert_eq!(kept.len(), 1);
+    assert_eq!(kept.len(), 2);
 
     // The control plane stops (its pods drain) and starts again on the same ports: it
     // replays what was applied, and the gateway, the activator and the autoscaler, which

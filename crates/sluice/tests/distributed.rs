@@ -19,13 +19,13 @@ use common::{
     FAST_CONFIG, assert_all_200, background_load, example, revision, rolled_back, test_limits,
 };
 
-/// A distributed platform with the 6 s window, started in a fresh state directory.
+/// A distributed platform in a fresh state directory, with the 6 s window applied: the
+/// autoscaler starts at Knative's defaults (a 60 s window, 30 s of grace before zero) and
+/// takes `config-autoscaler` from the control plane's config feed.
 async fn start(test: &str) -> (Distributed, PathBuf) {
     let state = std::env::temp_dir().join(format!("sluice-dist-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir_all(&state).expect("state dir");
-    let config = state.join("config-autoscaler.yaml");
-    std::fs::write(&config, FAST_CONFIG).expect("config written");
     let d = Distributed::start(
         Options {
             exe: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
@@ -39,12 +39,17 @@ async fn start(test: &str) -> (Distributed, PathBuf) {
         },
         Files {
             state_dir: state.clone(),
-            config: Some(config),
+            config: None,
             images: None,
         },
     )
     .await
     .expect("the platform starts");
+    let summary = apply(&d, FAST_CONFIG).await;
+    assert!(
+        summary.contains("config-autoscaler configured"),
+        "{summary}"
+    );
     (d, state)
 }
 
@@ -157,7 +162,9 @@ async fn e2e_distributed_scale_from_zero_then_a_50_50_split_and_a_rollback_witho
     let (d, _state) = start("split").await;
     let gw = d.addresses().gateway;
 
-    // Scale from zero: the first request waits in the activator for a pod.
+    // Scale from zero: the first request waits in the activator for a pod. It reaches
+    // zero within the minute only with the applied 6 s window and grace: the config feed
+    // reached the autoscaler's process.
     apply(&d, &example("helloworld-go.yaml")).await;
     let name = "helloworld-go-00001";
     wait_for(&d, name, Duration::from_secs(30), "ready", |r| r.ready >= 1).await;

@@ -87,9 +87,16 @@ pub async fn serve_endpoints(
     let addr = listener.local_addr().expect("addr");
     let endpoints = publisher.clone();
     let task = tokio::spawn(async move {
-        sluice_control::grpc::serve(listener, Feed::new(), endpoints, std::future::pending())
-            .await
-            .expect("endpoints server");
+        sluice_control::grpc::serve(
+            listener,
+            sluice_control::grpc::Feeds {
+                endpoints,
+                ..Default::default()
+            },
+            std::future::pending(),
+        )
+        .await
+        .expect("endpoints server");
     });
     (addr, task)
 }

@@ -104,9 +104,9 @@ pub fn start() -> (ControlPlane, TestBackend) {
 pub async fn serve(control: &ControlPlane) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = crate::loopback_listener().await;
     let addr = listener.local_addr().unwrap();
-    let (routes, endpoints) = (control.routes(), control.endpoints());
+    let feeds = control.feeds();
     let task = tokio::spawn(async move {
-        sluice_control::grpc::serve(listener, routes, endpoints, std::future::pending())
+        sluice_control::grpc::serve(listener, feeds, std::future::pending())
             .await
             .expect("control plane gRPC");
     });

@@ -332,8 +332,9 @@ impl Running {
     }
 }
 
-/// `sluice run --distributed`: the `config-autoscaler` among the manifests becomes the
-/// autoscaler's start-up config, which the control plane keeps too. What a control plane
+/// `sluice run --distributed`: the `config-autoscaler` among the manifests is also the
+/// autoscaler's start-up config (later ones reach it through the control plane's config
+/// feed). What a control plane
 /// of an earlier run kept is forgotten: its applies outlive a restart of the control
 /// plane, not of the platform (as in-process).
 async fn start_distributed(

@@ -23,8 +23,7 @@ use tracing::Instrument;
 use super::cli::PodArgs;
 use super::desired::{Desired, serve_admin};
 use super::images::ImageMap;
-use super::manifest::Manifests;
-use super::world::{Local, World};
+use super::world::World;
 
 /// `EX_USAGE`: a bad flag.
 const EXIT_CONFIG: u8 = 64;
@@ -53,10 +52,6 @@ pub struct ControlArgs {
     /// Where accepted applies are kept, and replayed from at start.
     #[arg(long, env = "SLUICE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The `config-autoscaler` the autoscaler runs with (its `--config`): an apply that
-    /// keeps it is accepted (one that changes it is refused).
-    #[arg(long, env = "SLUICE_AUTOSCALER_CONFIG")]
-    pub autoscaler_config: Option<PathBuf>,
     /// A node that runs the pods (`http://host:port`, `sluice.v1.NodeService`), instead
     /// of this process: they then outlive it, and its next start adopts them.
     #[arg(long, env = "SLUICE_NODE_ADDRESS")]
@@ -83,8 +78,6 @@ pub struct ControlOptions {
     pub state_dir: Option<PathBuf>,
     /// The node that runs the pods; `None`: this process.
     pub node: Option<http::Uri>,
-    /// The autoscaler's `config-autoscaler` (a ConfigMap manifest), as its start took it.
-    pub autoscaler_config: Option<Manifests>,
 }
 
 /// A running control plane.
@@ -111,14 +104,6 @@ impl ControlServer {
         let admin = listen("admin", opts.admin_listen)
             .await
             .map_err(|e| e.to_string())?;
-        // The config the autoscaler started with is the applied one.
-        let world = match &opts.autoscaler_config {
-            Some(m) => World::default()
-                .apply(m, &Local::resolve(m, &opts.images))
-                .map(|(world, _)| world)
-                .map_err(|e| format!("--autoscaler-config: {}", e.join("; ")))?,
-            None => World::default(),
-        };
         let (changed, changed_rx) = mpsc::unbounded_channel();
         let mut followers = Vec::new();
         let (backend, supervisor, node): (Arc<dyn Backend>, _, _) = match opts.node {
@@ -156,7 +141,7 @@ impl ControlServer {
             domain: opts.domain,
             gateway: opts.gateway,
             apply_lock: tokio::sync::Mutex::new(()),
-            world: parking_lot::Mutex::new(world),
+            world: parking_lot::Mutex::new(World::default()),
             control: control.clone(),
             autoscaler: None,
             state: opts.state_dir,
@@ -209,13 +194,8 @@ impl ControlServer {
         let ports = vec![
             tokio::spawn(
                 async move {
-                    if let Err(e) = sluice_control::grpc::serve(
-                        grpc,
-                        control.routes(),
-                        control.endpoints(),
-                        grpc_stop,
-                    )
-                    .await
+                    if let Err(e) =
+                        sluice_control::grpc::serve(grpc, control.feeds(), grpc_stop).await
                     {
                         tracing::error!(%e, "the control plane's gRPC port failed");
                     }
@@ -299,11 +279,6 @@ fn options(a: ControlArgs) -> Result<ControlOptions, String> {
     }
     let node = sluice_core::address::grpc_flag("node", a.node.as_deref(), &mut bad);
     let pods = a.pods.check(&mut bad);
-    let autoscaler_config = a.autoscaler_config.as_ref().and_then(|path| {
-        Manifests::read(std::slice::from_ref(path))
-            .map_err(|e| bad.push(format!("--autoscaler-config: {}", e.join("; "))))
-            .ok()
-    });
     match autoscaler {
         Some(autoscaler) if bad.is_empty() => Ok(ControlOptions {
             exe: pods.exe,
@@ -318,7 +293,6 @@ fn options(a: ControlArgs) -> Result<ControlOptions, String> {
             limits: pods.limits,
             state_dir: a.state_dir,
             node,
-            autoscaler_config,
         }),
         _ => Err(bad.join("\n")),
     }

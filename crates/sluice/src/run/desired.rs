@@ -22,7 +22,7 @@ use sluice_proto::v1;
 
 use super::images::ImageMap;
 use super::manifest::Manifests;
-use super::platform::{RevisionStatus, ServiceStatus, Status, TrafficStatus};
+use super::platform::{RevisionStatus, ServiceStatus, Status};
 use super::world::{Local, World};
 
 /// Largest manifest `sluice apply` may send.
@@ -41,8 +41,9 @@ pub struct Desired {
     pub(crate) world: Mutex<World>,
     /// Over whichever backend runs the pods (`sluice status` reads them there).
     pub(crate) control: ControlPlane,
-    /// In-process: the autoscaler that `config-autoscaler` changes reach, and whose live
-    /// averages status shows. `None` when it runs in another process.
+    /// In-process: the autoscaler that checks `config-autoscaler` changes first, and whose
+    /// live averages status shows. `None` when it runs in another process (it follows the
+    /// control plane's config feed).
     pub(crate) autoscaler: Option<Autoscaler>,
     /// Where accepted applies are kept (`applied/NNNNNN.yaml`), to replay at start.
     pub(crate) state: Option<PathBuf>,
@@ -61,20 +62,19 @@ impl Desired {
         let local = Local::resolve(m, &self.images);
         let (next, changes) = current.apply(m, &local)?;
         if changes.config {
-            let Some(autoscaler) = &self.autoscaler else {
-                return Err(vec![
-                    "ConfigMap config-autoscaler: the autoscaler runs in its own process, which \
-                     reads it at start (--config); it cannot be changed through the control plane"
-                        .to_owned(),
-                ]);
-            };
-            if let Err(refused) = autoscaler.set_config(next.config.clone()) {
+            // An autoscaler in this process checks it against its revisions now; one in
+            // another follows the control plane's config feed (the planner has checked
+            // the new config against every revision that stays).
+            if let Some(autoscaler) = &self.autoscaler
+                && let Err(refused) = autoscaler.set_config(next.config.clone())
+            {
                 return Err(refused
                     .0
                     .iter()
                     .map(|(rev, e)| format!("ConfigMap config-autoscaler: revision {rev}: {e}"))
                     .collect());
             }
+            self.control.set_autoscaler_config(&next.config_data);
         }
         for (namespace, _, name) in &changes.new_revisions {
             let (_, rev) = next
@@ -140,15 +140,7 @@ impl Desired {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
                 url: sluice_gateway::routes::service_url(&self.domain, &s.namespace, &s.name),
-                traffic: s
-                    .traffic
-                    .iter()
-                    .map(|t| TrafficStatus {
-                        revision: t.revision.clone(),
-                        percent: t.percent,
-                        tag: t.tag.clone(),
-                    })
-                    .collect(),
+                traffic: s.traffic.clone(),
                 revisions: s
                     .revisions
                     .iter()

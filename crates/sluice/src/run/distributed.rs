@@ -64,7 +64,8 @@ pub struct ComponentStatus {
 pub struct Files {
     /// The control plane keeps its applies under `control/` here.
     pub state_dir: PathBuf,
-    /// The `config-autoscaler` the autoscaler starts with (and the control plane keeps).
+    /// The `config-autoscaler` the autoscaler starts with, until the control plane's (the
+    /// applied one) reaches it.
     pub config: Option<PathBuf>,
     /// `--images`, for the control plane's planner.
     pub images: Option<PathBuf>,
@@ -190,7 +191,6 @@ impl Distributed {
         }
         if let Some(config) = &config {
             autoscaler_args.push(format!("--config={}", config.display()));
-            control_args.push(format!("--autoscaler-config={}", config.display()));
         }
         let components = vec![
             component(

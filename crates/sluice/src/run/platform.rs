@@ -106,12 +106,9 @@ pub struct ServiceStatus {
     pub revisions: Vec<RevisionStatus>,
 }
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct TrafficStatus {
-    pub revision: String,
-    pub percent: u32,
-    pub tag: Option<String>,
-}
+/// A service's traffic target as the planner resolved it (a revision's name, not
+/// `latestRevision`), which is what status shows.
+pub type TrafficStatus = super::world::Traffic;
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct RevisionStatus {
@@ -263,13 +260,8 @@ impl Platform {
                 tokio::spawn({
                     let stop = stopped(&inner.stop);
                     async move {
-                        let served = sluice_control::grpc::serve(
-                            control_grpc,
-                            control.routes(),
-                            control.endpoints(),
-                            stop,
-                        )
-                        .await;
+                        let served =
+                            sluice_control::grpc::serve(control_grpc, control.feeds(), stop).await;
                         if let Err(e) = served {
                             tracing::error!(%e, "the control plane's gRPC port failed");
                         }

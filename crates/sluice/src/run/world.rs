@@ -63,7 +63,10 @@ pub struct Revision {
 /// How to run one pod of a revision: the control plane's spec.
 pub use sluice_control::PodSpec;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One resolved traffic target: a revision's name (not `latestRevision`), its percent and
+/// its tag. The manifest's shape (`manifest::TrafficTarget`) is what users write; the
+/// wire's (`v1::TrafficTarget`, empty tag for none) is what the control plane serves.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
     pub revision: String,
     pub percent: u32,
