@@ -138,16 +138,20 @@ impl Follower<RevisionEndpoints> for Revisions {
 
 /// Keeps `autoscaler`'s config equal to the control plane's `config-autoscaler`, for as
 /// long as the task runs. Until the control plane has one (or once it is deleted), the
-/// config the process started with holds.
+/// config the process started with holds. `synced` turns true once the control plane's
+/// whole config has been applied, so that revisions are registered under it (as
+/// Knative's controllers wait for their informers' caches).
 pub async fn follow_config(
     source: Source<ConfigMap>,
     autoscaler: Autoscaler,
     started_with: AutoscalerConfig,
+    synced: tokio::sync::watch::Sender<bool>,
 ) {
     let mut follower = Config {
         autoscaler,
         started_with,
         applied: None,
+        synced,
     };
     feed::follow("config", source, feed::watch_config, &mut follower).await;
 }
@@ -157,6 +161,7 @@ struct Config {
     started_with: AutoscalerConfig,
     /// The control plane's data last applied.
     applied: Option<BTreeMap<String, String>>,
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 const CONFIG_AUTOSCALER: &str = "config-autoscaler";
@@ -208,6 +213,10 @@ impl Follower<ConfigMap> for Config {
             self.set(None);
         }
     }
+
+    fn synced(&mut self) {
+        self.synced.send_replace(true);
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +253,7 @@ mod tests {
             autoscaler: autoscaler.clone(),
             started_with: started,
             applied: None,
+            synced: tokio::sync::watch::Sender::new(false),
         };
         let window = |a: &Autoscaler| a.config().stable_window;
         assert_eq!(window(&autoscaler), Duration::from_secs(60));

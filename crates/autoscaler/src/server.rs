@@ -81,6 +81,9 @@ impl StartError {
     }
 }
 
+/// How long revisions wait for the control plane's config before they are registered.
+const CONFIG_FIRST: Duration = Duration::from_secs(5);
+
 /// `EX_USAGE` from sysexits.h: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 64;
 
@@ -193,24 +196,28 @@ impl Server {
             sluice_core::serve::Serving::new(SHUTDOWN_GRACE),
         ));
         let followers = self.control.map(|(uri, pods)| {
-            [
-                tokio::spawn(tracing::Instrument::instrument(
-                    crate::follow::follow(
-                        sluice_core::feed::Source::Grpc(uri.clone()),
-                        self.autoscaler.clone(),
-                        pods,
-                    ),
-                    tracing::info_span!("control"),
-                )),
-                tokio::spawn(tracing::Instrument::instrument(
-                    crate::follow::follow_config(
-                        sluice_core::feed::Source::Grpc(uri),
-                        self.autoscaler.clone(),
-                        self.config,
-                    ),
-                    tracing::info_span!("control_config"),
-                )),
-            ]
+            let (config_synced, mut synced) = tokio::sync::watch::channel(false);
+            let config = tokio::spawn(tracing::Instrument::instrument(
+                crate::follow::follow_config(
+                    sluice_core::feed::Source::Grpc(uri.clone()),
+                    self.autoscaler.clone(),
+                    self.config,
+                    config_synced,
+                ),
+                tracing::info_span!("control_config"),
+            ));
+            // Revisions are registered under the control plane's config: its first state
+            // is waited for (briefly: a control plane that is away holds nothing back).
+            let autoscaler = self.autoscaler.clone();
+            let revisions = tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let _ = tokio::time::timeout(CONFIG_FIRST, synced.wait_for(|s| *s)).await;
+                    crate::follow::follow(sluice_core::feed::Source::Grpc(uri), autoscaler, pods)
+                        .await;
+                },
+                tracing::info_span!("control"),
+            ));
+            [config, revisions]
         });
         shutdown.await;
         tracing::info!("shutting down");
