@@ -39,6 +39,10 @@ pub struct ServiceRoute {
 
 /// A share of a service's traffic. A tagged target is also reachable alone at
 /// `{tag}-{service}.{namespace}.{domain}`.
+///
+/// This is the static routes file's shape (`--routes`: YAML, unknown fields refused, no tag
+/// spelled as none) and the gateway's table's; the control plane's feed carries the wire's
+/// `v1::TrafficTarget` (an empty tag for none), converted on arrival (`source.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficTarget {

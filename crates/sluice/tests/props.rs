@@ -65,7 +65,10 @@ proptest! {
         let doc = format!("{head}{indent}{name}: {value}\n{tail}");
         let errors = Manifests::parse("x.yaml", &doc).expect_err("an unknown field");
         let want = format!("{path}{name}: unknown field");
-        prop_assert!(errors.iter().any(|e| e.contains(&want)), "{want} in {errors:?}\n{doc}");
+        prop_assert!(
+            errors.iter().any(|e| e.to_string().contains(&want)),
+            "{want} in {errors:?}\n{doc}"
+        );
     }
 
     #[test]

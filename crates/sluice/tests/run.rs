@@ -356,9 +356,9 @@ async fn e2e_a_bad_manifest_is_refused_whole_and_nothing_changes() {
         .await
         .expect_err("refused");
     assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("spec.traffic[0].revisionName: no revision nope-00001")),
+        errors.iter().any(|e| e
+            .to_string()
+            .contains("spec.traffic[0].revisionName: no revision nope-00001")),
         "{errors:?}"
     );
     // Pods come and go on their own (this one is starting): the rest must not change.

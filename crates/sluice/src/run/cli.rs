@@ -17,6 +17,7 @@ use super::distributed::{Distributed, Files};
 use super::images::ImageMap;
 use super::manifest::{self, Manifests};
 use super::platform::{Addresses, Options, Platform, Status};
+use super::problem::{Problem, lines};
 
 /// Bad manifests, flags or input.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -164,14 +165,14 @@ pub fn run(args: RunArgs) -> ExitCode {
     sluice_core::telemetry::init("warn");
     let mut bad = Vec::new();
     let pods = args.pods.check(&mut bad);
-    let manifests = Manifests::read(&args.files).unwrap_or_else(|mut e| {
-        bad.append(&mut e);
+    let manifests = Manifests::read(&args.files).unwrap_or_else(|e| {
+        bad.extend(lines(&e));
         Manifests::default()
     });
     // What `--distributed` sends to its control plane: the files as they are.
     let text = if args.distributed && bad.is_empty() {
-        read_texts(&args.files).unwrap_or_else(|mut e| {
-            bad.append(&mut e);
+        read_texts(&args.files).unwrap_or_else(|e| {
+            bad.extend(lines(&e));
             String::new()
         })
     } else {
@@ -305,7 +306,7 @@ impl Running {
     /// Applies the manifests (`text`, as read, for a control plane in another process).
     async fn apply(&self, m: &Manifests, text: String) -> Result<Vec<String>, Vec<String>> {
         match self {
-            Self::InProcess(p) => p.apply(m).await,
+            Self::InProcess(p) => p.apply(m).await.map_err(|e| lines(&e)),
             Self::Distributed(_) if text.trim().is_empty() => Ok(Vec::new()),
             Self::Distributed(d) => {
                 let lines = |t: &str| -> Vec<String> {
@@ -424,7 +425,7 @@ pub fn apply(args: ApplyArgs) -> ExitCode {
         Err(errors) => {
             eprintln!(
                 "sluice apply: refused; nothing was changed:\n  {}",
-                errors.join("\n  ")
+                lines(&errors).join("\n  ")
             );
             return ExitCode::from(EXIT_BAD_INPUT);
         }
@@ -491,22 +492,22 @@ pub fn status(args: StatusArgs) -> ExitCode {
 
 /// The manifests in `paths` (files or folders) as one YAML text, each file parsed too so
 /// that errors name the files; every error at once.
-fn read_texts(paths: &[PathBuf]) -> Result<String, Vec<String>> {
+fn read_texts(paths: &[PathBuf]) -> Result<String, Vec<Problem>> {
     let mut body = String::new();
     let mut errors = Vec::new();
     for path in paths {
         let files = match manifest::yaml_files(path) {
             Ok(files) => files,
             Err(e) => {
-                errors.push(format!("{}: {e}", path.display()));
+                errors.push(Problem::new(path.display().to_string(), e));
                 continue;
             }
         };
         for f in files {
             match manifest::read_manifest(&f) {
                 Ok(text) => {
-                    if let Err(mut e) = Manifests::parse(&f.display().to_string(), &text) {
-                        errors.append(&mut e);
+                    if let Err(e) = Manifests::parse(&f.display().to_string(), &text) {
+                        errors.extend(e);
                     }
                     body.push_str(&text);
                     body.push_str("\n---\n");
@@ -516,10 +517,13 @@ fn read_texts(paths: &[PathBuf]) -> Result<String, Vec<String>> {
         }
     }
     if errors.is_empty() && body.len() as u64 > manifest::MAX_MANIFEST_BYTES {
-        errors.push(format!(
-            "{} bytes of manifests in all; one apply may send at most {} (3 MiB)",
-            body.len(),
-            manifest::MAX_MANIFEST_BYTES
+        errors.push(Problem::new(
+            "",
+            format!(
+                "{} bytes of manifests in all; one apply may send at most {} (3 MiB)",
+                body.len(),
+                manifest::MAX_MANIFEST_BYTES
+            ),
         ));
     }
     if errors.is_empty() {

@@ -23,6 +23,7 @@ use sluice_proto::v1;
 use super::images::ImageMap;
 use super::manifest::Manifests;
 use super::platform::{RevisionStatus, ServiceStatus, Status};
+use super::problem::{Problem, lines};
 use super::world::{Local, World};
 
 /// Largest manifest `sluice apply` may send.
@@ -51,13 +52,13 @@ pub struct Desired {
 
 impl Desired {
     /// Applies manifests: everything or, when any rule is broken, nothing.
-    pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
+    pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<Problem>> {
         let _turn = self.apply_lock.lock().await;
         self.apply_locked(m)
     }
 
     /// [`Desired::apply`], with the turn already taken.
-    fn apply_locked(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
+    fn apply_locked(&self, m: &Manifests) -> Result<Vec<String>, Vec<Problem>> {
         let current = self.world.lock().clone();
         let local = Local::resolve(m, &self.images);
         let (next, changes) = current.apply(m, &local)?;
@@ -71,7 +72,12 @@ impl Desired {
                 return Err(refused
                     .0
                     .iter()
-                    .map(|(rev, e)| format!("ConfigMap config-autoscaler: revision {rev}: {e}"))
+                    .map(|(rev, e)| {
+                        Problem::new(
+                            "ConfigMap config-autoscaler",
+                            format!("revision {rev}: {e}"),
+                        )
+                    })
                     .collect());
             }
             self.control.set_autoscaler_config(&next.config_data);
@@ -174,7 +180,7 @@ impl Desired {
 
     /// Parses and applies manifests sent to the admin port; kept in the state directory
     /// once accepted, so that a restart replays them.
-    pub async fn apply_text(&self, text: &str) -> Result<Vec<String>, Vec<String>> {
+    pub async fn apply_text(&self, text: &str) -> Result<Vec<String>, Vec<Problem>> {
         let m = Manifests::parse("apply", text)?;
         // Kept in the same turn, so that the kept applies replay in the order they ran.
         let _turn = self.apply_lock.lock().await;
@@ -209,11 +215,11 @@ impl Desired {
         for path in &files {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let m =
-                Manifests::parse(&path.display().to_string(), &text).map_err(|e| e.join("; "))?;
+            let m = Manifests::parse(&path.display().to_string(), &text)
+                .map_err(|e| lines(&e).join("; "))?;
             self.apply(&m)
                 .await
-                .map_err(|e| format!("{}: {}", path.display(), e.join("; ")))?;
+                .map_err(|e| format!("{}: {}", path.display(), lines(&e).join("; ")))?;
         }
         Ok(files.len())
     }
@@ -259,7 +265,10 @@ async fn admin_page(
                 Ok(summary) => respond::text(StatusCode::OK, summary.join("\n") + "\n"),
                 Err(errors) => respond::text(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("refused; nothing was changed:\n  {}\n", errors.join("\n  ")),
+                    format!(
+                        "refused; nothing was changed:\n  {}\n",
+                        lines(&errors).join("\n  ")
+                    ),
                 ),
             }
         }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::problem::Problem;
+
 pub const SERVICE_API_VERSION: &str = "serving.knative.dev/v1";
 pub const CONFIG_AUTOSCALER: &str = "config-autoscaler";
 pub const KNATIVE_NAMESPACE: &str = "knative-serving";
@@ -244,17 +246,20 @@ struct ConfigMap {
 impl Manifests {
     /// Reads files and folders (a folder: its `.yaml` and `.yml` files, sorted). Every
     /// problem is reported, each prefixed with its file and document.
-    pub fn read(paths: &[PathBuf]) -> Result<Self, Vec<String>> {
+    pub fn read(paths: &[PathBuf]) -> Result<Self, Vec<Problem>> {
         let mut files = Vec::new();
         let mut errors = Vec::new();
         for path in paths {
             match yaml_files(path) {
                 Ok(mut found) if found.is_empty() => {
-                    errors.push(format!("{}: no .yaml or .yml file in it", path.display()));
+                    errors.push(Problem::new(
+                        path.display().to_string(),
+                        "no .yaml or .yml file in it",
+                    ));
                     found.clear();
                 }
                 Ok(found) => files.extend(found),
-                Err(e) => errors.push(format!("{}: {e}", path.display())),
+                Err(e) => errors.push(Problem::new(path.display().to_string(), e)),
             }
         }
         let mut out = Self::default();
@@ -276,13 +281,13 @@ impl Manifests {
     }
 
     /// Parses one text of YAML documents (`source` names it in messages).
-    pub fn parse(source: &str, text: &str) -> Result<Self, Vec<String>> {
+    pub fn parse(source: &str, text: &str) -> Result<Self, Vec<Problem>> {
         let mut out = Self::default();
         out.add(source, text)?;
         Ok(out)
     }
 
-    fn add(&mut self, source: &str, text: &str) -> Result<(), Vec<String>> {
+    fn add(&mut self, source: &str, text: &str) -> Result<(), Vec<Problem>> {
         let mut errors = Vec::new();
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let at = format!("{source} (document {})", i + 1);
@@ -290,7 +295,7 @@ impl Manifests {
                 Ok(serde_norway::Value::Null) => continue, // an empty document
                 Ok(v) => v,
                 Err(e) => {
-                    errors.push(format!("{at}: not valid YAML: {e}"));
+                    errors.push(Problem::new(&at, format!("not valid YAML: {e}")));
                     // The parser cannot resync after a syntax error.
                     break;
                 }
@@ -306,15 +311,15 @@ impl Manifests {
         }
     }
 
-    fn add_document(&mut self, at: &str, value: serde_norway::Value) -> Result<(), String> {
+    fn add_document(&mut self, at: &str, value: serde_norway::Value) -> Result<(), Problem> {
+        let problem = |e: &dyn std::fmt::Display| Problem::new(at, e);
         // Re-read from text so that errors carry the field's path.
-        let text = serde_norway::to_string(&value).map_err(|e| format!("{at}: {e}"))?;
-        let head: Head = serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
+        let text = serde_norway::to_string(&value).map_err(|e| problem(&e))?;
+        let head: Head = serde_norway::from_str(&text).map_err(|e| problem(&e))?;
         match (head.api_version.as_str(), head.kind.as_str()) {
             (SERVICE_API_VERSION, "Service") => {
-                check_service_fields(&value).map_err(|e| format!("{at}: {e}"))?;
-                let service: Service =
-                    serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
+                check_service_fields(&value).map_err(|e| problem(&e))?;
+                let service: Service = serde_norway::from_str(&text).map_err(|e| problem(&e))?;
                 self.services.push(service);
                 Ok(())
             }
@@ -325,14 +330,13 @@ impl Manifests {
                     .as_deref()
                     .unwrap_or(KNATIVE_NAMESPACE);
                 if ns != KNATIVE_NAMESPACE {
-                    return Err(format!(
-                        "{at}: metadata.namespace: ConfigMap {CONFIG_AUTOSCALER} belongs in \
+                    return Err(problem(&format!(
+                        "metadata.namespace: ConfigMap {CONFIG_AUTOSCALER} belongs in \
                          namespace {KNATIVE_NAMESPACE}, not {ns}"
-                    ));
+                    )));
                 }
-                known_fields(&value, "", CONFIG_MAP_FIELDS).map_err(|e| format!("{at}: {e}"))?;
-                let cm: ConfigMap =
-                    serde_norway::from_str(&text).map_err(|e| format!("{at}: {e}"))?;
+                known_fields(&value, "", CONFIG_MAP_FIELDS).map_err(|e| problem(&e))?;
+                let cm: ConfigMap = serde_norway::from_str(&text).map_err(|e| problem(&e))?;
                 self.config_autoscaler = Some(cm.data);
                 Ok(())
             }
@@ -343,13 +347,13 @@ impl Manifests {
                 ));
                 Ok(())
             }
-            ("", _) | (_, "") => Err(format!(
-                "{at}: not a Kubernetes object: apiVersion and kind are required"
+            ("", _) | (_, "") => Err(problem(
+                &"not a Kubernetes object: apiVersion and kind are required",
             )),
-            (api, kind) => Err(format!(
-                "{at}: {kind} ({api}) is not supported: Sluice reads Service \
+            (api, kind) => Err(problem(&format!(
+                "{kind} ({api}) is not supported: Sluice reads Service \
                  ({SERVICE_API_VERSION}) and the ConfigMap {CONFIG_AUTOSCALER}"
-            )),
+            ))),
         }
     }
 }
@@ -447,18 +451,18 @@ fn annotations_fit(meta: &serde_norway::Value, path: &str) -> Result<(), String>
 
 /// A manifest file's text, refused before it is read when it is over
 /// [`MAX_MANIFEST_BYTES`].
-pub fn read_manifest(path: &Path) -> Result<String, String> {
+pub fn read_manifest(path: &Path) -> Result<String, Problem> {
+    let problem = |e: &dyn std::fmt::Display| Problem::new(path.display().to_string(), e);
     let len = std::fs::metadata(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
+        .map_err(|e| problem(&format!("cannot read: {e}")))?
         .len();
     if len > MAX_MANIFEST_BYTES {
-        return Err(format!(
-            "{}: {len} bytes; a manifest may be at most {MAX_MANIFEST_BYTES} bytes (3 MiB, \
-             as Kubernetes' API server takes)",
-            path.display()
-        ));
+        return Err(problem(&format!(
+            "{len} bytes; a manifest may be at most {MAX_MANIFEST_BYTES} bytes (3 MiB, as \
+             Kubernetes' API server takes)"
+        )));
     }
-    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+    std::fs::read_to_string(path).map_err(|e| problem(&format!("cannot read: {e}")))
 }
 
 /// `path` itself, or a folder's `.yaml` and `.yml` files, sorted.
@@ -489,6 +493,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::problem::lines;
 
     const HELLO: &str = r#"
 apiVersion: serving.knative.dev/v1
@@ -539,7 +544,9 @@ data:
     #[test]
     fn errors_name_the_document_and_the_field() {
         let bad = HELLO.replace("containerConcurrency: 5", "containerConcurrency: five");
-        let errors = Manifests::parse("hello.yaml", &bad).expect_err("invalid");
+        let errors = Manifests::parse("hello.yaml", &bad)
+            .map_err(|e| lines(&e))
+            .expect_err("invalid");
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
             errors[0].starts_with("hello.yaml (document 1): "),
@@ -560,8 +567,7 @@ data:
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n---\n\
              apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config-autoscaler, namespace: default}\n---\n\
              just: text\n",
-        )
-        .expect_err("refused");
+        ).map_err(|e| lines(&e)).expect_err("refused");
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].contains("Deployment (apps/v1) is not supported"));
         assert!(errors[1].contains("belongs in namespace knative-serving"));
@@ -581,7 +587,9 @@ data:
 
     #[test]
     fn syntax_errors_are_reported() {
-        let errors = Manifests::parse("x.yaml", "kind: [unclosed\n").expect_err("bad");
+        let errors = Manifests::parse("x.yaml", "kind: [unclosed\n")
+            .map_err(|e| lines(&e))
+            .expect_err("bad");
         assert!(errors[0].contains("not valid YAML"), "{errors:?}");
     }
 
@@ -609,7 +617,9 @@ data:
             let doc = format!(
                 "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}"
             );
-            let errors = Manifests::parse("x.yaml", &doc).expect_err(want);
+            let errors = Manifests::parse("x.yaml", &doc)
+                .map_err(|e| lines(&e))
+                .expect_err(want);
             assert!(errors[0].contains(want), "{want}: {errors:?}");
         }
         // Fields Kubernetes knows but Sluice does not use are accepted.
@@ -635,7 +645,9 @@ spec:
         let doc = format!(
             "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  template:\n    metadata:\n      annotations:\n        a: \"{big}\"\n"
         );
-        let errors = Manifests::parse("x.yaml", &doc).expect_err("too big");
+        let errors = Manifests::parse("x.yaml", &doc)
+            .map_err(|e| lines(&e))
+            .expect_err("too big");
         assert!(
             errors[0].contains("spec.template.metadata.annotations:")
                 && errors[0].contains("256 KiB"),
@@ -650,7 +662,9 @@ spec:
         let file = dir.join("big.yaml");
         let f = std::fs::File::create(&file).expect("file");
         f.set_len(MAX_MANIFEST_BYTES + 1).expect("sparse file");
-        let errors = Manifests::read(&[file]).expect_err("too big");
+        let errors = Manifests::read(&[file])
+            .map_err(|e| lines(&e))
+            .expect_err("too big");
         assert!(
             errors[0].contains("a manifest may be at most"),
             "{errors:?}"

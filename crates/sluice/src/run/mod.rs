@@ -8,6 +8,7 @@
 //! - [`control`]: that alone (`sluice control`), the others in their own processes.
 //! - [`distributed`]: `sluice run --distributed`: every part in its own process, kept
 //!   running by this one, which also runs the pods (the node).
+//! - [`problem`]: what is wrong with users' input, and where.
 //! - [`cli`], [`display`]: `sluice run`, `sluice apply`, `sluice status`.
 
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod distributed;
 pub mod images;
 pub mod manifest;
 pub mod platform;
+pub mod problem;
 pub mod world;
 
 pub use platform::{Options, Platform, Status};

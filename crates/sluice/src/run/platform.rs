@@ -310,7 +310,7 @@ impl Platform {
     }
 
     /// Applies manifests: everything or, when any rule is broken, nothing.
-    pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<String>> {
+    pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<super::problem::Problem>> {
         self.inner.desired.apply(m).await
     }
 

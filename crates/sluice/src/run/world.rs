@@ -10,6 +10,7 @@ use sluice_autoscaler::revision::RevisionScaling;
 
 use super::images::ImageMap;
 use super::manifest::{Container, Manifests, RevisionTemplate, Service};
+use super::problem::Problem;
 
 /// Knative's `max-revision-timeout-seconds` default.
 const MAX_TIMEOUT_SECONDS: u32 = 600;
@@ -89,7 +90,11 @@ pub struct Changes {
 
 impl World {
     /// Checks `m` against this world; the next world and what changed, or every error.
-    pub fn apply(&self, m: &Manifests, local: &Local<'_>) -> Result<(World, Changes), Vec<String>> {
+    pub fn apply(
+        &self,
+        m: &Manifests,
+        local: &Local<'_>,
+    ) -> Result<(World, Changes), Vec<Problem>> {
         let mut errors = Vec::new();
         let mut next = self.clone();
         let mut changes = Changes::default();
@@ -105,7 +110,7 @@ impl World {
                         .summary
                         .push("configmap/config-autoscaler configured".to_owned());
                 }
-                Err(e) => errors.push(format!("ConfigMap config-autoscaler: {e}")),
+                Err(e) => errors.push(Problem::new("ConfigMap config-autoscaler", e)),
             }
         }
         // A service given twice is applied twice, in order (as two `kubectl apply`s):
@@ -133,12 +138,7 @@ impl World {
                     }
                     next.services.insert(key, state);
                 }
-                Err(mut e) => {
-                    for line in &mut e {
-                        *line = format!("{at}: {line}");
-                    }
-                    errors.append(&mut e);
-                }
+                Err(e) => errors.extend(e.into_iter().map(|p| p.within(&at))),
             }
         }
         for ((namespace, name), mut lines) in touched {
@@ -167,9 +167,9 @@ impl World {
                         &r.annotations,
                         r.pod.container_concurrency,
                     ) {
-                        errors.push(format!(
-                            "ConfigMap config-autoscaler: revision {}/{} cannot take it: {e}",
-                            s.namespace, r.name
+                        errors.push(Problem::new(
+                            "ConfigMap config-autoscaler",
+                            format!("revision {}/{} cannot take it: {e}", s.namespace, r.name),
                         ));
                     }
                 }
@@ -196,15 +196,15 @@ fn plan_service(
     s: &Service,
     local: &Local<'_>,
     config: &AutoscalerConfig,
-) -> Result<(ServiceState, Option<String>), Vec<String>> {
+) -> Result<(ServiceState, Option<String>), Vec<Problem>> {
     let mut errors = Vec::new();
     let name = &s.metadata.name;
     if let Err(e) = dns_label(name) {
-        errors.push(format!("metadata.name: {e}"));
+        errors.push(Problem::new("metadata.name", e));
     }
     let namespace = s.namespace();
     if let Err(e) = dns_label(namespace) {
-        errors.push(format!("metadata.namespace: {e}"));
+        errors.push(Problem::new("metadata.namespace", e));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -236,17 +236,21 @@ fn plan_service(
         let rev_name = match Some(given).filter(|n| !n.is_empty()) {
             Some(n) => {
                 if !n.starts_with(&format!("{name}-")) {
-                    errors.push(format!(
-                        "spec.template.metadata.name: {n:?} must start with \"{name}-\""
+                    errors.push(Problem::new(
+                        "spec.template.metadata.name",
+                        format!("{n:?} must start with \"{name}-\""),
                     ));
                 }
                 if let Err(e) = dns_label(n) {
-                    errors.push(format!("spec.template.metadata.name: {e}"));
+                    errors.push(Problem::new("spec.template.metadata.name", e));
                 }
                 if state.revisions.iter().any(|r| r.name == n) {
-                    errors.push(format!(
-                        "spec.template.metadata.name: revision {n} already exists with a \
-                         different template; change the name or leave it out"
+                    errors.push(Problem::new(
+                        "spec.template.metadata.name",
+                        format!(
+                            "revision {n} already exists with a different template; change \
+                             the name or leave it out"
+                        ),
                     ));
                 }
                 n.to_owned()
@@ -278,68 +282,79 @@ fn plan_revision(
     t: &RevisionTemplate,
     local: &Local<'_>,
     config: &AutoscalerConfig,
-) -> Result<Revision, Vec<String>> {
+) -> Result<Revision, Vec<Problem>> {
     let mut errors = Vec::new();
     let spec = &t.spec;
     let container = match spec.containers.as_slice() {
         [c] => c,
         [] => {
-            return Err(vec![
-                "spec.template.spec.containers: one container is required".to_owned(),
-            ]);
+            return Err(vec![Problem::new(
+                "spec.template.spec.containers",
+                "one container is required",
+            )]);
         }
         _ => {
-            return Err(vec![
-                "spec.template.spec.containers: the local runtime runs one container per pod"
-                    .to_owned(),
-            ]);
+            return Err(vec![Problem::new(
+                "spec.template.spec.containers",
+                "the local runtime runs one container per pod",
+            )]);
         }
     };
     let at = "spec.template.spec.containers[0]";
-    let argv = argv(container, local.images).unwrap_or_else(|e| {
-        errors.push(format!("{at}{e}"));
+    let argv = argv(container, local.images).unwrap_or_else(|mut p| {
+        p.at = format!("{at}{}", p.at);
+        errors.push(p);
         Vec::new()
     });
     if let Some(program) = argv.first()
         && local.missing.contains(program)
     {
-        errors.push(format!(
-            "{at}.command: program {program:?} not found{}",
-            if program.contains('/') {
-                String::new()
-            } else {
-                " on PATH".to_owned()
-            }
+        errors.push(Problem::new(
+            format!("{at}.command"),
+            format!(
+                "program {program:?} not found{}",
+                if program.contains('/') {
+                    ""
+                } else {
+                    " on PATH"
+                }
+            ),
         ));
     }
     let mut env = Vec::new();
     for (i, e) in container.env.iter().enumerate() {
         if RESERVED_ENV.contains(&e.name.as_str()) {
-            errors.push(format!(
-                "{at}.env[{i}].name: {} is reserved: Knative sets it",
-                e.name
+            errors.push(Problem::new(
+                format!("{at}.env[{i}].name"),
+                format!("{} is reserved: Knative sets it", e.name),
             ));
         } else if e.value_from.is_some() {
-            errors.push(format!(
-                "{at}.env[{i}].valueFrom: not supported by the local runtime; give a value"
+            errors.push(Problem::new(
+                format!("{at}.env[{i}].valueFrom"),
+                "not supported by the local runtime; give a value",
             ));
         } else {
             env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
         }
     }
     if container.ports.len() > 1 {
-        errors.push(format!("{at}.ports: at most one port may be named"));
+        errors.push(Problem::new(
+            format!("{at}.ports"),
+            "at most one port may be named",
+        ));
     }
     let cc = spec.container_concurrency.unwrap_or(0);
     if cc > MAX_CONTAINER_CONCURRENCY {
-        errors.push(format!(
-            "spec.template.spec.containerConcurrency: {cc} is over the limit of {MAX_CONTAINER_CONCURRENCY}"
+        errors.push(Problem::new(
+            "spec.template.spec.containerConcurrency",
+            format!("{cc} is over the limit of {MAX_CONTAINER_CONCURRENCY}"),
         ));
     }
     let timeout = spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
     if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout) {
-        errors.push(format!(
-            "spec.template.spec.timeoutSeconds: {timeout} must be from 1 to {MAX_TIMEOUT_SECONDS}"
+        errors.push(Problem::new(
+            "spec.template.spec.timeoutSeconds",
+            format!("{timeout} must be from 1 to {MAX_TIMEOUT_SECONDS}"),
         ));
     }
     for (field, value) in [
@@ -352,8 +367,9 @@ fn plan_revision(
         if let Some(v) = value
             && v > timeout
         {
-            errors.push(format!(
-                "spec.template.spec.{field}: {v} must not exceed timeoutSeconds ({timeout})"
+            errors.push(Problem::new(
+                format!("spec.template.spec.{field}"),
+                format!("{v} must not exceed timeoutSeconds ({timeout})"),
             ));
         }
     }
@@ -361,7 +377,7 @@ fn plan_revision(
     let initial_scale = match RevisionScaling::resolve(config, &annotations, cc) {
         Ok(scaling) => scaling.initial_scale,
         Err(e) => {
-            errors.push(format!("spec.template.metadata.annotations: {e}"));
+            errors.push(Problem::new("spec.template.metadata.annotations", e));
             0
         }
     };
@@ -395,7 +411,7 @@ fn plan_revision(
 fn resolve_traffic(
     s: &ServiceState,
     spec: Option<&[super::manifest::TrafficTarget]>,
-) -> Result<Vec<Traffic>, Vec<String>> {
+) -> Result<Vec<Traffic>, Vec<Problem>> {
     let Some(latest) = s.revisions.last() else {
         return Ok(Vec::new());
     };
@@ -413,17 +429,18 @@ fn resolve_traffic(
         let at = format!("spec.traffic[{i}]");
         let revision = match (t.revision_name.as_deref(), t.latest_revision) {
             (Some(_), Some(true)) => {
-                errors.push(format!(
-                    "{at}: revisionName and latestRevision: true name two targets; give one"
+                errors.push(Problem::new(
+                    &at,
+                    "revisionName and latestRevision: true name two targets; give one",
                 ));
                 continue;
             }
             (Some(name), _) => {
                 if !s.revisions.iter().any(|r| r.name == name) {
                     let known: Vec<&str> = s.revisions.iter().map(|r| r.name.as_str()).collect();
-                    errors.push(format!(
-                        "{at}.revisionName: no revision {name} (this service has {})",
-                        known.join(", ")
+                    errors.push(Problem::new(
+                        format!("{at}.revisionName"),
+                        format!("no revision {name} (this service has {})", known.join(", ")),
                     ));
                     continue;
                 }
@@ -431,20 +448,29 @@ fn resolve_traffic(
             }
             (None, Some(true)) => latest.name.clone(),
             (None, _) => {
-                errors.push(format!("{at}: give revisionName, or latestRevision: true"));
+                errors.push(Problem::new(
+                    &at,
+                    "give revisionName, or latestRevision: true",
+                ));
                 continue;
             }
         };
         let percent = t.percent.unwrap_or(0);
         if percent > 100 {
-            errors.push(format!("{at}.percent: {percent} is over 100"));
+            errors.push(Problem::new(
+                format!("{at}.percent"),
+                format!("{percent} is over 100"),
+            ));
         }
         if let Some(tag) = &t.tag {
             if let Err(e) = dns_label(tag) {
-                errors.push(format!("{at}.tag: {e}"));
+                errors.push(Problem::new(format!("{at}.tag"), e));
             }
             if tags.insert(tag.clone(), ()).is_some() {
-                errors.push(format!("{at}.tag: {tag} is used twice"));
+                errors.push(Problem::new(
+                    format!("{at}.tag"),
+                    format!("{tag} is used twice"),
+                ));
             }
         }
         out.push(Traffic {
@@ -455,8 +481,9 @@ fn resolve_traffic(
     }
     let total: u32 = spec.iter().map(|t| t.percent.unwrap_or(0)).sum();
     if total != 100 {
-        errors.push(format!(
-            "spec.traffic: the percentages add up to {total}, not 100"
+        errors.push(Problem::new(
+            "spec.traffic",
+            format!("the percentages add up to {total}, not 100"),
         ));
     }
     if errors.is_empty() {
@@ -486,8 +513,8 @@ fn dns_label(s: &str) -> Result<(), String> {
 }
 
 /// The command a container runs: its `command` and `args`, or its image's local command
-/// and `args`. An error is the rest of a message after the container's path.
-pub fn argv(container: &Container, images: &ImageMap) -> Result<Vec<String>, String> {
+/// and `args`. A problem's `at` is the rest of the path after the container's.
+pub fn argv(container: &Container, images: &ImageMap) -> Result<Vec<String>, Problem> {
     if !container.command.is_empty() {
         return Ok(container
             .command
@@ -499,12 +526,15 @@ pub fn argv(container: &Container, images: &ImageMap) -> Result<Vec<String>, Str
     match container.image.as_deref() {
         Some(image) => match images.command(image) {
             Some(cmd) => Ok(cmd.iter().chain(&container.args).cloned().collect()),
-            None => Err(format!(
-                ".image: {image} has no local command: give the container a `command`, or \
-                 map the image in an --images file"
+            None => Err(Problem::new(
+                ".image",
+                format!(
+                    "{image} has no local command: give the container a `command`, or map \
+                     the image in an --images file"
+                ),
             )),
         },
-        None => Err(": give an image or a command".to_owned()),
+        None => Err(Problem::new("", "give an image or a command")),
     }
 }
 

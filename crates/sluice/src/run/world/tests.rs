@@ -25,7 +25,9 @@ spec:
 fn apply(world: &World, yaml: &str) -> Result<(World, Changes), Vec<String>> {
     let m = Manifests::parse("test.yaml", yaml).expect("parses");
     let images = ImageMap::default();
-    world.apply(&m, &Local::resolve(&m, &images))
+    world
+        .apply(&m, &Local::resolve(&m, &images))
+        .map_err(|e| crate::run::problem::lines(&e))
 }
 
 #[test]
@@ -202,6 +204,7 @@ fn the_planner_takes_what_is_missing_from_its_input_not_from_the_machine() {
     );
     let errors = World::default()
         .apply(&m, &told(&["not-on-any-machine"]))
+        .map_err(|e| crate::run::problem::lines(&e))
         .expect_err("refused");
     assert!(errors.join("\n").contains("not found"), "{errors:?}");
 }
