@@ -247,7 +247,7 @@ async fn send(
         let pod = Arc::clone(grant.pod.tracker());
         // Boxed: a held request's future must not carry the proxying states it has not
         // reached yet (kilobytes, times 10,000 held requests).
-        match Box::pin(pod.upstream().send(req, upgrade, guard.start)).await {
+        match Box::pin(pod.upstream().send(req, upgrade)).await {
             Ok((rsp, lease)) => {
                 guard.lease = lease;
                 guard.grant = Some(grant);

@@ -31,12 +31,6 @@ use crate::serve::{Io, LocalConnector};
 const DIAL_FIRST_TIMEOUT: Duration = Duration::from_millis(50);
 const DIAL_ATTEMPTS: u32 = 15;
 
-/// A pooled connection idle at least this long may be one the app is closing right now
-/// (Node.js closes idle keep-alive connections after 5 s, some servers sooner): a request
-/// sent on it keeps a copy so it can be sent again if the connection dies under it.
-/// Connections busy under load are reused sooner and never pay for the copy.
-const STALE_AFTER: Duration = Duration::from_millis(20);
-
 /// Failing to get an answer from the app.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -308,25 +302,28 @@ impl Upstream {
         self.addr
     }
 
-    /// Sends an HTTP/1.1 request on a pooled connection. A request that never left, or
-    /// a replayable safe request whose stale connection died under it, is sent again once
-    /// on a fresh connection. If even that connection cannot be opened, the error carries
-    /// the request back, untouched, so the caller may send it elsewhere.
+    /// Sends an HTTP/1.1 request on a pooled connection. A request that never left, or a
+    /// replayable safe request (GET, HEAD, OPTIONS with its body held in full) whose
+    /// reused connection closed before any answer, is sent again once on a fresh
+    /// connection, as Go's transport does for Knative: the app closed the connection idle
+    /// (Node.js after 5 s, some servers sooner), or its pod died. If even that connection
+    /// cannot be opened, the error carries the request back, untouched, so the caller may
+    /// send it elsewhere (another pod).
     pub async fn send_http1(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
-        now: Instant,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let (mut conn, idle_since) = match self.checkout().await {
             Ok(checked_out) => checked_out,
             Err(error) => return Err(SendError::unsent(error, req)),
         };
         let (parts, body) = req.into_parts();
-        let stale =
-            idle_since.is_some_and(|since| now.saturating_duration_since(since) >= STALE_AFTER);
+        // Only a reused connection can have been closed by the other side unseen: a new
+        // one's failure is the request's own, and is not sent twice.
+        let reused = idle_since.is_some();
         let copy = match &body {
             Either::Right(full)
-                if stale
+                if reused
                     && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) =>
             {
                 Some((copy_head(&parts), full.clone()))
@@ -410,14 +407,13 @@ impl Upstream {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
         upgrade: bool,
-        now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if upgrade {
             Box::pin(self.send_upgrade(req)).await.map(|r| (r, None))
         } else if req.version() == http::Version::HTTP_2 {
             Box::pin(self.send_http2(req)).await.map(|r| (r, None))
         } else {
-            let (rsp, lease) = self.send_http1(req, now).await?;
+            let (rsp, lease) = self.send_http1(req).await?;
             Ok((rsp, Some(lease)))
         }
     }
@@ -635,10 +631,7 @@ mod tests {
             .header(http::header::HOST, "origin")
             .body(Either::Right(Full::new(Bytes::new())))
             .expect("request");
-        let (rsp, lease) = upstream
-            .send_http1(req, Instant::now())
-            .await
-            .expect("answered");
+        let (rsp, lease) = upstream.send_http1(req).await.expect("answered");
         let body = rsp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, "ok");
         let released = Instant::now();
@@ -648,5 +641,92 @@ mod tests {
         assert_eq!(upstream.evict_idle(almost), 0, "not idle long enough");
         assert_eq!(upstream.evict_idle(released + POOL_IDLE_TIMEOUT), 1);
         assert!(upstream.idle.lock().is_empty());
+    }
+
+    /// An origin whose first connection answers one request and then closes on the next
+    /// one unanswered (an app closing an idle connection, a pod dying); every later
+    /// connection answers. Returns its address and how many connections it accepted.
+    async fn closes_its_first_connection_after_one_answer()
+    -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.expect("accept");
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        // One request's head (the tests send no body).
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if n == 0 && buf.starts_with(b"GET /second") {
+                            return; // read, then closed without an answer
+                        }
+                        if n == 0 && buf.starts_with(b"POST /second") {
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if conn.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(method: Method, path: &str) -> Request<UpstreamBody> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "origin")
+            .body(Either::Right(Full::new(Bytes::new())))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_on_a_reused_connection_closed_under_it_is_sent_again() {
+        let (addr, accepted) = closes_its_first_connection_after_one_answer().await;
+        let upstream = Upstream::new(addr, 4);
+        let (rsp, lease) = upstream
+            .send_http1(request(Method::GET, "/first"))
+            .await
+            .expect("answered");
+        rsp.into_body().collect().await.expect("body");
+        lease.release(true, Instant::now());
+        // At once: not an idle connection the app timed out, one that dies under it.
+        let (rsp, _lease) = upstream
+            .send_http1(request(Method::GET, "/second"))
+            .await
+            .expect("sent again on a new connection");
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_request_on_a_reused_connection_closed_under_it_is_not_sent_twice() {
+        let (addr, accepted) = closes_its_first_connection_after_one_answer().await;
+        let upstream = Upstream::new(addr, 4);
+        let (rsp, lease) = upstream
+            .send_http1(request(Method::GET, "/first"))
+            .await
+            .expect("answered");
+        rsp.into_body().collect().await.expect("body");
+        lease.release(true, Instant::now());
+        let failed = upstream
+            .send_http1(request(Method::POST, "/second"))
+            .await
+            .expect_err("the app may have acted on it");
+        assert!(failed.request.is_none(), "sent, so not handed back");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -210,7 +210,7 @@ async fn send(
         let upstream = Arc::clone(&pod.0.upstream);
         forward::prepare_request(&mut req, found, peer_ip, &pod.0.host, upgrade);
         guard.pod = Some(pod);
-        match upstream.send(req, upgrade, Instant::now()).await {
+        match upstream.send(req, upgrade).await {
             Ok((rsp, lease)) => {
                 guard.lease = lease;
                 return Ok(rsp);
@@ -244,7 +244,7 @@ async fn send(
             .await
             .map_err(|e| GatewayError::Upstream(name(), e));
     }
-    match activator.send(req, upgrade, Instant::now()).await {
+    match activator.send(req, upgrade).await {
         Ok((rsp, lease)) => {
             guard.lease = lease;
             Ok(rsp)

@@ -208,7 +208,7 @@ async fn send(
     } else {
         let (rsp, lease) = state
             .upstream
-            .send_http1(req, guard.start())
+            .send_http1(req)
             .await
             .map_err(UpstreamError::from)?;
         guard.lease = Some(lease);

@@ -40,7 +40,8 @@ use tracing::Instrument;
 use super::cli;
 use super::platform::{Addresses, Options, Status};
 
-/// A component that ran at least this long before it died is restarted at once.
+/// A component that ran at least this long before it died is restarted after the shortest
+/// pause again.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
 const RESTART_MIN: Duration = Duration::from_millis(100);
 const RESTART_MAX: Duration = Duration::from_secs(5);
