@@ -29,7 +29,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sluice_control::local::{Supervisor, SupervisorConfig};
+use sluice_control::local::Supervisor;
 use sluice_core::respond;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
@@ -144,15 +144,7 @@ impl Distributed {
         let ms = |d: Duration| format!("{}ms", d.as_millis());
 
         let (changed, changed_rx) = mpsc::unbounded_channel();
-        let supervisor = Supervisor::new(
-            SupervisorConfig {
-                exe: opts.exe.clone(),
-                ready_timeout: opts.ready_timeout,
-                drain_quiet_period: opts.drain_quiet_period,
-                limits: opts.limits,
-            },
-            changed,
-        );
+        let supervisor = Supervisor::new(opts.supervisor_config(), changed);
         supervisor.set_autoscaler(url(autoscaler_addr));
 
         let component = |name, args: Vec<String>, sockets| {

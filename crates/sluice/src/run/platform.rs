@@ -47,6 +47,19 @@ pub struct Options {
     pub limits: Limits,
 }
 
+impl Options {
+    /// How the pod supervisor runs pods: in this process, or as the node of
+    /// `--distributed`.
+    pub(crate) fn supervisor_config(&self) -> SupervisorConfig {
+        SupervisorConfig {
+            exe: self.exe.clone(),
+            ready_timeout: self.ready_timeout,
+            drain_quiet_period: self.drain_quiet_period,
+            limits: self.limits,
+        }
+    }
+}
+
 /// A running platform. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Platform {
@@ -134,15 +147,7 @@ impl Platform {
     /// Binds every port and starts every part, with no service yet.
     pub async fn start(opts: Options) -> Result<Self, String> {
         let (changed_tx, changed_rx) = mpsc::unbounded_channel();
-        let supervisor = Supervisor::new(
-            SupervisorConfig {
-                exe: opts.exe.clone(),
-                ready_timeout: opts.ready_timeout,
-                drain_quiet_period: opts.drain_quiet_period,
-                limits: opts.limits,
-            },
-            changed_tx,
-        );
+        let supervisor = Supervisor::new(opts.supervisor_config(), changed_tx);
         let control = ControlPlane::new(Arc::new(supervisor.clone()));
         // The autoscaler learns revisions, their reachability and their pods from the
         // control plane's endpoints feed, as it does in another process.
