@@ -30,6 +30,7 @@ fn spec(service: &str, revision: &str) -> RevisionSpec {
             response_start_timeout_seconds: None,
             idle_timeout_seconds: None,
             readiness_probe: None,
+            container: None,
         },
         initial_scale: 1,
         report: false,

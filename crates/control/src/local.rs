@@ -455,13 +455,7 @@ fn spawn_queue_proxy(
     queue_port: u16,
     tail: &Tail,
 ) -> std::io::Result<Child> {
-    let probe = match &spec.readiness_probe {
-        Some(p) => readiness_probe_for(p, user_port),
-        None => serde_json::json!({
-            "tcpSocket": {"port": user_port, "host": "127.0.0.1"},
-            "successThreshold": 1
-        }),
-    };
+    let probe = spec.queue_readiness_probe(user_port);
     let optional = |v: Option<u32>| v.map(|s| s.to_string()).unwrap_or_default();
     let mut cmd = Command::new(&inner.config.exe);
     cmd.arg("queue-proxy")
@@ -504,20 +498,6 @@ fn spawn_queue_proxy(
         // serves and what it probed, and costs nothing per request.
         .env("RUST_LOG", "info");
     spawn(cmd, tail)
-}
-
-/// The user's probe pointed at the app's local port, as Knative's reconciler rewrites it.
-fn readiness_probe_for(probe: &serde_json::Value, user_port: u16) -> serde_json::Value {
-    let mut p = probe.clone();
-    for action in ["httpGet", "tcpSocket", "grpc"] {
-        if let Some(a) = p.get_mut(action).and_then(serde_json::Value::as_object_mut) {
-            a.insert("port".into(), user_port.into());
-            if action != "grpc" {
-                a.insert("host".into(), "127.0.0.1".into());
-            }
-        }
-    }
-    p
 }
 
 fn spawn(mut cmd: Command, tail: &Tail) -> std::io::Result<Child> {

@@ -94,6 +94,9 @@ pub fn spec_of(w: v1::Workload) -> Result<RevisionSpec, String> {
             response_start_timeout_seconds: w.response_start_timeout_seconds,
             idle_timeout_seconds: w.idle_timeout_seconds,
             readiness_probe,
+            // A node runs processes from `argv`; the container as written is for image
+            // backends.
+            container: None,
         },
         initial_scale: w.initial_scale,
         report: false,
@@ -459,6 +462,7 @@ mod tests {
                 response_start_timeout_seconds: Some(10),
                 idle_timeout_seconds: None,
                 readiness_probe: Some(serde_json::json!({"httpGet": {"path": "/ready"}})),
+                container: None,
             },
             initial_scale: 2,
             report: false,

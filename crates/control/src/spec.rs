@@ -39,6 +39,9 @@ pub struct PodSpec {
     pub idle_timeout_seconds: Option<u32>,
     /// The container's readiness probe (Kubernetes JSON); `None`: TCP on the app's port.
     pub readiness_probe: Option<serde_json::Value>,
+    /// The container as written (Kubernetes `Container` JSON), for backends that run
+    /// images (Kubernetes); the local backend runs `argv`.
+    pub container: Option<serde_json::Value>,
 }
 
 /// One service's traffic split (the gateway's wire shape: the route is what it is for).
@@ -47,6 +50,30 @@ pub struct ServiceSpec {
     pub namespace: String,
     pub name: String,
     pub traffic: Vec<v1::TrafficTarget>,
+}
+
+impl PodSpec {
+    /// `SERVING_READINESS_PROBE` for the queue-proxy: the container's readiness probe
+    /// aimed at the app's port on loopback, as Knative's reconciler rewrites it, or a TCP
+    /// probe of that port when the container has none.
+    pub fn queue_readiness_probe(&self, user_port: u16) -> serde_json::Value {
+        let Some(probe) = &self.readiness_probe else {
+            return serde_json::json!({
+                "tcpSocket": {"port": user_port, "host": "127.0.0.1"},
+                "successThreshold": 1
+            });
+        };
+        let mut p = probe.clone();
+        for action in ["httpGet", "tcpSocket", "grpc"] {
+            if let Some(a) = p.get_mut(action).and_then(serde_json::Value::as_object_mut) {
+                a.insert("port".into(), user_port.into());
+                if action != "grpc" {
+                    a.insert("host".into(), "127.0.0.1".into());
+                }
+            }
+        }
+        p
+    }
 }
 
 impl RevisionSpec {

@@ -26,6 +26,7 @@ fn spec() -> RevisionSpec {
             response_start_timeout_seconds: None,
             idle_timeout_seconds: None,
             readiness_probe: None,
+            container: None,
         },
         initial_scale: 1,
         report: false,

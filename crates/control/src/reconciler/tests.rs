@@ -16,6 +16,7 @@ fn spec(name: &str, cc: u32) -> RevisionSpec {
             response_start_timeout_seconds: None,
             idle_timeout_seconds: None,
             readiness_probe: None,
+            container: None,
         },
         initial_scale: 1,
         report: false,

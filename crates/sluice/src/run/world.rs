@@ -404,6 +404,7 @@ fn plan_revision(
             response_start_timeout_seconds: spec.response_start_timeout_seconds,
             idle_timeout_seconds: spec.idle_timeout_seconds,
             readiness_probe: container.readiness_probe.clone(),
+            container: serde_json::to_value(container).ok(),
         },
     })
 }

@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use http::Method;
+use serde_json::json;
+use sluice_control::backend::Backend;
+use sluice_core::RevisionKey;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::api_server::ApiServer;
+use crate::resources::tests::revision;
+
+const KSVC: &str = "/apis/serving.knative.dev/v1/namespaces/default/services/autoscale-go";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const DEPLOYMENT: &str =
+    "/apis/apps/v1/namespaces/default/deployments/autoscale-go-00001-deployment";
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+
+fn start() -> (Arc<KubeBackend>, ApiServer) {
+    let (client, api) = ApiServer::new();
+    let (changed, _) = mpsc::unbounded_channel();
+    let (backend, writer) = KubeBackend::new(client, Injection::default(), changed);
+    tokio::spawn(writer.run());
+    (backend, api)
+}
+
+fn key() -> RevisionKey {
+    RevisionKey::new("default", "autoscale-go-00001")
+}
+
+fn ksvc() -> serde_json::Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "autoscale-go", "namespace": "default", "uid": "uid-1"}
+    })
+}
+
+#[tokio::test]
+async fn a_revision_is_created_owned_by_its_service_and_scaled_through_the_subresource() {
+    let (backend, mut api) = start();
+    backend.create(&revision(json!({"image": "example.com/app"})));
+
+    api.expect(Method::GET, KSVC).await.respond(200, &ksvc());
+    let call = api.expect(Method::POST, DEPLOYMENTS).await;
+    assert!(call.query.contains("fieldManager=sluice"), "{}", call.query);
+    assert_eq!(
+        call.body["metadata"]["name"],
+        "autoscale-go-00001-deployment"
+    );
+    assert_eq!(call.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(call.body["spec"]["replicas"], 1);
+    assert_eq!(
+        call.body["spec"]["template"]["spec"]["containers"][1]["name"],
+        "queue-proxy"
+    );
+    call.echo(201);
+    // A Service there already (an earlier control plane made it) is adopted.
+    let call = api.expect(Method::POST, SERVICES).await;
+    assert_eq!(call.body["metadata"]["name"], "autoscale-go-00001-private");
+    assert_eq!(
+        call.body["spec"]["selector"]["serving.knative.dev/revision"],
+        "autoscale-go-00001"
+    );
+    call.fail(409, "AlreadyExists");
+
+    backend.scale(&key(), 3);
+    let call = api
+        .expect(Method::PATCH, &format!("{DEPLOYMENT}/scale"))
+        .await;
+    assert_eq!(call.content_type, "application/merge-patch+json");
+    assert_eq!(call.body, json!({"spec": {"replicas": 3}}));
+    call.respond(
+        200,
+        &json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": "autoscale-go-00001-deployment"},
+                "spec": {"replicas": 3}}),
+    );
+    api.expect_none(Duration::from_millis(100)).await;
+    assert_eq!(backend.last_error(&key()), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_scale_is_retried_and_a_newer_one_takes_its_place() {
+    let (backend, mut api) = start();
+    backend.scale(&key(), 3);
+    api.expect(Method::PATCH, &format!("{DEPLOYMENT}/scale"))
+        .await
+        .fail(500, "InternalError");
+    // While the writer waits to retry (0.2 s), the autoscaler decides again.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    backend.scale(&key(), 5);
+    assert!(
+        backend
+            .last_error(&key())
+            .is_some_and(|e| e.contains("scaling to 3")),
+        "{:?}",
+        backend.last_error(&key())
+    );
+    let call = api
+        .expect(Method::PATCH, &format!("{DEPLOYMENT}/scale"))
+        .await;
+    assert_eq!(call.body, json!({"spec": {"replicas": 5}}), "3 is moot");
+    call.respond(
+        200,
+        &json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {}}),
+    );
+    api.expect_none(Duration::from_secs(10)).await;
+    assert_eq!(backend.last_error(&key()), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_api_server_is_retried_in_order() {
+    let (backend, mut api) = start();
+    backend.create(&revision(json!({"image": "example.com/app"})));
+    backend.scale(&key(), 2);
+    // The create's first step fails twice; nothing after it goes first.
+    api.expect(Method::GET, KSVC)
+        .await
+        .fail(503, "ServiceUnavailable");
+    api.expect(Method::GET, KSVC)
+        .await
+        .fail(503, "ServiceUnavailable");
+    api.expect(Method::GET, KSVC).await.respond(200, &ksvc());
+    api.expect(Method::POST, DEPLOYMENTS).await.echo(201);
+    api.expect(Method::POST, SERVICES).await.echo(201);
+    let call = api
+        .expect(Method::PATCH, &format!("{DEPLOYMENT}/scale"))
+        .await;
+    assert_eq!(call.body, json!({"spec": {"replicas": 2}}));
+}
+
+#[tokio::test]
+async fn a_revision_of_a_deleted_service_is_not_created_and_says_why() {
+    let (backend, mut api) = start();
+    backend.create(&revision(json!({"image": "example.com/app"})));
+    backend.delete(&key());
+    api.expect(Method::GET, KSVC).await.fail(404, "NotFound");
+    // The delete goes on: nothing there is fine.
+    let call = api.expect(Method::DELETE, DEPLOYMENT).await;
+    assert_eq!(call.body["propagationPolicy"], "Background");
+    call.fail(404, "NotFound");
+    api.expect(
+        Method::DELETE,
+        "/api/v1/namespaces/default/services/autoscale-go-00001-private",
+    )
+    .await
+    .respond(
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+    );
+    api.expect_none(Duration::from_millis(100)).await;
+    // The delete succeeded, so the create's error is cleared with it.
+    assert_eq!(backend.last_error(&key()), None);
+}
+
+#[tokio::test]
+async fn a_container_kubernetes_cannot_run_is_reported_not_retried() {
+    let (backend, mut api) = start();
+    backend.create(&revision(json!({"command": ["/app"]})));
+    api.expect(Method::GET, KSVC).await.respond(200, &ksvc());
+    api.expect_none(Duration::from_millis(200)).await;
+    let error = backend.last_error(&key()).expect("an error");
+    assert!(error.contains("give an image"), "{error}");
+}

@@ -1,0 +1,16 @@
+//! Sluice on Kubernetes.
+//!
+//! - [`resources`]: a revision as a Deployment (app + injected queue-proxy) and a private
+//!   Service, pure functions of its spec.
+//! - [`endpoints`]: ready pods from the EndpointSlices of those Services.
+//! - [`backend`]: the control plane's [`sluice_control::Backend`] over them.
+
+pub mod backend;
+pub mod endpoints;
+pub mod resources;
+
+#[cfg(test)]
+mod api_server;
+
+pub use backend::{KubeBackend, Writer};
+pub use resources::Injection;
