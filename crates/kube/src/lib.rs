@@ -4,12 +4,14 @@
 //!   Service, pure functions of its spec.
 //! - [`endpoints`]: ready pods from the EndpointSlices of those Services.
 //! - [`backend`]: the control plane's [`sluice_control::Backend`] over them.
+//! - [`status`]: a Knative `Service`'s status, as Knative writes it.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
 
 pub mod backend;
 pub mod endpoints;
 pub mod lease;
 pub mod resources;
+pub mod status;
 
 #[cfg(test)]
 mod api_server;

@@ -1,0 +1,118 @@
+use super::*;
+
+fn at(s: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + s).expect("time")
+}
+
+fn facts() -> Facts {
+    Facts {
+        namespace: "default".into(),
+        name: "autoscale-go".into(),
+        generation: 1,
+        domain: "example.com".into(),
+        latest_created: Some("autoscale-go-00001".into()),
+        traffic: vec![TrafficFact {
+            revision: "autoscale-go-00001".into(),
+            percent: 100,
+            tag: None,
+            ready: false,
+        }],
+        ..Facts::default()
+    }
+}
+
+fn condition<'a>(s: &'a ServiceStatus, t: &str) -> &'a Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .expect("condition")
+}
+
+#[test]
+fn a_new_revision_is_unknown_until_ready_then_everything_is_ready() {
+    let mut f = facts();
+    let s = service_status(&f, None, at(0));
+    assert_eq!(condition(&s, "Ready").status, "Unknown");
+    assert_eq!(
+        condition(&s, "ConfigurationsReady").reason,
+        "RevisionMissing"
+    );
+    assert_eq!(
+        s.url.as_deref(),
+        Some("http://autoscale-go.default.example.com")
+    );
+    assert_eq!(
+        s.address.as_ref().map(|a| a.url.as_str()),
+        Some("http://autoscale-go.default.svc.cluster.local")
+    );
+    assert_eq!(
+        s.latest_created_revision_name.as_deref(),
+        Some("autoscale-go-00001")
+    );
+    assert_eq!(s.latest_ready_revision_name, None);
+
+    f.latest_ready = Some("autoscale-go-00001".into());
+    f.traffic[0].ready = true;
+    let s2 = service_status(&f, Some(&s), at(5));
+    for t in ["Ready", "ConfigurationsReady", "RoutesReady"] {
+        let c = condition(&s2, t);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", ""), "{t}");
+        assert_eq!(
+            c.last_transition_time,
+            Some(at(5).to_string()),
+            "{t} changed"
+        );
+    }
+    assert_eq!(s2.traffic[0].latest_revision, Some(true));
+    // Nothing changed: the times stay.
+    let s3 = service_status(&f, Some(&s2), at(9));
+    assert_eq!(s3, s2);
+    // The JSON is Knative's shape.
+    let json = serde_json::to_value(&s3).expect("json");
+    assert_eq!(json["observedGeneration"], 1);
+    assert_eq!(json["latestReadyRevisionName"], "autoscale-go-00001");
+    assert_eq!(json["traffic"][0]["revisionName"], "autoscale-go-00001");
+    assert_eq!(json["conditions"][1]["type"], "Ready");
+}
+
+#[test]
+fn a_refused_spec_is_ready_false_naming_the_field_while_traffic_stays() {
+    let mut f = facts();
+    f.generation = 2;
+    f.latest_ready = Some("autoscale-go-00001".into());
+    f.traffic[0].ready = true;
+    f.refused =
+        Some("spec.template.spec.containerConcurrency: 5000 is over the limit of 1000".into());
+    let s = service_status(&f, None, at(0));
+    let ready = condition(&s, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        ready.message.contains("containerConcurrency"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(condition(&s, "RoutesReady").status, "True");
+    assert_eq!(s.observed_generation, 2);
+    assert_eq!(s.traffic.len(), 1);
+}
+
+#[test]
+fn a_failing_latest_revision_is_named_while_the_older_one_serves() {
+    let mut f = facts();
+    f.latest_created = Some("autoscale-go-00002".into());
+    f.latest_ready = Some("autoscale-go-00001".into());
+    f.latest_failure = Some("image pull failed".into());
+    f.traffic[0].ready = true;
+    let s = service_status(&f, None, at(0));
+    let c = condition(&s, "ConfigurationsReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RevisionFailed")
+    );
+    assert!(c.message.contains("autoscale-go-00002") && c.message.contains("image pull failed"));
+    assert_eq!(condition(&s, "Ready").status, "False");
+    assert_eq!(s.traffic[0].latest_revision, Some(false));
+}
