@@ -45,6 +45,7 @@ fn options(
         limits: Limits::default(),
         state_dir: Some(state.to_path_buf()),
         node: None,
+        kube: None,
     }
 }
 

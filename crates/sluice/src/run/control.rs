@@ -58,6 +58,62 @@ pub struct ControlArgs {
     pub node: Option<String>,
     #[command(flatten)]
     pub pods: PodArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// `sluice control`'s flags for Kubernetes.
+#[derive(Debug, clap::Args)]
+pub struct KubeArgs {
+    /// Run on Kubernetes: follow `serving.knative.dev/v1` Services from the API server
+    /// (the kubeconfig's, or the pod's service account) and run revisions as Deployments.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The API server's URL, instead of the kubeconfig's.
+    #[arg(long, env = "SLUICE_KUBE_API")]
+    pub kube_api: Option<String>,
+    /// The queue-proxy image injected into every revision's pods.
+    #[arg(
+        long,
+        env = "SLUICE_QUEUE_PROXY_IMAGE",
+        default_value = "sluice-queue-proxy:latest"
+    )]
+    pub queue_proxy_image: String,
+    /// The namespace Sluice runs in (its Lease is there).
+    #[arg(long, env = "SYSTEM_NAMESPACE", default_value = "sluice-system")]
+    pub system_namespace: String,
+    /// Elect one leader among the replicas with the Lease `sluice-control`: the others
+    /// wait, serving nothing but their admin port, and take over within its duration.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// This replica's name in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Seconds a leader that stopped renewing keeps the Lease.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+}
+
+/// How to run on Kubernetes.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// `None`: the kubeconfig's API server, or the pod's service account.
+    pub api: Option<http::Uri>,
+    pub inject: sluice_kube::Injection,
+    /// `None`: no election (one replica).
+    pub lease: Option<sluice_kube::lease::LeaseConfig>,
+}
+
+impl KubeOptions {
+    async fn client(&self) -> Result<kube::Client, String> {
+        match &self.api {
+            Some(uri) => kube::Client::try_from(kube::Config::new(uri.clone()))
+                .map_err(|e| format!("API server {uri}: {e}")),
+            None => kube::Client::try_default()
+                .await
+                .map_err(|e| format!("no Kubernetes API server: {e}")),
+        }
+    }
 }
 
 /// How to start the control plane.
@@ -78,6 +134,8 @@ pub struct ControlOptions {
     pub state_dir: Option<PathBuf>,
     /// The node that runs the pods; `None`: this process.
     pub node: Option<http::Uri>,
+    /// Pods run on Kubernetes (`--kubernetes`).
+    pub kube: Option<KubeOptions>,
 }
 
 /// A running control plane.
@@ -98,6 +156,17 @@ impl ControlServer {
     /// Binds both ports, learns what the node runs (with `--node`), replays the kept
     /// applies, adopts the node's workloads, then serves.
     pub async fn start(opts: ControlOptions) -> Result<Self, String> {
+        let mut followers = Vec::new();
+        let kube = match &opts.kube {
+            Some(k) => {
+                let client = k.client().await?;
+                if let Some(lease) = &k.lease {
+                    followers.push(lead(client.clone(), lease.clone()).await);
+                }
+                Some((client, k.inject.clone()))
+            }
+            None => None,
+        };
         let grpc = listen("control", opts.listen)
             .await
             .map_err(|e| e.to_string())?;
@@ -105,9 +174,23 @@ impl ControlServer {
             .await
             .map_err(|e| e.to_string())?;
         let (changed, changed_rx) = mpsc::unbounded_channel();
-        let mut followers = Vec::new();
-        let (backend, supervisor, node): (Arc<dyn Backend>, _, _) = match opts.node {
-            Some(uri) => {
+        let (backend, supervisor, node): (Arc<dyn Backend>, _, _) = match (opts.node, &kube) {
+            (_, Some((client, inject))) => {
+                let mut inject = inject.clone();
+                inject.autoscaler = opts.autoscaler.to_string();
+                let (backend, writer) =
+                    sluice_kube::KubeBackend::new(client.clone(), inject, changed);
+                followers.push(tokio::spawn(
+                    writer.run().instrument(tracing::info_span!("kube_writer")),
+                ));
+                followers.push(tokio::spawn(
+                    Arc::clone(&backend)
+                        .follow_endpoints(client.clone())
+                        .instrument(tracing::info_span!("endpoint_slices")),
+                ));
+                (backend as Arc<dyn Backend>, None, None)
+            }
+            (Some(uri), None) => {
                 let (node, task) = RemoteNode::new(uri.clone(), changed);
                 followers.push(tokio::spawn(
                     task.instrument(tracing::info_span!("node", %uri)),
@@ -121,7 +204,7 @@ impl ControlServer {
                 }
                 (Arc::new(node.clone()), None, Some(node))
             }
-            None => {
+            (None, None) => {
                 let supervisor = Supervisor::new(
                     SupervisorConfig {
                         exe: opts.exe,
@@ -145,6 +228,7 @@ impl ControlServer {
             control: control.clone(),
             autoscaler: None,
             state: opts.state_dir,
+            cluster: kube.is_some(),
         });
         let (stop, _) = watch::channel(false);
         let stopped = || {
@@ -182,6 +266,12 @@ impl ControlServer {
                 deleted = deleted.len(),
                 "the node's workloads adopted; those of no desired revision deleted"
             );
+        }
+        if let Some((client, _)) = kube {
+            followers.push(tokio::spawn(
+                super::kube::follow_services(client, Arc::clone(&desired))
+                    .instrument(tracing::info_span!("services")),
+            ));
         }
         followers.push(tokio::spawn(
             control
@@ -245,6 +335,25 @@ impl ControlServer {
     }
 }
 
+/// Waits until this replica holds the Lease. The returned task keeps it, and ends the
+/// process the moment it is lost: a replica that no longer leads must not write, and
+/// Kubernetes starts it again as a standby.
+async fn lead(
+    client: kube::Client,
+    lease: sluice_kube::lease::LeaseConfig,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, mut leading) = watch::channel(false);
+    tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting to lead");
+    let campaign = tokio::spawn(sluice_kube::lease::run(client, lease, tx));
+    let _ = leading.wait_for(|l| *l).await;
+    tokio::spawn(async move {
+        let _ = leading.wait_for(|l| !*l).await;
+        tracing::error!("lost the lease: stopping, so that only the leader writes");
+        campaign.abort();
+        std::process::exit(1);
+    })
+}
+
 /// The `sluice control` process: check the flags (exit 64), serve until SIGTERM or
 /// Ctrl-C, then drain the pods.
 pub fn main(args: ControlArgs) -> ExitCode {
@@ -279,6 +388,10 @@ fn options(a: ControlArgs) -> Result<ControlOptions, String> {
     }
     let node = sluice_core::address::grpc_flag("node", a.node.as_deref(), &mut bad);
     let pods = a.pods.check(&mut bad);
+    let kube = kube_options(a.kube, &mut bad);
+    if kube.is_some() && node.is_some() {
+        bad.push("--node and --kubernetes name two places to run pods; give one".to_owned());
+    }
     match autoscaler {
         Some(autoscaler) if bad.is_empty() => Ok(ControlOptions {
             exe: pods.exe,
@@ -293,7 +406,65 @@ fn options(a: ControlArgs) -> Result<ControlOptions, String> {
             limits: pods.limits,
             state_dir: a.state_dir,
             node,
+            kube,
         }),
         _ => Err(bad.join("\n")),
     }
+}
+
+fn kube_options(a: KubeArgs, bad: &mut Vec<String>) -> Option<KubeOptions> {
+    if !a.kubernetes {
+        if a.kube_api.is_some() || a.leader_elect {
+            bad.push("--kube-api and --leader-elect need --kubernetes".to_owned());
+        }
+        return None;
+    }
+    let api = a
+        .kube_api
+        .as_deref()
+        .and_then(|s| match s.parse::<http::Uri>() {
+            Ok(u) if u.scheme().is_some() && u.authority().is_some() => Some(u),
+            _ => {
+                bad.push(format!(
+                    "--kube-api {s:?}: give a URL such as https://10.0.0.1:6443"
+                ));
+                None
+            }
+        });
+    if a.lease_duration < 3 {
+        bad.push(format!(
+            "--lease-duration {}: at least 3 seconds",
+            a.lease_duration
+        ));
+    }
+    let lease = a.leader_elect.then(|| {
+        let identity = a
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", gethostname(), std::process::id()));
+        let duration = Duration::from_secs(a.lease_duration);
+        sluice_kube::lease::LeaseConfig {
+            duration,
+            // client-go's proportions: 10 s and 2 s of 15 s.
+            renew_deadline: duration * 2 / 3,
+            retry_period: duration * 2 / 15,
+            ..sluice_kube::lease::LeaseConfig::new(&a.system_namespace, "sluice-control", &identity)
+        }
+    });
+    Some(KubeOptions {
+        api,
+        inject: sluice_kube::Injection {
+            queue_proxy_image: a.queue_proxy_image,
+            system_namespace: a.system_namespace,
+            ..sluice_kube::Injection::default()
+        },
+        lease,
+    })
+}
+
+/// This machine's name (a pod's name, on Kubernetes).
+fn gethostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sluice".to_owned())
 }

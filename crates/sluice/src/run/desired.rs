@@ -48,6 +48,9 @@ pub struct Desired {
     pub(crate) autoscaler: Option<Autoscaler>,
     /// Where accepted applies are kept (`applied/NNNNNN.yaml`), to replay at start.
     pub(crate) state: Option<PathBuf>,
+    /// Pods run on Kubernetes: containers run their images, and `Service` objects are
+    /// applied from the API server, not the admin port.
+    pub(crate) cluster: bool,
 }
 
 impl Desired {
@@ -60,7 +63,11 @@ impl Desired {
     /// [`Desired::apply`], with the turn already taken.
     fn apply_locked(&self, m: &Manifests) -> Result<Vec<String>, Vec<Problem>> {
         let current = self.world.lock().clone();
-        let local = Local::resolve(m, &self.images);
+        let local = if self.cluster {
+            Local::cluster(&self.images)
+        } else {
+            Local::resolve(m, &self.images)
+        };
         let (next, changes) = current.apply(m, &local)?;
         if changes.config {
             // An autoscaler in this process checks it against its revisions now; one in
@@ -122,6 +129,22 @@ impl Desired {
         let mut summary = changes.summary;
         summary.extend(m.ignored.iter().cloned());
         Ok(summary)
+    }
+
+    /// Takes a service and its revisions out (deleted on Kubernetes). Returns whether it
+    /// was there.
+    pub async fn remove_service(&self, namespace: &str, name: &str) -> bool {
+        let _turn = self.apply_lock.lock().await;
+        let Some(gone) = self.world.lock().remove_service(namespace, name) else {
+            return false;
+        };
+        // The route goes first, so no gateway sends to a revision being deleted.
+        self.control.remove_service(namespace, name);
+        for r in &gone.revisions {
+            self.control
+                .remove_revision(&RevisionKey::new(namespace, &r.name));
+        }
+        true
     }
 
     /// Services, revisions, traffic, pods and the autoscaler's view, now.
@@ -255,6 +278,10 @@ async fn admin_page(
             );
             rsp
         }
+        (&Method::POST, "/apply") if platform.cluster => respond::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "on Kubernetes, Services are applied to the API server: kubectl apply -f FILE\n",
+        ),
         (&Method::POST, "/apply") => {
             let text = match manifests_body(req).await {
                 Ok(text) => text,

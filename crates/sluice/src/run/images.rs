@@ -13,6 +13,7 @@
 //! finds out, before planning, which of the programs the manifests name this machine lacks.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::manifest::Manifests;
@@ -95,7 +96,20 @@ impl<'a> Local<'a> {
             .filter_map(|c| argv(c, images).ok()?.into_iter().next())
             .filter(|p| p != SAMPLE_APP && find_program(p).is_none())
             .collect();
-        Self { images, missing }
+        Self {
+            images,
+            missing,
+            cluster: false,
+        }
+    }
+
+    /// For pods on Kubernetes: images are run as they are.
+    pub fn cluster(images: &'a ImageMap) -> Self {
+        Self {
+            images,
+            missing: BTreeSet::new(),
+            cluster: true,
+        }
     }
 }
 

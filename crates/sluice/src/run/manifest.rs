@@ -189,6 +189,10 @@ pub struct Container {
     /// Kubernetes' `corev1.Probe`, handed to the queue-proxy as Knative does.
     #[serde(default)]
     pub readiness_probe: Option<serde_json::Value>,
+    /// The other fields Kubernetes knows (`resources`, `volumeMounts`, …): kept as written
+    /// for Kubernetes to run; the local runtime does not read them.
+    #[serde(flatten)]
+    pub rest: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

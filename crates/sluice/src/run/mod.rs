@@ -8,6 +8,8 @@
 //! - [`control`]: that alone (`sluice control`), the others in their own processes.
 //! - [`distributed`]: `sluice run --distributed`: every part in its own process, kept
 //!   running by this one, which also runs the pods (the node).
+//! - [`kube`]: `sluice control --kubernetes`: Services from the API server, statuses
+//!   written back.
 //! - [`problem`]: what is wrong with users' input, and where.
 //! - [`cli`], [`display`]: `sluice run`, `sluice apply`, `sluice status`.
 
@@ -17,6 +19,7 @@ pub mod desired;
 pub mod display;
 pub mod distributed;
 pub mod images;
+pub mod kube;
 pub mod manifest;
 pub mod platform;
 pub mod problem;

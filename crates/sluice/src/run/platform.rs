@@ -229,6 +229,7 @@ impl Platform {
             control: control.clone(),
             autoscaler: Some(autoscaler.autoscaler().clone()),
             state: None,
+            cluster: false,
         });
         let platform = Self {
             inner: Arc::new(Inner {

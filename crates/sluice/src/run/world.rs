@@ -21,13 +21,16 @@ const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
 /// Env vars Knative sets itself and refuses in a template.
 const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
 
-/// What the planner knows of this machine, found out before planning: which command
-/// runs each image, and which programs cannot be run ([`Local::resolve`]).
+/// What the planner knows of where pods run, found out before planning: on this machine,
+/// which command runs each image and which programs cannot be run ([`Local::resolve`]);
+/// on Kubernetes, nothing ([`Local::cluster`]): a container runs its image there.
 #[derive(Debug)]
 pub struct Local<'a> {
     pub images: &'a ImageMap,
     /// Programs the manifests' containers name that are not on this machine.
     pub missing: BTreeSet<String>,
+    /// Pods run on Kubernetes: containers need an image, not a local command.
+    pub cluster: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -182,6 +185,12 @@ impl World {
         }
     }
 
+    /// Takes the service out (deleted on Kubernetes): its state, if it was there.
+    pub fn remove_service(&mut self, namespace: &str, name: &str) -> Option<ServiceState> {
+        self.services
+            .remove(&(namespace.to_owned(), name.to_owned()))
+    }
+
     pub fn revision(&self, namespace: &str, name: &str) -> Option<(&ServiceState, &Revision)> {
         self.services
             .values()
@@ -296,16 +305,26 @@ fn plan_revision(
         _ => {
             return Err(vec![Problem::new(
                 "spec.template.spec.containers",
-                "the local runtime runs one container per pod",
+                "Sluice runs one container per revision",
             )]);
         }
     };
     let at = "spec.template.spec.containers[0]";
-    let argv = argv(container, local.images).unwrap_or_else(|mut p| {
-        p.at = format!("{at}{}", p.at);
-        errors.push(p);
+    let argv = if local.cluster {
+        if container.image.as_deref().is_none_or(str::is_empty) {
+            errors.push(Problem::new(
+                format!("{at}.image"),
+                "give an image: on Kubernetes a container runs its image",
+            ));
+        }
         Vec::new()
-    });
+    } else {
+        argv(container, local.images).unwrap_or_else(|mut p| {
+            p.at = format!("{at}{}", p.at);
+            errors.push(p);
+            Vec::new()
+        })
+    };
     if let Some(program) = argv.first()
         && local.missing.contains(program)
     {
@@ -329,6 +348,10 @@ fn plan_revision(
                 format!("{} is reserved: Knative sets it", e.name),
             ));
         } else if e.value_from.is_some() {
+            // Kubernetes resolves it (the container runs as written).
+            if local.cluster {
+                continue;
+            }
             errors.push(Problem::new(
                 format!("{at}.env[{i}].valueFrom"),
                 "not supported by the local runtime; give a value",

@@ -197,6 +197,7 @@ fn the_planner_takes_what_is_missing_from_its_input_not_from_the_machine() {
     let told = |missing: &[&str]| Local {
         images: &images,
         missing: missing.iter().map(|p| (*p).to_owned()).collect(),
+        cluster: false,
     };
     assert!(
         World::default().apply(&m, &told(&[])).is_ok(),
@@ -271,4 +272,59 @@ fn the_mpa_class_is_noticed() {
     let (w, _) = apply(&World::default(), &yaml).expect("valid");
     let (_, rev) = w.revision("default", "hello-00001").expect("exists");
     assert!(rev.mpa);
+}
+
+#[test]
+fn on_kubernetes_a_container_runs_its_image_as_written() {
+    let images = ImageMap::default();
+    let cluster = Local::cluster(&images);
+    // No local command for this image, and a valueFrom: both fine on Kubernetes.
+    let yaml = service("", "").replace(
+        "value: \"v1\"",
+        "value: \"v1\"\n            - name: POD\n              valueFrom: {fieldRef: {fieldPath: metadata.name}}",
+    ).replace("gcr.io/knative-samples/helloworld-go", "registry.example.com/app:1");
+    let m = Manifests::parse("test.yaml", &yaml).expect("parses");
+    let (next, _) = World::default().apply(&m, &cluster).expect("planned");
+    let (_, rev) = next.revision("default", "hello-00001").expect("revision");
+    let container = rev
+        .pod
+        .container
+        .as_ref()
+        .expect("the container as written");
+    assert_eq!(container["image"], "registry.example.com/app:1");
+    assert_eq!(
+        container["env"][1]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert!(rev.pod.argv.is_empty());
+    // The same manifest is refused locally, naming why.
+    let local = World::default().apply(&m, &Local::resolve(&m, &images));
+    assert!(local.is_err());
+
+    let no_image = service("", "").replace(
+        "- image: gcr.io/knative-samples/helloworld-go",
+        "- command: [\"/app\"]",
+    );
+    let m = Manifests::parse("test.yaml", &no_image).expect("parses");
+    let errors = World::default().apply(&m, &cluster).expect_err("refused");
+    let lines = crate::run::problem::lines(&errors);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("spec.template.spec.containers[0].image")
+                && l.contains("give an image")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_removed_service_leaves_the_others() {
+    let (w, _) = apply(&World::default(), &service("", "")).expect("applied");
+    let other = service("", "").replace("name: hello", "name: other");
+    let (mut w, _) = apply(&w, &other).expect("applied");
+    let gone = w.remove_service("default", "hello").expect("was there");
+    assert_eq!(gone.revisions[0].name, "hello-00001");
+    assert!(w.revision("default", "hello-00001").is_none());
+    assert!(w.revision("default", "other-00001").is_some());
+    assert!(w.remove_service("default", "hello").is_none());
 }

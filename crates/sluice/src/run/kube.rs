@@ -1,0 +1,255 @@
+//! `sluice control --kubernetes`: the desired state comes from the API server's
+//! `serving.knative.dev/v1` `Service` objects, planned by the same rules as `sluice run`,
+//! and each Service's status is written back as Knative writes it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use parking_lot::Mutex;
+use sluice_core::RevisionKey;
+use sluice_kube::backend::{FIELD_MANAGER, knative_service};
+use sluice_kube::status::{Facts, ServiceStatus, TrafficFact, service_status};
+
+use super::desired::Desired;
+use super::manifest::Manifests;
+use super::problem::lines;
+
+/// How often every Service's status is computed again (and written when it changed).
+const STATUS_PERIOD: Duration = Duration::from_secs(1);
+
+/// What the control plane knows of each `Service` object, for its status.
+#[derive(Debug, Default)]
+struct Objects {
+    services: HashMap<(String, String), Seen>,
+    /// Revisions that have had a ready pod (Knative's revision `Ready`, which stays true
+    /// at zero pods).
+    ever_ready: HashSet<RevisionKey>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// The `metadata.generation` planned (`None`: not yet).
+    planned: Option<i64>,
+    /// Why its spec was refused, naming the field.
+    refused: Option<String>,
+    /// Its status as last read or written.
+    status: Option<ServiceStatus>,
+}
+
+/// Follows every `Service` object until the task is aborted: applies each to `desired`,
+/// takes deleted ones out, and keeps their statuses written.
+pub async fn follow_services(client: Client, desired: Arc<Desired>) {
+    let objects = Arc::new(Mutex::new(Objects::default()));
+    let status = tokio::spawn(write_statuses(
+        client.clone(),
+        Arc::clone(&desired),
+        Arc::clone(&objects),
+    ));
+    let api: Api<DynamicObject> = Api::all_with(client, &knative_service());
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut listed: Option<BTreeSet<(String, String)>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(o)) => apply(&desired, &objects, &o).await,
+            Ok(watcher::Event::InitApply(o)) => {
+                if let Some(l) = &mut listed {
+                    l.insert(id(&o));
+                }
+                apply(&desired, &objects, &o).await;
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                let (ns, name) = id(&o);
+                remove(&desired, &objects, &ns, &name).await;
+            }
+            Ok(watcher::Event::Init) => listed = Some(BTreeSet::new()),
+            Ok(watcher::Event::InitDone) => {
+                // Services deleted while the watch was down.
+                let Some(listed) = listed.take() else {
+                    continue;
+                };
+                let known: Vec<(String, String)> =
+                    objects.lock().services.keys().cloned().collect();
+                for (ns, name) in known.into_iter().filter(|k| !listed.contains(k)) {
+                    remove(&desired, &objects, &ns, &name).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching Services"),
+        }
+    }
+    status.abort();
+}
+
+fn id(o: &DynamicObject) -> (String, String) {
+    (
+        o.metadata.namespace.clone().unwrap_or_default(),
+        o.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Plans one object as `sluice apply` would plan its manifest: the same strict fields,
+/// the same rules, the same revision names.
+async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
+    let (ns, name) = id(o);
+    let generation = o.metadata.generation.unwrap_or_default();
+    let status: Option<ServiceStatus> = o
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    {
+        let mut objs = objects.lock();
+        if let Some(ready) = status
+            .as_ref()
+            .and_then(|s| s.latest_ready_revision_name.clone())
+        {
+            objs.ever_ready.insert(RevisionKey::new(&ns, ready));
+        }
+        let seen = objs.services.entry((ns.clone(), name.clone())).or_default();
+        if seen.planned == Some(generation) {
+            // A status write (ours) or a metadata change: the spec is as planned.
+            return;
+        }
+        seen.planned = Some(generation);
+        seen.status = seen.status.take().or(status);
+    }
+    // The manifest as a user would have written it: what the API server adds (uid,
+    // resourceVersion, managedFields, status) is not the spec.
+    let manifest = serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": o.metadata.labels,
+            "annotations": o.metadata.annotations,
+        },
+        "spec": o.data.get("spec").cloned().unwrap_or_default(),
+    });
+    let refused = match Manifests::parse(&format!("service {ns}/{name}"), &manifest.to_string()) {
+        Err(problems) => Some(lines(&problems).join("; ")),
+        Ok(m) => match desired.apply(&m).await {
+            Ok(summary) => {
+                for line in summary {
+                    tracing::info!("{line}");
+                }
+                None
+            }
+            Err(problems) => Some(lines(&problems).join("; ")),
+        },
+    };
+    if let Some(why) = &refused {
+        tracing::warn!(service = %name, namespace = %ns, "refused: {why}");
+    }
+    if let Some(seen) = objects.lock().services.get_mut(&(ns, name)) {
+        seen.refused = refused;
+    }
+}
+
+async fn remove(desired: &Desired, objects: &Mutex<Objects>, ns: &str, name: &str) {
+    objects
+        .lock()
+        .services
+        .remove(&(ns.to_owned(), name.to_owned()));
+    if desired.remove_service(ns, name).await {
+        tracing::info!(service = %name, namespace = %ns, "deleted");
+    }
+}
+
+/// Computes every Service's status each [`STATUS_PERIOD`] and writes those that changed.
+async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mutex<Objects>>) {
+    let mut tick = tokio::time::interval(STATUS_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let changed = statuses(&desired, &mut objects.lock());
+        for ((ns, name), status) in changed {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &ns, &knative_service());
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            let patch = serde_json::json!({ "status": status });
+            match api
+                .patch_status(&name, &params, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    if let Some(seen) = objects.lock().services.get_mut(&(ns, name)) {
+                        seen.status = Some(status);
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => {
+                    tracing::warn!(service = %name, namespace = %ns, error = %e, "writing status")
+                }
+            }
+        }
+    }
+}
+
+/// The statuses that differ from those last read or written.
+fn statuses(desired: &Desired, objects: &mut Objects) -> Vec<((String, String), ServiceStatus)> {
+    let world = desired.world.lock().clone();
+    let backend = desired.control.backend();
+    for s in world.services.values() {
+        for r in &s.revisions {
+            let key = RevisionKey::new(&s.namespace, &r.name);
+            if !backend.ready(&key).is_empty() {
+                objects.ever_ready.insert(key);
+            }
+        }
+    }
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut out = Vec::new();
+    let ever_ready = &objects.ever_ready;
+    for ((ns, name), seen) in &objects.services {
+        let state = world.services.get(&(ns.clone(), name.clone()));
+        let ready = |rev: &str| ever_ready.contains(&RevisionKey::new(ns, rev));
+        let latest_created = state
+            .and_then(|s| s.revisions.last())
+            .map(|r| r.name.clone());
+        let facts = Facts {
+            namespace: ns.clone(),
+            name: name.clone(),
+            generation: seen.planned.unwrap_or_default(),
+            domain: desired.domain.clone(),
+            refused: seen.refused.clone(),
+            latest_failure: latest_created
+                .as_ref()
+                .filter(|r| !ready(r))
+                .and_then(|r| backend.last_error(&RevisionKey::new(ns, r))),
+            latest_ready: state.and_then(|s| {
+                s.revisions
+                    .iter()
+                    .rev()
+                    .find(|r| ready(&r.name))
+                    .map(|r| r.name.clone())
+            }),
+            latest_created,
+            traffic: state
+                .map(|s| {
+                    s.traffic
+                        .iter()
+                        .map(|t| TrafficFact {
+                            revision: t.revision.clone(),
+                            percent: t.percent,
+                            tag: t.tag.clone(),
+                            ready: ready(&t.revision),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let status = service_status(&facts, seen.status.as_ref(), now);
+        if seen.status.as_ref() != Some(&status) {
+            out.push(((ns.clone(), name.clone()), status));
+        }
+    }
+    out
+}
