@@ -6,7 +6,9 @@
 //!
 //! [`Elector`] is the pure part, fed what was read and `now`; [`run`] is the loop around it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};

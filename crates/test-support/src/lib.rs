@@ -9,6 +9,7 @@ pub mod client;
 pub mod control;
 pub mod grpc;
 pub mod hey;
+pub mod kube_api;
 pub mod load;
 pub mod relay;
 pub mod stats_sink;

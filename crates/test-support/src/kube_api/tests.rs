@@ -1,0 +1,339 @@
+//! The double, driven by kube-rs as Sluice drives a real API server.
+
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::{Api, Client};
+use serde_json::json;
+
+use super::*;
+
+async fn client(api: &KubeApi) -> Client {
+    Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client")
+}
+
+fn deployment(name: &str, replicas: i32, labels: Value) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "c", "image": "x"}]}}
+        }
+    }))
+    .expect("deployment")
+}
+
+#[tokio::test]
+async fn create_get_list_by_label_and_409s() {
+    let api = KubeApi::start().await;
+    let deployments: Api<Deployment> = Api::namespaced(client(&api).await, "default");
+    let pp = PostParams::default();
+    let a = deployments
+        .create(&pp, &deployment("a", 1, json!({"tier": "web"})))
+        .await
+        .expect("create a");
+    let meta = &a.metadata;
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+    assert_eq!(meta.generation, Some(1));
+    deployments
+        .create(&pp, &deployment("b", 1, json!({"tier": "db"})))
+        .await
+        .expect("create b");
+    let again = deployments
+        .create(&pp, &deployment("a", 1, json!({})))
+        .await;
+    assert!(matches!(again, Err(kube::Error::Api(s)) if s.is_already_exists()));
+
+    let web = deployments
+        .list(&ListParams::default().labels("tier=web"))
+        .await
+        .expect("list");
+    assert_eq!(web.items.len(), 1);
+    assert_eq!(
+        deployments
+            .list(&ListParams::default().labels("tier!=web"))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        deployments
+            .list(&ListParams::default().labels("tier"))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+    assert_eq!(
+        deployments
+            .list(&ListParams::default().labels("!tier"))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        0
+    );
+    let all: Api<Deployment> = Api::all(client(&api).await);
+    assert_eq!(
+        all.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+    let missing = deployments.get("c").await;
+    assert!(matches!(missing, Err(kube::Error::Api(s)) if s.is_not_found()));
+
+    // A replace with a stale resourceVersion is refused.
+    let mut stale = a.clone();
+    let mut fresh = a.clone();
+    fresh.spec.as_mut().expect("spec").replicas = Some(2);
+    let fresh = deployments
+        .replace("a", &pp, &fresh)
+        .await
+        .expect("replace");
+    assert_eq!(fresh.metadata.generation, Some(2), "spec changed");
+    stale.spec.as_mut().expect("spec").replicas = Some(5);
+    let refused = deployments.replace("a", &pp, &stale).await;
+    assert!(matches!(refused, Err(kube::Error::Api(s)) if s.is_conflict()));
+}
+
+#[tokio::test]
+async fn the_scale_and_status_subresources_write_only_their_part() {
+    let api = KubeApi::start().await;
+    let deployments: Api<Deployment> = Api::namespaced(client(&api).await, "default");
+    deployments
+        .create(&PostParams::default(), &deployment("a", 1, json!({})))
+        .await
+        .expect("create");
+    let scale = deployments.get_scale("a").await.expect("scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(1));
+    assert_eq!(
+        scale.status.map(|s| s.selector),
+        Some(Some("app=a".to_owned()))
+    );
+    deployments
+        .patch_scale(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .expect("patch scale");
+    let status = json!({"status": {"replicas": 4, "readyReplicas": 3}});
+    deployments
+        .patch_status("a", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch status");
+    // A write to the object leaves the status; one to the status leaves the spec.
+    deployments
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 0}, "metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .expect("patch");
+    let status_only =
+        json!({"spec": {"replicas": 9}, "status": {"replicas": 4, "readyReplicas": 4}});
+    deployments
+        .patch_status("a", &PatchParams::default(), &Patch::Merge(&status_only))
+        .await
+        .expect("patch status");
+    let d = deployments.get("a").await.expect("get");
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(4));
+    let st = d.status.expect("status");
+    assert_eq!((st.replicas, st.ready_replicas), (Some(4), Some(4)));
+    assert_eq!(d.metadata.labels.expect("labels")["x"], "y");
+    // A JSON patch, as Knative's scaler sends.
+    let req = http::Request::patch("/apis/apps/v1/namespaces/default/deployments/a")
+        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(br#"[{"op": "replace", "path": "/spec/replicas", "value": 2}]"#.to_vec())
+        .expect("request");
+    client(&api)
+        .await
+        .request_text(req)
+        .await
+        .expect("json patch");
+    assert_eq!(
+        deployments
+            .get("a")
+            .await
+            .expect("get")
+            .spec
+            .and_then(|s| s.replicas),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_watch_resumes_from_a_version_and_a_compacted_one_is_410() {
+    let api = KubeApi::start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client(&api).await, "default");
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"k": name}}, "data": {"a": "1"}}),
+        )
+        .expect("cm")
+    };
+    maps.create(&PostParams::default(), &cm("one"))
+        .await
+        .expect("create");
+    let listed = maps.list(&ListParams::default()).await.expect("list");
+    let rv = listed.metadata.resource_version.expect("rv");
+    maps.create(&PostParams::default(), &cm("two"))
+        .await
+        .expect("create");
+    maps.create(&PostParams::default(), &cm("three"))
+        .await
+        .expect("create");
+    maps.delete("two", &DeleteParams::default())
+        .await
+        .expect("delete");
+
+    // From the listed version: only what came after, filtered by label.
+    let mut events = maps
+        .watch(&WatchParams::default().timeout(2), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut seen = Vec::new();
+    while let Some(e) = events.try_next().await.expect("event") {
+        match e {
+            WatchEvent::Added(o) => {
+                seen.push(format!("added {}", o.metadata.name.unwrap_or_default()))
+            }
+            WatchEvent::Deleted(o) => {
+                seen.push(format!("deleted {}", o.metadata.name.unwrap_or_default()))
+            }
+            other => seen.push(format!("{other:?}")),
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen, ["added two", "added three", "deleted two"]);
+
+    // Live events reach a watch started at the current version.
+    let now = maps
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut live = maps
+        .watch(&WatchParams::default().labels("k=four").timeout(5), &now)
+        .await
+        .expect("watch")
+        .boxed();
+    maps.create(&PostParams::default(), &cm("five"))
+        .await
+        .expect("create");
+    maps.create(&PostParams::default(), &cm("four"))
+        .await
+        .expect("create");
+    let e = tokio::time::timeout(Duration::from_secs(5), live.try_next())
+        .await
+        .expect("in time")
+        .expect("ok");
+    assert!(matches!(e, Some(WatchEvent::Added(o)) if o.metadata.name.as_deref() == Some("four")));
+
+    // After a compaction, an old version is gone: 410, so the client relists.
+    api.compact();
+    let mut old = maps
+        .watch(&WatchParams::default().timeout(2), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match old.try_next().await.expect("event") {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kube_runtimes_watcher_relists_after_410_and_sees_everything() {
+    let api = KubeApi::start().await;
+    let c = client(&api).await;
+    let leases: Api<Lease> = Api::namespaced(c.clone(), "default");
+    let lease = |name: &str| -> Lease {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {}})).expect("lease")
+    };
+    leases
+        .create(&PostParams::default(), &lease("a"))
+        .await
+        .expect("create");
+    let (reader, writer) = kube::runtime::reflector::store::<Lease>();
+    let stream = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(leases.clone(), Default::default()),
+    );
+    let task = tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while s.next().await.is_some() {}
+    });
+    reader.wait_until_ready().await.expect("ready");
+    // Cut every connection, compact, write, and come back: the watcher must relist.
+    // b is written while the watcher is cut off, and the history compacted, so it can
+    // only learn of b by relisting after its resumed watch gets 410.
+    api.stop().await;
+    let b = serde_json::to_value(lease("b")).expect("json");
+    assert_eq!(
+        api.create_object("/apis/coordination.k8s.io/v1/namespaces/default/leases", b),
+        201
+    );
+    api.compact();
+    api.resume().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reader.state().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher never saw b"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn deleting_an_owner_deletes_what_it_owns() {
+    let api = KubeApi::start().await;
+    let deployments: Api<Deployment> = Api::namespaced(client(&api).await, "default");
+    let owner = deployments
+        .create(&PostParams::default(), &deployment("owner", 1, json!({})))
+        .await
+        .expect("create");
+    let mut owned = deployment("owned", 1, json!({}));
+    owned.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "owner".into(),
+            uid: owner.metadata.uid.clone().expect("uid"),
+            ..Default::default()
+        },
+    ]);
+    deployments
+        .create(&PostParams::default(), &owned)
+        .await
+        .expect("create");
+    deployments
+        .delete("owner", &DeleteParams::background())
+        .await
+        .expect("delete");
+    assert!(deployments.get_opt("owned").await.expect("get").is_none());
+}
