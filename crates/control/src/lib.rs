@@ -95,7 +95,12 @@ impl ControlPlane {
     }
 
     pub fn add_revision(&self, spec: RevisionSpec) -> Result<(), Refused> {
-        self.change(|r| r.add_revision(spec))
+        let key = spec.key();
+        self.change(|r| r.add_revision(spec))?;
+        // A backend may run its pods already (a workload adopted on Kubernetes): their
+        // change was reported before the revision was known.
+        self.pods_changed(&key);
+        Ok(())
     }
 
     pub fn remove_revision(&self, key: &RevisionKey) {

@@ -53,6 +53,8 @@ pub struct KubeBackend {
 #[derive(Debug, Default)]
 struct Shared {
     slices: Mutex<Slices>,
+    /// Whether the EndpointSlices have been listed once.
+    listed: tokio::sync::watch::Sender<bool>,
     /// Why the revision's last operation failed, until one succeeds.
     errors: Mutex<HashMap<RevisionKey, String>>,
 }
@@ -125,7 +127,11 @@ impl KubeBackend {
                     self.shared.slices.lock().listed(&s);
                     continue;
                 }
-                Ok(watcher::Event::InitDone) => self.shared.slices.lock().list_done(),
+                Ok(watcher::Event::InitDone) => {
+                    let changed = self.shared.slices.lock().list_done();
+                    self.shared.listed.send_replace(true);
+                    changed
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "watching EndpointSlices");
                     continue;
@@ -135,6 +141,13 @@ impl KubeBackend {
                 let _ = self.changed.send(key);
             }
         }
+    }
+
+    /// Waits until [`KubeBackend::follow_endpoints`] has listed the EndpointSlices once,
+    /// so that ready pods read before then are not taken for none.
+    pub async fn listed(&self) {
+        let mut rx = self.shared.listed.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
     }
 
     fn queue(&self, op: Op) {

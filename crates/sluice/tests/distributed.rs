@@ -10,13 +10,14 @@ use sluice::run::distributed::{Distributed, Files};
 use sluice::run::images::ImageMap;
 use sluice::run::platform::RevisionStatus;
 use sluice::run::{Options, Status};
-use sluice_test_support::{client, hey};
+use sluice_test_support::client;
 use tokio::time::Instant;
 
 mod common;
 
 use common::{
-    FAST_CONFIG, assert_all_200, background_load, example, revision, rolled_back, test_limits,
+    FAST_CONFIG, assert_all_200, assert_hey_all_200, background_load, example, revision,
+    rolled_back, seed_load, test_limits,
 };
 
 /// A distributed platform in a fresh state directory, with the 6 s window applied: the
@@ -118,20 +119,7 @@ async fn e2e_distributed_autoscale_go_target_10_at_50_concurrent_makes_8_pods() 
     let name = "autoscale-go-00001";
     wait_for(&d, name, Duration::from_secs(30), "ready", |r| r.ready >= 1).await;
 
-    let target = format!("http://{gw}/?sleep=100");
-    let load = tokio::task::spawn_blocking(move || {
-        hey::run(
-            &[
-                "-z",
-                "20s",
-                "-c",
-                "50",
-                "-host",
-                "autoscale-go.default.example.com",
-            ],
-            &target,
-        )
-    });
+    let load = seed_load(gw);
     tokio::pin!(load);
     // Sampled while the load runs. Across processes, the stable average of a revision
     // whose stats come from the activator alone (proxy mode, one report a second) holds
@@ -150,13 +138,7 @@ async fn e2e_distributed_autoscale_go_target_10_at_50_concurrent_makes_8_pods() 
     };
     let most = samples.iter().map(|r| r.desired).max().unwrap_or(-1);
     println!("most {most} over {} samples", samples.len());
-    assert_eq!(report.errors, 0, "{}", report.output);
-    assert_eq!(
-        report.statuses.keys().copied().collect::<Vec<_>>(),
-        [200],
-        "{}",
-        report.output
-    );
+    assert_hey_all_200(&report);
     for r in samples.iter().filter(|r| r.desired > 0 && !r.panic) {
         let rule = (r.concurrency / 7.0).ceil() as i32;
         assert_eq!(

@@ -70,13 +70,7 @@ async fn e2e_autoscale_go_target_10_at_50_concurrent_makes_8_pods() {
         "desired {} (most {most}), ready {}, stable concurrency {:.1}",
         r.desired, r.ready, r.concurrency
     );
-    assert_eq!(report.errors, 0, "{}", report.output);
-    assert_eq!(
-        report.statuses.keys().copied().collect::<Vec<_>>(),
-        [200],
-        "{}",
-        report.output
-    );
+    assert_hey_all_200(&report);
     assert_eq!(r.desired, 8, "ceil(50 / (10 x 0.7)) = 8: {r:?}");
     assert_eq!(most, 8, "never above 8 on the way: {r:?}");
     assert_eq!(r.ready, 8, "{r:?}");

@@ -250,6 +250,21 @@ impl KubeApi {
         }
     }
 
+    /// Replaces the object at `path` as a client's PUT would (409 when `obj` carries a
+    /// stale `resourceVersion`); the HTTP status.
+    pub fn replace_object(&self, path: &str, obj: Value) -> u16 {
+        match parse_path(path) {
+            Some(p) => match p.name.clone() {
+                Some(name) => self
+                    .update(&p, &name, p.sub.as_deref(), |_| Ok(obj))
+                    .status()
+                    .as_u16(),
+                None => 404,
+            },
+            None => 404,
+        }
+    }
+
     /// Deletes the object at `path` as a client's DELETE would; the HTTP status.
     pub fn delete_object(&self, path: &str) -> u16 {
         match parse_path(path) {

@@ -10,6 +10,7 @@ pub mod control;
 pub mod grpc;
 pub mod hey;
 pub mod kube_api;
+pub mod kubelet;
 pub mod load;
 pub mod relay;
 pub mod stats_sink;

@@ -174,6 +174,7 @@ impl ControlServer {
             .await
             .map_err(|e| e.to_string())?;
         let (changed, changed_rx) = mpsc::unbounded_channel();
+        let mut kube_backend = None;
         let (backend, supervisor, node): (Arc<dyn Backend>, _, _) = match (opts.node, &kube) {
             (_, Some((client, inject))) => {
                 let mut inject = inject.clone();
@@ -188,6 +189,7 @@ impl ControlServer {
                         .follow_endpoints(client.clone())
                         .instrument(tracing::info_span!("endpoint_slices")),
                 ));
+                kube_backend = Some(Arc::clone(&backend));
                 (backend as Arc<dyn Backend>, None, None)
             }
             (Some(uri), None) => {
@@ -268,10 +270,24 @@ impl ControlServer {
             );
         }
         if let Some((client, _)) = kube {
+            // Nothing is served before the cluster's state is known: a follower that
+            // synced to an empty state would drop every route until the lists arrive.
+            if let Some(kube_backend) = &kube_backend {
+                kube_backend.listed().await;
+            }
+            let (config_listed, config_done) = tokio::sync::oneshot::channel();
             followers.push(tokio::spawn(
-                super::kube::follow_services(client, Arc::clone(&desired))
+                super::kube::follow_config(client.clone(), Arc::clone(&desired), config_listed)
+                    .instrument(tracing::info_span!("config")),
+            ));
+            let _ = config_done.await;
+            let (services_listed, services_done) = tokio::sync::oneshot::channel();
+            followers.push(tokio::spawn(
+                super::kube::follow_services(client, Arc::clone(&desired), services_listed)
                     .instrument(tracing::info_span!("services")),
             ));
+            let _ = services_done.await;
+            tracing::info!("the cluster's Services, config and EndpointSlices are listed");
         }
         followers.push(tokio::spawn(
             control

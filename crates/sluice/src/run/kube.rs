@@ -1,12 +1,14 @@
 //! `sluice control --kubernetes`: the desired state comes from the API server's
 //! `serving.knative.dev/v1` `Service` objects, planned by the same rules as `sluice run`,
-//! and each Service's status is written back as Knative writes it.
+//! and each Service's status is written back as Knative writes it; `config-autoscaler` is
+//! read from `knative-serving`, as Knative reads it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -17,7 +19,7 @@ use sluice_kube::backend::{FIELD_MANAGER, knative_service};
 use sluice_kube::status::{Facts, ServiceStatus, TrafficFact, service_status};
 
 use super::desired::Desired;
-use super::manifest::Manifests;
+use super::manifest::{CONFIG_AUTOSCALER, KNATIVE_NAMESPACE, Manifests};
 use super::problem::lines;
 
 /// How often every Service's status is computed again (and written when it changed).
@@ -43,8 +45,14 @@ struct Seen {
 }
 
 /// Follows every `Service` object until the task is aborted: applies each to `desired`,
-/// takes deleted ones out, and keeps their statuses written.
-pub async fn follow_services(client: Client, desired: Arc<Desired>) {
+/// takes deleted ones out, and keeps their statuses written. `listed` is sent once every
+/// Service of the first list has been applied.
+pub async fn follow_services(
+    client: Client,
+    desired: Arc<Desired>,
+    listed: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(listed);
     let objects = Arc::new(Mutex::new(Objects::default()));
     let status = tokio::spawn(write_statuses(
         client.clone(),
@@ -78,11 +86,64 @@ pub async fn follow_services(client: Client, desired: Arc<Desired>) {
                 for (ns, name) in known.into_iter().filter(|k| !listed.contains(k)) {
                     remove(&desired, &objects, &ns, &name).await;
                 }
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
             }
             Err(e) => tracing::warn!(error = %e, "watching Services"),
         }
     }
     status.abort();
+}
+
+/// Follows `knative-serving/config-autoscaler` (where Knative keeps it) until the task is
+/// aborted: each version is checked against every revision and applied, or refused and
+/// logged; a deleted one brings Knative's defaults back. `listed` is sent once the first
+/// list has been applied.
+pub async fn follow_config(
+    client: Client,
+    desired: Arc<Desired>,
+    listed: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(listed);
+    let api: Api<ConfigMap> = Api::namespaced(client, KNATIVE_NAMESPACE);
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(event) = events.next().await {
+        let data = match event {
+            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c))
+                if c.metadata.name.as_deref() == Some(CONFIG_AUTOSCALER) =>
+            {
+                c.data.unwrap_or_default()
+            }
+            Ok(watcher::Event::Delete(c))
+                if c.metadata.name.as_deref() == Some(CONFIG_AUTOSCALER) =>
+            {
+                BTreeMap::new()
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching ConfigMaps");
+                continue;
+            }
+        };
+        let m = Manifests {
+            config_autoscaler: Some(data),
+            ..Manifests::default()
+        };
+        match desired.apply(&m).await {
+            Ok(summary) => summary.iter().for_each(|l| tracing::info!("{l}")),
+            Err(problems) => tracing::warn!(
+                "{KNATIVE_NAMESPACE}/{CONFIG_AUTOSCALER} refused, the current one kept: {}",
+                lines(&problems).join("; ")
+            ),
+        }
+    }
 }
 
 fn id(o: &DynamicObject) -> (String, String) {
@@ -125,8 +186,8 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
         "metadata": {
             "name": name,
             "namespace": ns,
-            "labels": o.metadata.labels,
-            "annotations": o.metadata.annotations,
+            "labels": o.metadata.labels.clone().unwrap_or_default(),
+            "annotations": o.metadata.annotations.clone().unwrap_or_default(),
         },
         "spec": o.data.get("spec").cloned().unwrap_or_default(),
     });

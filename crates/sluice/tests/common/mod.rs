@@ -10,7 +10,7 @@ use sluice::run::manifest::Manifests;
 use sluice::run::platform::RevisionStatus;
 use sluice::run::{Options, Platform, Status};
 use sluice_core::serve::Limits;
-use sluice_test_support::{client, load};
+use sluice_test_support::{client, hey, load};
 use tokio::time::Instant;
 
 pub const FAST_CONFIG: &str = r#"
@@ -141,4 +141,34 @@ pub fn rolled_back(split: &str) -> String {
             "      percent: 50\n      tag: green",
             "      percent: 0\n      tag: green",
         )
+}
+
+/// The seed scenario's load in the background: `hey -z 20s -c 50` of `GET /?sleep=100`
+/// for autoscale-go through the gateway at `gw`.
+pub fn seed_load(gw: std::net::SocketAddr) -> tokio::task::JoinHandle<hey::HeyReport> {
+    let target = format!("http://{gw}/?sleep=100");
+    tokio::task::spawn_blocking(move || {
+        hey::run(
+            &[
+                "-z",
+                "20s",
+                "-c",
+                "50",
+                "-host",
+                "autoscale-go.default.example.com",
+            ],
+            &target,
+        )
+    })
+}
+
+/// Every request of a `hey` run answered, and with 200.
+pub fn assert_hey_all_200(report: &hey::HeyReport) {
+    assert_eq!(report.errors, 0, "{}", report.output);
+    assert_eq!(
+        report.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{}",
+        report.output
+    );
 }

@@ -1,0 +1,595 @@
+//! A fake kubelet (with the Deployment and EndpointSlice controllers' share of the work),
+//! for the cluster mode's end-to-end tests against [`crate::kube_api::KubeApi`]: it turns
+//! each Deployment's replicas into local pods (the app and the queue-proxy as processes),
+//! probes them as the kubelet does, and publishes what Kubernetes would: the Deployment's
+//! status and the EndpointSlices of every Service that selects pods.
+//!
+//! A pod has its own loopback address (`127.X.Y.Z`), so the queue-proxy serves on
+//! Knative's fixed ports (8012, 8022, 9090, 9091) as in a pod. Where it differs from a
+//! cluster:
+//! - pods share one network namespace: the queue-proxy binds the pod's address
+//!   (`SLUICE_BIND_ADDRESS`), and the app's port is moved to a free one on 127.0.0.1
+//!   (`PORT`, `USER_PORT` and the readiness probe's port are rewritten to it);
+//! - images are not pulled: each runs a local command ([`KubeletConfig::images`]);
+//! - no Pod objects, ReplicaSets, resources, restarts of crashed containers (a pod whose
+//!   process exits is replaced), or init containers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::{reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// What the pods run.
+#[derive(Clone, Debug)]
+pub struct KubeletConfig {
+    /// An image (as its name starts) → the command that runs it here.
+    pub images: Vec<(String, Vec<String>)>,
+    /// Env added to every queue-proxy (e.g. a short drain for tests).
+    pub queue_proxy_env: Vec<(String, String)>,
+    /// Time between reconciles and probes.
+    pub period: Duration,
+    /// Where each container's stderr goes (`{pod}-{container}.log`); `None`: nowhere.
+    pub log_dir: Option<std::path::PathBuf>,
+}
+
+/// A running fake kubelet.
+pub struct Kubelet {
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Kubelet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubelet").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// By Deployment (namespace, name).
+    pods: BTreeMap<(String, String), Vec<Pod>>,
+    next_ip: u32,
+    /// What was last published, to write only changes.
+    slices: HashMap<(String, String), Value>,
+    statuses: HashMap<(String, String), Value>,
+    /// Pods started in all, for tests.
+    started: u64,
+}
+
+struct Pod {
+    name: String,
+    ip: Ipv4Addr,
+    labels: BTreeMap<String, String>,
+    app: Child,
+    queue: Child,
+    ready: bool,
+    /// Draining: out of rotation, its processes stopping.
+    terminating: bool,
+    grace: Duration,
+    /// When a terminating pod's processes are killed if still running.
+    kill_at: Option<tokio::time::Instant>,
+}
+
+impl Kubelet {
+    /// Starts following Deployments and Services through `client`.
+    pub async fn start(client: Client, config: KubeletConfig) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            next_ip: first_ip(),
+            ..State::default()
+        }));
+        let (deployments, d_writer) = reflector::store::<Deployment>();
+        let (services, s_writer) = reflector::store::<Service>();
+        let d_stream = reflector(
+            d_writer,
+            watcher(
+                Api::<Deployment>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        let s_stream = reflector(
+            s_writer,
+            watcher(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(d_stream);
+            while s.next().await.is_some() {}
+        });
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(s_stream);
+            while s.next().await.is_some() {}
+        });
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            let _ = deployments.wait_until_ready().await;
+            let _ = services.wait_until_ready().await;
+            loop {
+                let ds: Vec<Arc<Deployment>> = deployments.state();
+                let ss: Vec<Arc<Service>> = services.state();
+                reconcile(&shared, &ds, &config).await;
+                probe(&shared).await;
+                publish(&client, &shared, &ds, &ss).await;
+                tokio::time::sleep(config.period).await;
+            }
+        });
+        Self { state, task }
+    }
+
+    /// Pods running now (not terminating), across Deployments.
+    pub fn running(&self) -> usize {
+        self.state
+            .lock()
+            .pods
+            .values()
+            .flatten()
+            .filter(|p| !p.terminating)
+            .count()
+    }
+
+    /// Pods started since the kubelet started.
+    pub fn started(&self) -> u64 {
+        self.state.lock().started
+    }
+
+    /// Stops following and kills every pod.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let pods: Vec<Pod> = std::mem::take(&mut self.state.lock().pods)
+            .into_values()
+            .flatten()
+            .collect();
+        for mut p in pods {
+            let _ = p.queue.start_kill();
+            let _ = p.app.start_kill();
+            let _ = p.queue.wait().await;
+            let _ = p.app.wait().await;
+        }
+    }
+}
+
+/// A loopback /16 of its own for this kubelet's pods, so that kubelets of tests run in
+/// parallel rarely meet (and [`free_ip`] steps over an address in use when they do).
+fn first_ip() -> u32 {
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let second = 16 + seed % 224;
+    let third = (seed / 224) % 256;
+    u32::from_be_bytes([127, second as u8, third as u8, 2])
+}
+
+/// The next address whose queue-proxy ports are free.
+fn free_ip(state: &mut State) -> Ipv4Addr {
+    loop {
+        let ip = Ipv4Addr::from(state.next_ip);
+        state.next_ip += 1;
+        if ip.octets()[3] == 0 || ip.octets()[3] == 255 {
+            continue;
+        }
+        let free = [8012, 8022, 9090, 9091]
+            .iter()
+            .all(|port| std::net::TcpListener::bind((ip, *port)).is_ok());
+        if free {
+            return ip;
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+/// Starts and stops pods so that each Deployment has its replicas; ends the pods of
+/// Deployments that are gone, and replaces pods whose processes exited.
+async fn reconcile(state: &Mutex<State>, deployments: &[Arc<Deployment>], config: &KubeletConfig) {
+    let mut stopping = Vec::new();
+    {
+        let mut st = state.lock();
+        let wanted: HashMap<(String, String), &Deployment> = deployments
+            .iter()
+            .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), &**d))
+            .collect();
+        let keys: Vec<(String, String)> = st.pods.keys().cloned().collect();
+        for key in keys {
+            let pods = st.pods.get_mut(&key).expect("listed");
+            // A pod whose process ended is gone (the Deployment starts another).
+            pods.retain_mut(|p| {
+                let exited = matches!(p.app.try_wait(), Ok(Some(_)))
+                    || matches!(p.queue.try_wait(), Ok(Some(_)));
+                !exited || p.terminating
+            });
+            let keep = wanted
+                .get(&key)
+                .and_then(|d| d.spec.as_ref()?.replicas)
+                .map_or(0, |r| usize::try_from(r).unwrap_or(0));
+            let live: Vec<usize> = (0..pods.len()).filter(|i| !pods[*i].terminating).collect();
+            // Newest first, as a ReplicaSet scales down (not-ready ones before them).
+            let mut order = live.clone();
+            order.sort_by_key(|i| (pods[*i].ready, std::cmp::Reverse(*i)));
+            for i in order.into_iter().take(live.len().saturating_sub(keep)) {
+                let p = &mut pods[i];
+                p.terminating = true;
+                p.ready = false;
+                p.kill_at = Some(tokio::time::Instant::now() + p.grace);
+                stopping.push((p.ip, p.grace, p.app.id(), p.queue.id()));
+            }
+            // What the grace period did not end is killed.
+            for p in pods.iter_mut() {
+                if p.kill_at
+                    .is_some_and(|at| at <= tokio::time::Instant::now())
+                {
+                    let _ = p.app.start_kill();
+                    let _ = p.queue.start_kill();
+                }
+            }
+        }
+        for (key, d) in &wanted {
+            let Some(spec) = d.spec.as_ref() else {
+                continue;
+            };
+            let replicas = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+            let live = st
+                .pods
+                .get(key)
+                .map_or(0, |p| p.iter().filter(|p| !p.terminating).count());
+            for _ in live..replicas {
+                let ip = free_ip(&mut st);
+                st.started += 1;
+                let name = format!(
+                    "{}-{:05x}",
+                    key.1.trim_end_matches("-deployment"),
+                    st.started
+                );
+                match start_pod(d, &name, ip, config) {
+                    Ok(pod) => st.pods.entry(key.clone()).or_default().push(pod),
+                    Err(e) => eprintln!("fake kubelet: pod {name} of {}/{}: {e}", key.0, key.1),
+                }
+            }
+        }
+    }
+    for (ip, grace, app, queue) in stopping {
+        tokio::spawn(stop_pod(ip, grace, app, queue));
+    }
+    // Pods whose processes have both ended are removed.
+    let mut st = state.lock();
+    for pods in st.pods.values_mut() {
+        pods.retain_mut(|p| {
+            !(p.terminating
+                && matches!(p.app.try_wait(), Ok(Some(_)))
+                && matches!(p.queue.try_wait(), Ok(Some(_))))
+        });
+    }
+    st.pods.retain(|_, pods| !pods.is_empty());
+}
+
+/// As the kubelet ends a pod: the queue-proxy gets SIGTERM while the app's preStop hook
+/// (`/wait-for-drain`) waits for it to drain; then the app gets SIGTERM. What is left at
+/// the grace period's end is killed by [`reconcile`].
+async fn stop_pod(ip: Ipv4Addr, grace: Duration, app: Option<u32>, queue: Option<u32>) {
+    terminate(queue);
+    let req = http::Request::get(format!("http://{ip}:8022/wait-for-drain"))
+        .body(http_body_util::Full::default())
+        .expect("request");
+    let _ = tokio::time::timeout(grace, crate::client::send(&crate::client::http1(), req)).await;
+    terminate(app);
+}
+
+fn terminate(pid: Option<u32>) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+}
+
+fn start_pod(
+    d: &Deployment,
+    name: &str,
+    ip: Ipv4Addr,
+    config: &KubeletConfig,
+) -> Result<Pod, String> {
+    let template = &d.spec.as_ref().ok_or("no spec")?.template;
+    let pod_spec = template.spec.as_ref().ok_or("no pod spec")?;
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let [app, queue] = pod_spec.containers.as_slice() else {
+        return Err(format!(
+            "{} containers; the fake kubelet runs an app and its queue-proxy",
+            pod_spec.containers.len()
+        ));
+    };
+    let user_port = free_port();
+    let app_child = spawn(
+        app,
+        name,
+        ip,
+        user_port,
+        config,
+        &[("SAMPLE_APP_BIND", "127.0.0.1")],
+    )?;
+    let mut extra: Vec<(&str, &str)> = vec![];
+    let ip_s = ip.to_string();
+    extra.push(("SLUICE_BIND_ADDRESS", &ip_s));
+    for (k, v) in &config.queue_proxy_env {
+        extra.push((k, v));
+    }
+    let queue_child = spawn(queue, name, ip, user_port, config, &extra)?;
+    Ok(Pod {
+        name: name.to_owned(),
+        ip,
+        labels,
+        app: app_child,
+        queue: queue_child,
+        ready: false,
+        terminating: false,
+        grace: Duration::from_secs(
+            u64::try_from(pod_spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(30),
+        ),
+        kill_at: None,
+    })
+}
+
+/// One container as a process: its image's local command, its env with the downward API
+/// resolved, and the app's port moved to `user_port`.
+fn spawn(
+    c: &Container,
+    pod: &str,
+    ip: Ipv4Addr,
+    user_port: u16,
+    config: &KubeletConfig,
+    extra: &[(&str, &str)],
+) -> Result<Child, String> {
+    let image = c.image.as_deref().unwrap_or_default();
+    // A container's command replaces its image's entrypoint, as in Kubernetes.
+    let entrypoint = match c.command.as_deref() {
+        Some(command) if !command.is_empty() => command.to_vec(),
+        _ => config
+            .images
+            .iter()
+            .find(|(prefix, _)| image.starts_with(prefix.as_str()))
+            .map(|(_, argv)| argv.clone())
+            .ok_or_else(|| format!("no local command for image {image}"))?,
+    };
+    let mut cmd = Command::new(&entrypoint[0]);
+    cmd.args(&entrypoint[1..]).args(c.args.iter().flatten());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => pod.to_owned(),
+                Some("status.podIP") => ip.to_string(),
+                Some("status.hostIP") => "127.0.0.1".to_owned(),
+                _ => continue,
+            },
+            (None, None) => String::new(),
+        };
+        let value = match e.name.as_str() {
+            "PORT" | "USER_PORT" => user_port.to_string(),
+            "SERVING_READINESS_PROBE" => move_probe_port(&value, user_port),
+            _ => value,
+        };
+        cmd.env(&e.name, value);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let stderr = config
+        .log_dir
+        .as_ref()
+        .and_then(|dir| std::fs::File::create(dir.join(format!("{pod}-{}.log", c.name))).ok())
+        .map_or_else(Stdio::null, Stdio::from);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true);
+    cmd.spawn().map_err(|e| format!("{}: {e}", entrypoint[0]))
+}
+
+/// The queue-proxy's probe of the app, aimed at the app's moved port.
+fn move_probe_port(probe: &str, user_port: u16) -> String {
+    let Ok(mut v) = serde_json::from_str::<Value>(probe) else {
+        return probe.to_owned();
+    };
+    for action in ["httpGet", "tcpSocket", "grpc"] {
+        if let Some(a) = v.get_mut(action).and_then(Value::as_object_mut) {
+            a.insert("port".into(), user_port.into());
+        }
+    }
+    v.to_string()
+}
+
+/// Probes every pod as the kubelet does the queue-proxy's readiness probe:
+/// `GET :8012/` with `K-Network-Probe: queue`.
+async fn probe(state: &Mutex<State>) {
+    let targets: Vec<((String, String), String, Ipv4Addr)> = state
+        .lock()
+        .pods
+        .iter()
+        .flat_map(|(k, pods)| {
+            pods.iter()
+                .filter(|p| !p.terminating)
+                .map(move |p| (k.clone(), p.name.clone(), p.ip))
+        })
+        .collect();
+    let probes = targets.into_iter().map(|(key, name, ip)| async move {
+        let url = format!("http://{ip}:8012/");
+        let ok = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut req = http::Request::get(&url);
+            req = req
+                .header("K-Network-Probe", "queue")
+                .header("User-Agent", "kube-probe/1.33");
+            crate::client::send(
+                &crate::client::http1(),
+                req.body(http_body_util::Full::default()).expect("request"),
+            )
+            .await
+        })
+        .await
+        .is_ok_and(|r| r.is_ok_and(|r| r.status == 200));
+        (key, name, ok)
+    });
+    let results = futures_util::future::join_all(probes).await;
+    let mut st = state.lock();
+    for (key, name, ok) in results {
+        if let Some(p) = st
+            .pods
+            .get_mut(&key)
+            .and_then(|pods| pods.iter_mut().find(|p| p.name == name))
+            && !p.terminating
+        {
+            p.ready = ok;
+        }
+    }
+}
+
+/// Writes what changed: each Deployment's status, each selecting Service's EndpointSlice.
+async fn publish(
+    client: &Client,
+    state: &Mutex<State>,
+    deployments: &[Arc<Deployment>],
+    services: &[Arc<Service>],
+) {
+    let mut writes: Vec<(String, String, Value, bool)> = Vec::new();
+    {
+        let st = state.lock();
+        for d in deployments {
+            let key = (d.namespace().unwrap_or_default(), d.name_any());
+            let pods = st.pods.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let live = pods.iter().filter(|p| !p.terminating).count();
+            let ready = pods.iter().filter(|p| p.ready).count();
+            let status = json!({
+                "observedGeneration": d.metadata.generation,
+                "replicas": live,
+                "updatedReplicas": live,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+            });
+            if st.statuses.get(&key) != Some(&status) {
+                writes.push((key.0, key.1, status, true));
+            }
+        }
+        for s in services {
+            let Some(selector) = s.spec.as_ref().and_then(|sp| sp.selector.clone()) else {
+                continue;
+            };
+            let ns = s.namespace().unwrap_or_default();
+            let endpoints: Vec<Value> = st
+                .pods
+                .iter()
+                .filter(|((pns, _), _)| *pns == ns)
+                .flat_map(|(_, pods)| pods)
+                .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                .map(|p| {
+                    json!({
+                        "addresses": [p.ip.to_string()],
+                        "conditions": {"ready": p.ready, "serving": p.ready, "terminating": p.terminating},
+                        "targetRef": {"kind": "Pod", "name": p.name, "namespace": ns},
+                    })
+                })
+                .collect();
+            let mut labels = s.labels().clone();
+            labels.insert("kubernetes.io/service-name".into(), s.name_any());
+            labels.insert(
+                "endpointslice.kubernetes.io/managed-by".into(),
+                "fake-kubelet.sluice".into(),
+            );
+            let ports: Vec<Value> = s
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.ports.clone())
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    let target = match &p.target_port {
+                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i)) => {
+                            *i
+                        }
+                        _ => p.port,
+                    };
+                    json!({"name": p.name, "port": target, "protocol": "TCP"})
+                })
+                .collect();
+            let slice = json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{}-fake", s.name_any()),
+                    "namespace": ns,
+                    "labels": labels,
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Service", "name": s.name_any(),
+                        "uid": s.metadata.uid, "controller": true, "blockOwnerDeletion": true,
+                    }],
+                },
+                "addressType": "IPv4",
+                "ports": ports,
+                "endpoints": endpoints,
+            });
+            let key = (ns.clone(), s.name_any());
+            if st.slices.get(&key) != Some(&slice) {
+                writes.push((key.0, key.1, slice, false));
+            }
+        }
+    }
+    for (ns, name, body, is_status) in writes {
+        let ok = if is_status {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": body.clone()})),
+            )
+            .await
+            .is_ok()
+        } else {
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+            let slice: EndpointSlice = match serde_json::from_value(body.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("fake kubelet: slice of {ns}/{name}: {e}");
+                    continue;
+                }
+            };
+            let slice_name = format!("{name}-fake");
+            match api.create(&PostParams::default(), &slice).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(s)) if s.code == 409 => api
+                    .patch(&slice_name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        };
+        if ok {
+            let mut st = state.lock();
+            let map = if is_status {
+                &mut st.statuses
+            } else {
+                &mut st.slices
+            };
+            map.insert((ns, name), body);
+        }
+    }
+}
