@@ -64,9 +64,10 @@ pub struct Args {
     /// Hosts are `{service}.{namespace}.{domain}`.
     #[arg(long, env = "SLUICE_DOMAIN", default_value = "example.com")]
     pub domain: String,
-    /// The activator (`host:port`), for revisions in proxy mode.
+    /// The activator (`host:port`, a name such as its Kubernetes Service's is resolved
+    /// once at start), for revisions in proxy mode.
     #[arg(long, env = "SLUICE_ACTIVATOR_ADDRESS")]
-    pub activator: Option<SocketAddr>,
+    pub activator: Option<String>,
     /// The autoscaler's gRPC address (`http://host:port`) for the concurrency of revisions
     /// that scale on the gateway's view.
     #[arg(long, env = "SLUICE_AUTOSCALER_ADDRESS")]
@@ -169,13 +170,27 @@ impl Config {
             bad.push("--domain must not be empty".into());
         }
         let limits = a.limits.limits(&mut bad);
+        let activator = a.activator.as_deref().and_then(|given| {
+            use std::net::ToSocketAddrs;
+            match given.to_socket_addrs().map(|mut addrs| addrs.next()) {
+                Ok(Some(addr)) => Some(addr),
+                Ok(None) => {
+                    bad.push(format!("--activator {given}: the name has no address"));
+                    None
+                }
+                Err(e) => {
+                    bad.push(format!("--activator {given}: {e} (give host:port)"));
+                    None
+                }
+            }
+        });
         if !bad.is_empty() {
             return Err(StartError::Config(bad.join("\n")));
         }
         Ok(Self {
             listen: a.listen,
             domain: a.domain.clone(),
-            activator: a.activator,
+            activator,
             autoscaler,
             pod_name: a.pod_name.clone(),
             metrics_listen: a.metrics_listen,
@@ -412,5 +427,18 @@ mod tests {
         ] {
             assert!(why.contains(flag), "{flag} in {why}");
         }
+    }
+
+    #[test]
+    fn the_activator_may_be_named_as_a_service_is() {
+        let named = Args::try_parse_from(["gateway", "--activator=localhost:8012"]).expect("flags");
+        let config = Config::from_args(&named).expect("resolved");
+        assert_eq!(config.activator.map(|a| a.port()), Some(8012));
+        assert!(config.activator.is_some_and(|a| a.ip().is_loopback()));
+        let bad = Args::try_parse_from(["gateway", "--activator=no-port"]).expect("flags");
+        let Err(StartError::Config(why)) = Config::from_args(&bad) else {
+            panic!("refused");
+        };
+        assert!(why.contains("--activator no-port"), "{why}");
     }
 }

@@ -1,0 +1,239 @@
+//! `deploy/` checked offline against Kubernetes' OpenAPI types (k8s-openapi's, generated
+//! from the API server's schema): every document parses as its kind, and says nothing the
+//! schema does not know (a misspelt or misplaced field would be dropped by the typed
+//! parse, so the round trip differs). Then what a platform team expects of an install:
+//! the restricted security profile, probes, resource requests, disruption budgets, and
+//! RBAC without wildcards.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn documents(file: &str) -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Parses `doc` as `K` and back: the same JSON, or the schema does not know a field.
+fn round_trip<K: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> K {
+    let typed: K = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{} {}: {e}", doc["kind"], doc["metadata"]["name"]));
+    let back = serde_json::to_value(&typed).expect("serialises");
+    let mut differences = Vec::new();
+    diff(doc, &back, "", &mut differences);
+    assert!(
+        differences.is_empty(),
+        "{} {}: fields the schema does not know (dropped by the typed parse): {differences:?}",
+        doc["kind"],
+        doc["metadata"]["name"]
+    );
+    typed
+}
+
+/// The paths at which `written` and `parsed` differ (numbers compared by value: the
+/// schema's `minimum: 0` comes back as 0.0).
+fn diff(written: &Value, parsed: &Value, path: &str, out: &mut Vec<String>) {
+    match (written, parsed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                match b.get(k) {
+                    Some(w) => diff(v, w, &format!("{path}.{k}"), out),
+                    None => out.push(format!("{path}.{k}")),
+                }
+            }
+            out.extend(
+                b.keys()
+                    .filter(|k| !a.contains_key(*k))
+                    .map(|k| format!("{path}.{k} (added)")),
+            );
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                diff(v, w, &format!("{path}[{i}]"), out);
+            }
+        }
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
+        (a, b) if a == b => {}
+        _ => out.push(path.to_owned()),
+    }
+}
+
+#[test]
+fn every_document_is_a_valid_object_of_its_kind() {
+    let mut kinds = BTreeMap::new();
+    for file in ["sluice.yaml", "serving-crd.yaml"] {
+        for doc in documents(file) {
+            let kind = doc["kind"].as_str().expect("kind").to_owned();
+            match kind.as_str() {
+                "Namespace" => drop(round_trip::<Namespace>(&doc)),
+                "ConfigMap" => drop(round_trip::<ConfigMap>(&doc)),
+                "ServiceAccount" => drop(round_trip::<ServiceAccount>(&doc)),
+                "ClusterRole" => drop(round_trip::<ClusterRole>(&doc)),
+                "ClusterRoleBinding" => drop(round_trip::<ClusterRoleBinding>(&doc)),
+                "Role" => drop(round_trip::<Role>(&doc)),
+                "RoleBinding" => drop(round_trip::<RoleBinding>(&doc)),
+                "Deployment" => drop(round_trip::<Deployment>(&doc)),
+                "Service" => drop(round_trip::<Service>(&doc)),
+                "PodDisruptionBudget" => drop(round_trip::<PodDisruptionBudget>(&doc)),
+                "CustomResourceDefinition" => drop(round_trip::<CustomResourceDefinition>(&doc)),
+                other => panic!("{file}: a {other} is not checked here"),
+            }
+            *kinds.entry(kind).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        kinds["Deployment"], 4,
+        "control, autoscaler, activator, gateway"
+    );
+    assert_eq!(kinds["CustomResourceDefinition"], 1);
+}
+
+#[test]
+fn a_misspelt_field_is_caught() {
+    let mut doc = documents("sluice.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a deployment");
+    doc["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] =
+        doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].clone();
+    let caught = std::panic::catch_unwind(|| drop(round_trip::<Deployment>(&doc)));
+    assert!(caught.is_err(), "readinesProbe must not pass");
+}
+
+#[test]
+fn every_component_runs_restricted_with_probes_requests_and_budgets() {
+    let docs = documents("sluice.yaml");
+    let budgets: Vec<PodDisruptionBudget> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PodDisruptionBudget")
+        .map(round_trip)
+        .collect();
+    for doc in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let d: Deployment = round_trip(doc);
+        let name = d.metadata.name.clone().expect("name");
+        assert_eq!(d.metadata.namespace.as_deref(), Some("sluice-system"));
+        let spec = d.spec.expect("spec");
+        let pod = spec.template.spec.expect("pod spec");
+        let pod_sc = pod.security_context.expect("pod security context");
+        assert_eq!(pod_sc.run_as_non_root, Some(true), "{name}");
+        assert!(
+            pod_sc.run_as_user.is_some_and(|u| u > 0),
+            "{name}: a numeric non-root user"
+        );
+        for c in &pod.containers {
+            let sc = c
+                .security_context
+                .as_ref()
+                .expect("container security context");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}");
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}");
+            assert_eq!(sc.run_as_non_root, Some(true), "{name}");
+            assert_eq!(
+                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_owned()]),
+                "{name}"
+            );
+            assert_eq!(
+                sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                Some("RuntimeDefault"),
+                "{name}"
+            );
+            assert!(c.readiness_probe.is_some(), "{name}: a readiness probe");
+            let requests = c
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.clone())
+                .unwrap_or_default();
+            assert!(
+                requests.contains_key("cpu") && requests.contains_key("memory"),
+                "{name}: requests"
+            );
+        }
+        let replicas = spec.replicas.unwrap_or(1);
+        let labels = spec.selector.match_labels.clone().unwrap_or_default();
+        let budgeted = budgets.iter().any(|b| {
+            b.spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| s.match_labels.clone())
+                == Some(labels.clone())
+        });
+        assert_eq!(
+            budgeted,
+            replicas > 1,
+            "{name}: a PodDisruptionBudget when replicated"
+        );
+        if ["activator", "gateway", "control"].contains(&name.as_str()) {
+            assert!(replicas >= 2, "{name}: at least 2 replicas");
+        }
+        let api_access = pod.automount_service_account_token != Some(false);
+        assert_eq!(
+            api_access,
+            name == "control",
+            "{name}: only the control plane reads the API"
+        );
+    }
+}
+
+#[test]
+fn rbac_names_every_verb_and_resource() {
+    for doc in documents("sluice.yaml") {
+        let rules = match doc["kind"].as_str() {
+            Some("ClusterRole") => round_trip::<ClusterRole>(&doc).rules.unwrap_or_default(),
+            Some("Role") => round_trip::<Role>(&doc).rules.unwrap_or_default(),
+            _ => continue,
+        };
+        for r in rules {
+            let all = r
+                .verbs
+                .iter()
+                .chain(r.resources.iter().flatten())
+                .chain(r.api_groups.iter().flatten());
+            assert!(
+                all.clone().all(|s| s != "*"),
+                "{}: no wildcards: {r:?}",
+                doc["metadata"]["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_crd_shows_knatives_columns() {
+    let crd: CustomResourceDefinition = round_trip(&documents("serving-crd.yaml")[0]);
+    assert_eq!(crd.spec.group, "serving.knative.dev");
+    assert_eq!(
+        crd.spec.names.short_names,
+        Some(vec!["kservice".into(), "ksvc".into()])
+    );
+    let v1 = &crd.spec.versions[0];
+    assert!(
+        v1.subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
+    let columns: Vec<&str> = v1
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        ["URL", "LatestCreated", "LatestReady", "Ready", "Reason"]
+    );
+}
