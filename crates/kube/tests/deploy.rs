@@ -176,14 +176,12 @@ fn every_component_runs_restricted_with_probes_requests_and_budgets() {
             replicas > 1,
             "{name}: a PodDisruptionBudget when replicated"
         );
-        if ["activator", "gateway", "control"].contains(&name.as_str()) {
-            assert!(replicas >= 2, "{name}: at least 2 replicas");
-        }
+        assert!(replicas >= 2, "{name}: at least 2 replicas");
         let api_access = pod.automount_service_account_token != Some(false);
         assert_eq!(
             api_access,
-            name == "control",
-            "{name}: only the control plane reads the API"
+            name == "control" || name == "autoscaler",
+            "{name}: only the control plane and the autoscaler (its Lease) reach the API"
         );
     }
 }

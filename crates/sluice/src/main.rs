@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 
 /// Exit code for a bad scenario or configuration.
 const EXIT_BAD_INPUT: u8 = 2;
+/// `EX_USAGE`: a bad flag.
+const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,7 +47,13 @@ enum Command {
     /// and the routes and endpoints feeds the other components follow.
     Control(sluice::run::control::ControlArgs),
     /// Run the autoscaler: stats in and decisions out over gRPC, metrics on HTTP.
-    Autoscaler(sluice_autoscaler::server::Args),
+    Autoscaler {
+        #[command(flatten)]
+        args: sluice_autoscaler::server::Args,
+        /// `--leader-elect`: one autoscaler of several acts (the Lease `sluice-autoscaler`).
+        #[command(flatten)]
+        lease: sluice::run::kube::LeaseArgs,
+    },
     /// Run the activator: hold requests for revisions with no ready pod, release them to
     /// pods within their capacity (the same code as the `activator` binary).
     Activator(sluice_activator::Args),
@@ -61,7 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Simulate { scenario, plot } => simulate(&scenario, plot.as_deref()),
-        Command::Autoscaler(args) => sluice_autoscaler::server::main(&args),
+        Command::Autoscaler { args, lease } => autoscaler(&args, &lease),
         Command::Activator(args) => sluice_activator::main(args),
         Command::Gateway(args) => sluice_gateway::main(args),
         Command::QueueProxy(args) => sluice_queue_proxy::main(*args),
@@ -71,6 +79,33 @@ fn main() -> ExitCode {
         Command::Apply(args) => sluice::run::cli::apply(args),
         Command::Status(args) => sluice::run::cli::status(args),
     }
+}
+
+/// The autoscaler, once it leads when `--leader-elect` is given: a standby binds nothing,
+/// so the autoscaler's Service reaches the leader alone.
+fn autoscaler(
+    args: &sluice_autoscaler::server::Args,
+    lease: &sluice::run::kube::LeaseArgs,
+) -> ExitCode {
+    if lease.leader_elect {
+        let mut bad = Vec::new();
+        let (api, config) = lease.check("sluice-autoscaler", &mut bad);
+        if !bad.is_empty() {
+            eprintln!("sluice autoscaler: {}", bad.join("\n"));
+            return ExitCode::from(EXIT_USAGE);
+        }
+        sluice_core::telemetry::init("info");
+        if let Some(config) = config
+            && let Err(e) = sluice::run::kube::lead_blocking(api, config)
+        {
+            eprintln!("sluice autoscaler: {e}");
+            return ExitCode::FAILURE;
+        }
+    } else if lease.kube_api.is_some() {
+        eprintln!("sluice autoscaler: --kube-api needs --leader-elect");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    sluice_autoscaler::server::main(args)
 }
 
 fn simulate(path: &std::path::Path, plot: Option<&std::path::Path>) -> ExitCode {

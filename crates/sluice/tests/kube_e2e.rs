@@ -44,6 +44,7 @@ struct Cluster {
     api: Arc<KubeApi>,
     kubelet: Option<Kubelet>,
     gateway: SocketAddr,
+    control: SocketAddr,
     autoscaler: SocketAddr,
     /// Each component kept running (restarted 0.5 s after it exits, as Kubernetes'
     /// `restartPolicy: Always`).
@@ -95,6 +96,7 @@ impl Cluster {
             api,
             kubelet: Some(kubelet),
             gateway,
+            control,
             autoscaler,
             processes: Vec::new(),
             logs,
@@ -566,5 +568,57 @@ async fn kube_e2e_a_killed_leader_is_replaced_by_the_standby_and_scaling_goes_on
         (s["status"]["latestCreatedRevisionName"] == "helloworld-go-00002").then(String::new)
     })
     .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
+    let mut c = Cluster::start("autoscaler-lease").await;
+    // Another autoscaler holds the Lease, renewed just now, and then never again.
+    let held = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "sluice-autoscaler", "namespace": "sluice-system"},
+        "spec": {"holderIdentity": "autoscaler-1", "leaseDurationSeconds": 3,
+                 "renewTime": "2026-01-01T00:00:00.000000Z"}
+    });
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
+    assert_eq!(c.api.create_object(leases, held), 201);
+    let standby = free_addr();
+    let args = [
+        "autoscaler".to_owned(),
+        format!("--listen={standby}"),
+        format!("--metrics-listen={}", free_addr()),
+        format!("--control=http://{}", c.control),
+        "--leader-elect".to_owned(),
+        format!("--kube-api={}", c.api.url()),
+        "--pod-name=autoscaler-2".to_owned(),
+        "--lease-duration=3".to_owned(),
+    ];
+    let started = Instant::now();
+    c.spawn(
+        "autoscaler-2",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        std::net::TcpStream::connect(standby).is_err(),
+        "a standby serves nothing"
+    );
+    // The holder's record has not changed for the Lease's 3 s: the standby takes it.
+    c.until(
+        "the standby autoscaler leads and serves",
+        Duration::from_secs(15),
+        || {
+            let lease = c.api.get(&format!("{leases}/sluice-autoscaler"))?;
+            (lease["spec"]["holderIdentity"] == "autoscaler-2"
+                && std::net::TcpStream::connect(standby).is_ok())
+            .then(String::new)
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before the Lease expired"
+    );
     c.shutdown().await;
 }

@@ -69,9 +69,6 @@ pub struct KubeArgs {
     /// (the kubeconfig's, or the pod's service account) and run revisions as Deployments.
     #[arg(long)]
     pub kubernetes: bool,
-    /// The API server's URL, instead of the kubeconfig's.
-    #[arg(long, env = "SLUICE_KUBE_API")]
-    pub kube_api: Option<String>,
     /// The queue-proxy image injected into every revision's pods.
     #[arg(
         long,
@@ -79,19 +76,8 @@ pub struct KubeArgs {
         default_value = "sluice-queue-proxy:latest"
     )]
     pub queue_proxy_image: String,
-    /// The namespace Sluice runs in (its Lease is there).
-    #[arg(long, env = "SYSTEM_NAMESPACE", default_value = "sluice-system")]
-    pub system_namespace: String,
-    /// Elect one leader among the replicas with the Lease `sluice-control`: the others
-    /// wait, serving nothing but their admin port, and take over within its duration.
-    #[arg(long)]
-    pub leader_elect: bool,
-    /// This replica's name in the Lease.
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    /// Seconds a leader that stopped renewing keeps the Lease.
-    #[arg(long, default_value_t = 15)]
-    pub lease_duration: u64,
+    #[command(flatten)]
+    pub lease: super::kube::LeaseArgs,
 }
 
 /// How to run on Kubernetes.
@@ -106,13 +92,7 @@ pub struct KubeOptions {
 
 impl KubeOptions {
     async fn client(&self) -> Result<kube::Client, String> {
-        match &self.api {
-            Some(uri) => kube::Client::try_from(kube::Config::new(uri.clone()))
-                .map_err(|e| format!("API server {uri}: {e}")),
-            None => kube::Client::try_default()
-                .await
-                .map_err(|e| format!("no Kubernetes API server: {e}")),
-        }
+        super::kube::client(self.api.as_ref()).await
     }
 }
 
@@ -161,7 +141,7 @@ impl ControlServer {
             Some(k) => {
                 let client = k.client().await?;
                 if let Some(lease) = &k.lease {
-                    followers.push(lead(client.clone(), lease.clone()).await);
+                    followers.push(super::kube::lead(client.clone(), lease.clone()).await);
                 }
                 Some((client, k.inject.clone()))
             }
@@ -351,25 +331,6 @@ impl ControlServer {
     }
 }
 
-/// Waits until this replica holds the Lease. The returned task keeps it, and ends the
-/// process the moment it is lost: a replica that no longer leads must not write, and
-/// Kubernetes starts it again as a standby.
-async fn lead(
-    client: kube::Client,
-    lease: sluice_kube::lease::LeaseConfig,
-) -> tokio::task::JoinHandle<()> {
-    let (tx, mut leading) = watch::channel(false);
-    tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting to lead");
-    let campaign = tokio::spawn(sluice_kube::lease::run(client, lease, tx));
-    let _ = leading.wait_for(|l| *l).await;
-    tokio::spawn(async move {
-        let _ = leading.wait_for(|l| !*l).await;
-        tracing::error!("lost the lease: stopping, so that only the leader writes");
-        campaign.abort();
-        std::process::exit(1);
-    })
-}
-
 /// The `sluice control` process: check the flags (exit 64), serve until SIGTERM or
 /// Ctrl-C, then drain the pods.
 pub fn main(args: ControlArgs) -> ExitCode {
@@ -430,57 +391,19 @@ fn options(a: ControlArgs) -> Result<ControlOptions, String> {
 
 fn kube_options(a: KubeArgs, bad: &mut Vec<String>) -> Option<KubeOptions> {
     if !a.kubernetes {
-        if a.kube_api.is_some() || a.leader_elect {
+        if a.lease.kube_api.is_some() || a.lease.leader_elect {
             bad.push("--kube-api and --leader-elect need --kubernetes".to_owned());
         }
         return None;
     }
-    let api = a
-        .kube_api
-        .as_deref()
-        .and_then(|s| match s.parse::<http::Uri>() {
-            Ok(u) if u.scheme().is_some() && u.authority().is_some() => Some(u),
-            _ => {
-                bad.push(format!(
-                    "--kube-api {s:?}: give a URL such as https://10.0.0.1:6443"
-                ));
-                None
-            }
-        });
-    if a.lease_duration < 3 {
-        bad.push(format!(
-            "--lease-duration {}: at least 3 seconds",
-            a.lease_duration
-        ));
-    }
-    let lease = a.leader_elect.then(|| {
-        let identity = a
-            .pod_name
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", gethostname(), std::process::id()));
-        let duration = Duration::from_secs(a.lease_duration);
-        sluice_kube::lease::LeaseConfig {
-            duration,
-            // client-go's proportions: 10 s and 2 s of 15 s.
-            renew_deadline: duration * 2 / 3,
-            retry_period: duration * 2 / 15,
-            ..sluice_kube::lease::LeaseConfig::new(&a.system_namespace, "sluice-control", &identity)
-        }
-    });
+    let (api, lease) = a.lease.check("sluice-control", bad);
     Some(KubeOptions {
         api,
         inject: sluice_kube::Injection {
             queue_proxy_image: a.queue_proxy_image,
-            system_namespace: a.system_namespace,
+            system_namespace: a.lease.system_namespace,
             ..sluice_kube::Injection::default()
         },
         lease,
     })
-}
-
-/// This machine's name (a pod's name, on Kubernetes).
-fn gethostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "sluice".to_owned())
 }

@@ -16,6 +16,7 @@ use kube::{Api, Client};
 use parking_lot::Mutex;
 use sluice_core::RevisionKey;
 use sluice_kube::backend::{FIELD_MANAGER, knative_service};
+use sluice_kube::lease::LeaseConfig;
 use sluice_kube::status::{Facts, ServiceStatus, TrafficFact, service_status};
 
 use super::desired::Desired;
@@ -313,4 +314,139 @@ fn statuses(desired: &Desired, objects: &mut Objects) -> Vec<((String, String), 
         }
     }
     out
+}
+
+/// Leader election's flags, for the control plane and the autoscaler.
+#[derive(Debug, clap::Args)]
+pub struct LeaseArgs {
+    /// The API server's URL, instead of the kubeconfig's (or the pod's service account).
+    #[arg(long, env = "SLUICE_KUBE_API")]
+    pub kube_api: Option<String>,
+    /// The namespace Sluice runs in (its Leases are there).
+    #[arg(long, env = "SYSTEM_NAMESPACE", default_value = "sluice-system")]
+    pub system_namespace: String,
+    /// Elect one leader among the replicas with a Lease: the others wait, serving
+    /// nothing, and take over within its duration.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// This replica's name in the Lease (its pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Seconds a leader that stopped renewing keeps the Lease.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+}
+
+impl LeaseArgs {
+    /// The API server and the Lease (`None`: no election), or what is wrong in `bad`.
+    pub fn check(
+        &self,
+        lease_name: &str,
+        bad: &mut Vec<String>,
+    ) -> (Option<http::Uri>, Option<LeaseConfig>) {
+        let api = self
+            .kube_api
+            .as_deref()
+            .and_then(|s| match s.parse::<http::Uri>() {
+                Ok(u) if u.scheme().is_some() && u.authority().is_some() => Some(u),
+                _ => {
+                    bad.push(format!(
+                        "--kube-api {s:?}: give a URL such as https://10.0.0.1:6443"
+                    ));
+                    None
+                }
+            });
+        if self.lease_duration < 3 {
+            bad.push(format!(
+                "--lease-duration {}: at least 3 seconds",
+                self.lease_duration
+            ));
+        }
+        let lease = self.leader_elect.then(|| {
+            let identity = self
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+            let duration = Duration::from_secs(self.lease_duration);
+            LeaseConfig {
+                duration,
+                // client-go's proportions: 10 s and 2 s of 15 s.
+                renew_deadline: duration * 2 / 3,
+                retry_period: duration * 2 / 15,
+                ..LeaseConfig::new(&self.system_namespace, lease_name, &identity)
+            }
+        });
+        (api, lease)
+    }
+}
+
+/// This machine's name (a pod's name, on Kubernetes).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sluice".to_owned())
+}
+
+/// A client of `api`, or of the kubeconfig's API server (the pod's service account on a
+/// cluster).
+pub async fn client(api: Option<&http::Uri>) -> Result<Client, String> {
+    match api {
+        Some(uri) => Client::try_from(kube::Config::new(uri.clone()))
+            .map_err(|e| format!("API server {uri}: {e}")),
+        None => Client::try_default()
+            .await
+            .map_err(|e| format!("no Kubernetes API server: {e}")),
+    }
+}
+
+/// Waits until this replica holds the Lease. The returned task keeps it, and ends the
+/// process the moment it is lost: a replica that no longer leads must not act, and
+/// Kubernetes starts it again as a standby.
+pub async fn lead(client: Client, lease: LeaseConfig) -> tokio::task::JoinHandle<()> {
+    let (tx, mut leading) = tokio::sync::watch::channel(false);
+    tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting to lead");
+    let campaign = tokio::spawn(sluice_kube::lease::run(client, lease, tx));
+    let _ = leading.wait_for(|l| *l).await;
+    tokio::spawn(async move {
+        let _ = leading.wait_for(|l| !*l).await;
+        tracing::error!("lost the lease: stopping, so that only the leader acts");
+        campaign.abort();
+        std::process::exit(1);
+    })
+}
+
+/// For a component with its own runtime (the autoscaler): blocks until this replica holds
+/// the Lease, then keeps it from a thread of its own, ending the process if it is lost.
+pub fn lead_blocking(api: Option<http::Uri>, lease: LeaseConfig) -> Result<(), String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("lease".to_owned())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("lease runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let client = match client(api.as_ref()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let keeper = lead(client, lease).await;
+                let _ = ready_tx.send(Ok(()));
+                let _ = keeper.await;
+            });
+        })
+        .map_err(|e| format!("lease thread: {e}"))?;
+    ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err("the lease thread ended".to_owned()))
 }
