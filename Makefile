@@ -3,7 +3,7 @@ CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 LOCKED := --locked
 
-.PHONY: ci fmt lint test deny build release run bench clean
+.PHONY: ci fmt lint test deny build release run bench clean kube-e2e
 
 ## ci: formatting, lints, every test (what CI runs)
 ci: fmt lint deny test
@@ -18,6 +18,13 @@ lint:
 test:
 	$(CARGO) test --doc --workspace $(LOCKED)
 	$(CARGO) nextest run --workspace $(LOCKED)
+
+## kube-e2e: Sluice on Kubernetes end to end, against the API server double and the fake
+## kubelet (also part of `make test`)
+kube-e2e:
+	@if [ -n "$$SLUICE_E2E_KUBECONFIG" ]; then \
+	  echo "kube-e2e: running against a real cluster (SLUICE_E2E_KUBECONFIG) is not built yet; see the README" >&2; exit 2; fi
+	$(CARGO) nextest run $(LOCKED) -p sluice --test kube_e2e
 
 deny:
 	@if command -v cargo-deny >/dev/null 2>&1; then $(CARGO) deny check; else echo "cargo-deny: skipped (not installed)"; fi
