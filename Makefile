@@ -48,6 +48,7 @@ bench: release
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench activator_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench gateway_load
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench cold_start
+	$(CARGO) bench $(LOCKED) -p sluice-benches --bench kube_reconcile
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench hot_paths
 	$(CARGO) bench $(LOCKED) -p sluice-benches --bench faults
 

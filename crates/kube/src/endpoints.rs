@@ -34,6 +34,8 @@ type SliceMap = HashMap<(String, String), (RevisionKey, Vec<Endpoint>)>;
 #[derive(Debug, Default)]
 pub struct Slices {
     slices: SliceMap,
+    /// Each revision's slices, so that reading one revision's pods is not a scan.
+    index: HashMap<RevisionKey, BTreeSet<(String, String)>>,
     /// While a relist runs: the slices it has listed so far.
     relist: Option<SliceMap>,
 }
@@ -45,7 +47,14 @@ impl Slices {
             return BTreeSet::new();
         };
         let mut changed = BTreeSet::from([entry.0.clone()]);
-        if let Some((old, _)) = self.slices.insert(id, entry) {
+        self.index
+            .entry(entry.0.clone())
+            .or_default()
+            .insert(id.clone());
+        if let Some((old, _)) = self.slices.insert(id.clone(), entry)
+            && !changed.contains(&old)
+        {
+            self.unindex(&old, &id);
             changed.insert(old);
         }
         changed
@@ -57,11 +66,20 @@ impl Slices {
             slice.metadata.namespace.clone().unwrap_or_default(),
             slice.metadata.name.clone().unwrap_or_default(),
         );
-        self.slices
-            .remove(&id)
-            .map(|(k, _)| k)
-            .into_iter()
-            .collect()
+        let gone = self.slices.remove(&id).map(|(k, _)| k);
+        if let Some(key) = &gone {
+            self.unindex(key, &id);
+        }
+        gone.into_iter().collect()
+    }
+
+    fn unindex(&mut self, key: &RevisionKey, id: &(String, String)) {
+        if let Some(ids) = self.index.get_mut(key) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.index.remove(key);
+            }
+        }
     }
 
     /// The watch restarted: a full list follows ([`Slices::listed`], then
@@ -83,6 +101,13 @@ impl Slices {
         };
         let before = self.by_revision();
         self.slices = next;
+        self.index.clear();
+        for (id, (key, _)) in &self.slices {
+            self.index
+                .entry(key.clone())
+                .or_default()
+                .insert(id.clone());
+        }
         let after = self.by_revision();
         before
             .keys()
@@ -124,9 +149,11 @@ impl Slices {
     }
 
     fn endpoints<'a>(&'a self, key: &'a RevisionKey) -> impl Iterator<Item = &'a Endpoint> {
-        self.slices
-            .values()
-            .filter(move |(k, _)| k == key)
+        self.index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.slices.get(id))
             .flat_map(|(_, e)| e)
     }
 

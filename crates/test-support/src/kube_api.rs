@@ -276,6 +276,11 @@ impl KubeApi {
         }
     }
 
+    /// Writes so far (the `resourceVersion` counter): every create, change and delete.
+    pub fn writes(&self) -> u64 {
+        self.store.lock().version
+    }
+
     /// How many requests with `method` have been made to paths starting with `prefix`.
     pub fn requests(&self, method: &Method, prefix: &str) -> usize {
         self.store

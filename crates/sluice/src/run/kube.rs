@@ -55,11 +55,12 @@ pub async fn follow_services(
 ) {
     let mut first = Some(listed);
     let objects = Arc::new(Mutex::new(Objects::default()));
-    let status = tokio::spawn(write_statuses(
+    // Ends with this task, aborted or not.
+    let _status = AbortOnDrop(tokio::spawn(write_statuses(
         client.clone(),
         Arc::clone(&desired),
         Arc::clone(&objects),
-    ));
+    )));
     let api: Api<DynamicObject> = Api::all_with(client, &knative_service());
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     let mut listed: Option<BTreeSet<(String, String)>> = None;
@@ -94,7 +95,15 @@ pub async fn follow_services(
             Err(e) => tracing::warn!(error = %e, "watching Services"),
         }
     }
-    status.abort();
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Follows `knative-serving/config-autoscaler` (where Knative keeps it) until the task is

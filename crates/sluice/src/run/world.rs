@@ -4,6 +4,7 @@
 //! changes unless everything passes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use sluice_autoscaler::config::{AutoscalerConfig, MPA_CLASS};
 use sluice_autoscaler::revision::RevisionScaling;
@@ -35,7 +36,8 @@ pub struct Local<'a> {
 
 #[derive(Clone, Debug, Default)]
 pub struct World {
-    pub services: BTreeMap<(String, String), ServiceState>,
+    /// Shared, so that planning an apply copies pointers, not every revision's spec.
+    pub services: BTreeMap<(String, String), Arc<ServiceState>>,
     pub config_data: BTreeMap<String, String>,
     pub config: AutoscalerConfig,
 }
@@ -124,7 +126,12 @@ impl World {
         for s in &m.services {
             let key = (s.namespace().to_owned(), s.metadata.name.clone());
             let at = format!("service {}/{}", key.0, key.1);
-            match plan_service(next.services.get(&key), s, local, &next.config) {
+            match plan_service(
+                next.services.get(&key).map(|s| &**s),
+                s,
+                local,
+                &next.config,
+            ) {
                 Ok((state, new_revision)) => {
                     let i = touched
                         .iter()
@@ -139,7 +146,7 @@ impl World {
                             .new_revisions
                             .push((key.0.clone(), key.1.clone(), rev));
                     }
-                    next.services.insert(key, state);
+                    next.services.insert(key, Arc::new(state));
                 }
                 Err(e) => errors.extend(e.into_iter().map(|p| p.within(&at))),
             }
@@ -189,13 +196,19 @@ impl World {
     pub fn remove_service(&mut self, namespace: &str, name: &str) -> Option<ServiceState> {
         self.services
             .remove(&(namespace.to_owned(), name.to_owned()))
+            .map(Arc::unwrap_or_clone)
     }
 
     pub fn revision(&self, namespace: &str, name: &str) -> Option<(&ServiceState, &Revision)> {
         self.services
             .values()
             .filter(|s| s.namespace == namespace)
-            .find_map(|s| s.revisions.iter().find(|r| r.name == name).map(|r| (s, r)))
+            .find_map(|s| {
+                s.revisions
+                    .iter()
+                    .find(|r| r.name == name)
+                    .map(|r| (&**s, r))
+            })
     }
 }
 
