@@ -283,8 +283,16 @@ impl Cluster {
         last
     }
 
+    /// `GET /` for `host` through the gateway; no answer in 20 s fails the test, with
+    /// every component's last lines.
     async fn get(&self, host: &str) -> client::Reply {
-        client::get_with(&format!("http://{}/", self.gateway), &[("host", host)]).await
+        let url = format!("http://{}/", self.gateway);
+        let headers = [("host", host)];
+        match tokio::time::timeout(Duration::from_secs(20), client::get_with(&url, &headers)).await
+        {
+            Ok(reply) => reply,
+            Err(_) => panic!("{host}: no answer in 20 s\n{}", self.logs()),
+        }
     }
 
     async fn shutdown(mut self) {
@@ -303,322 +311,348 @@ impl Cluster {
     }
 }
 
+/// Runs a test on a runtime of its own whose end does not wait for leftover tasks: after
+/// a passing test, the drop of `#[tokio::test]`'s runtime was seen to hang (1 test in
+/// about 6, after other tests had run; the cause was not found).
+fn run(test: impl Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(test);
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
+
 fn replicas(d: &Value) -> i64 {
     d["spec"]["replicas"].as_i64().unwrap_or(-1)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_e2e_a_service_becomes_a_deployment_with_the_sidecar_and_is_ready_at_its_url() {
-    let c = Cluster::start("hello").await;
-    c.apply(&example("helloworld-go.yaml"));
+#[test]
+fn kube_e2e_a_service_becomes_a_deployment_with_the_sidecar_and_is_ready_at_its_url() {
+    run(async {
+        let c = Cluster::start("hello").await;
+        c.apply(&example("helloworld-go.yaml"));
 
-    // The revision's Deployment, owned by the Service, with the queue-proxy injected.
-    let ksvc_uid = c.ksvc("helloworld-go")["metadata"]["uid"].clone();
-    c.until("the deployment", Duration::from_secs(20), || {
-        (!c.deployment("helloworld-go-00001-deployment").is_null()).then(String::new)
-    })
-    .await;
-    let d = c.deployment("helloworld-go-00001-deployment");
-    assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], ksvc_uid);
-    assert_eq!(
-        d["metadata"]["labels"]["serving.knative.dev/revision"],
-        "helloworld-go-00001"
-    );
-    let containers = &d["spec"]["template"]["spec"]["containers"];
-    assert_eq!(
-        containers[0]["image"],
-        "gcr.io/knative-samples/helloworld-go"
-    );
-    assert_eq!(containers[1]["name"], "queue-proxy");
-    assert_eq!(containers[1]["image"], "sluice-queue-proxy:latest");
-    assert!(
-        c.api
-            .get("/api/v1/namespaces/default/services/helloworld-go-00001-private")
-            .is_some(),
-        "the private service"
-    );
-
-    // Ready, with Knative's URL and status, and served through the gateway.
-    let ksvc = c.ready("helloworld-go", 1).await;
-    let status = &ksvc["status"];
-    assert_eq!(status["url"], "http://helloworld-go.default.example.com");
-    assert_eq!(
-        status["address"]["url"],
-        "http://helloworld-go.default.svc.cluster.local"
-    );
-    assert_eq!(status["latestCreatedRevisionName"], "helloworld-go-00001");
-    assert_eq!(status["latestReadyRevisionName"], "helloworld-go-00001");
-    assert_eq!(status["traffic"][0]["percent"], 100);
-    let reply = c.get("helloworld-go.default.example.com").await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.text()),
-        (200, "Hello Knative!\n".to_owned())
-    );
-
-    // A spec Sluice refuses: Ready=False naming the field; the running revision serves on.
-    let bad = example("helloworld-go.yaml")
-        .replace("containerConcurrency: 5", "containerConcurrency: 5000");
-    c.apply(&bad);
-    let mut message = String::new();
-    c.until("the refusal in the status", Duration::from_secs(20), || {
-        let s = c.ksvc("helloworld-go");
-        let ready = s["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "Ready")
-            .cloned()
-            .unwrap_or_default();
-        message = ready["message"].as_str().unwrap_or_default().to_owned();
-        (ready["status"] == "False" && s["status"]["observedGeneration"] == 2).then(String::new)
-    })
-    .await;
-    assert!(
-        message.contains("spec.template.spec.containerConcurrency"),
-        "{message}"
-    );
-    assert!(c.deployment("helloworld-go-00002-deployment").is_null());
-    let reply = c.get("helloworld-go.default.example.com").await;
-    assert_eq!(reply.status, 200);
-
-    // Deleted: its Deployment and Service go with it, and the route.
-    assert_eq!(c.api.delete_object(&format!("{KSVCS}/helloworld-go")), 200);
-    c.until("the deployment gone", Duration::from_secs(20), || {
-        (c.deployment("helloworld-go-00001-deployment").is_null()).then(String::new)
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let gone = c.get("helloworld-go.default.example.com").await;
-        if gone.status == 404 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still routed: {} {}",
-            gone.status,
-            gone.text()
+        // The revision's Deployment, owned by the Service, with the queue-proxy injected.
+        let ksvc_uid = c.ksvc("helloworld-go")["metadata"]["uid"].clone();
+        c.until("the deployment", Duration::from_secs(20), || {
+            (!c.deployment("helloworld-go-00001-deployment").is_null()).then(String::new)
+        })
+        .await;
+        let d = c.deployment("helloworld-go-00001-deployment");
+        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], ksvc_uid);
+        assert_eq!(
+            d["metadata"]["labels"]["serving.knative.dev/revision"],
+            "helloworld-go-00001"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    c.shutdown().await;
-}
+        let containers = &d["spec"]["template"]["spec"]["containers"];
+        assert_eq!(
+            containers[0]["image"],
+            "gcr.io/knative-samples/helloworld-go"
+        );
+        assert_eq!(containers[1]["name"], "queue-proxy");
+        assert_eq!(containers[1]["image"], "sluice-queue-proxy:latest");
+        assert!(
+            c.api
+                .get("/api/v1/namespaces/default/services/helloworld-go-00001-private")
+                .is_some(),
+            "the private service"
+        );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_e2e_target_10_at_50_concurrent_scales_the_deployment_then_to_zero_and_back() {
-    let c = Cluster::start("scale").await;
-    c.apply(&example("autoscale-go.yaml"));
-    c.ready("autoscale-go", 1).await;
-    let name = "autoscale-go-00001-deployment";
+        // Ready, with Knative's URL and status, and served through the gateway.
+        let ksvc = c.ready("helloworld-go", 1).await;
+        let status = &ksvc["status"];
+        assert_eq!(status["url"], "http://helloworld-go.default.example.com");
+        assert_eq!(
+            status["address"]["url"],
+            "http://helloworld-go.default.svc.cluster.local"
+        );
+        assert_eq!(status["latestCreatedRevisionName"], "helloworld-go-00001");
+        assert_eq!(status["latestReadyRevisionName"], "helloworld-go-00001");
+        assert_eq!(status["traffic"][0]["percent"], 100);
+        let reply = c.get("helloworld-go.default.example.com").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello Knative!\n".to_owned())
+        );
 
-    let load = seed_load(c.gateway);
-    tokio::pin!(load);
-    let mut most = 0;
-    let report = loop {
-        tokio::select! {
-            report = &mut load => break report.expect("hey ran"),
-            () = tokio::time::sleep(Duration::from_millis(200)) => {
-                most = most.max(replicas(&c.deployment(name)));
+        // A spec Sluice refuses: Ready=False naming the field; the running revision serves on.
+        let bad = example("helloworld-go.yaml")
+            .replace("containerConcurrency: 5", "containerConcurrency: 5000");
+        c.apply(&bad);
+        let mut message = String::new();
+        c.until("the refusal in the status", Duration::from_secs(20), || {
+            let s = c.ksvc("helloworld-go");
+            let ready = s["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .cloned()
+                .unwrap_or_default();
+            message = ready["message"].as_str().unwrap_or_default().to_owned();
+            (ready["status"] == "False" && s["status"]["observedGeneration"] == 2).then(String::new)
+        })
+        .await;
+        assert!(
+            message.contains("spec.template.spec.containerConcurrency"),
+            "{message}"
+        );
+        assert!(c.deployment("helloworld-go-00002-deployment").is_null());
+        let reply = c.get("helloworld-go.default.example.com").await;
+        assert_eq!(reply.status, 200);
+
+        // Deleted: its Deployment and Service go with it, and the route.
+        assert_eq!(c.api.delete_object(&format!("{KSVCS}/helloworld-go")), 200);
+        c.until("the deployment gone", Duration::from_secs(20), || {
+            (c.deployment("helloworld-go-00001-deployment").is_null()).then(String::new)
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let gone = c.get("helloworld-go.default.example.com").await;
+            if gone.status == 404 {
+                break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "still routed: {} {}",
+                gone.status,
+                gone.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    };
-    println!("the deployment's replicas peaked at {most}");
-    assert_hey_all_200(&report);
-    // ⌈50 / (10 × 0.7)⌉ = 8; the distributed window's phase can read 7 reports of 6.
-    assert!(
-        (7..=9).contains(&most),
-        "the deployment's replicas peaked at {most}\n{}",
-        c.logs()
-    );
-    let ready = c.deployment(name)["status"]["readyReplicas"]
-        .as_i64()
-        .unwrap_or(0);
-    assert!(ready >= 7, "ready replicas {ready}");
+        c.shutdown().await;
+    });
+}
 
-    // Idle: to zero (6 s window and grace), pods and all.
-    c.until("scaled to zero", Duration::from_secs(60), || {
-        (replicas(&c.deployment(name)) == 0 && c.kubelet.as_ref().is_some_and(|k| k.running() == 0))
+#[test]
+fn kube_e2e_target_10_at_50_concurrent_scales_the_deployment_then_to_zero_and_back() {
+    run(async {
+        let c = Cluster::start("scale").await;
+        c.apply(&example("autoscale-go.yaml"));
+        c.ready("autoscale-go", 1).await;
+        let name = "autoscale-go-00001-deployment";
+
+        let load = seed_load(c.gateway);
+        tokio::pin!(load);
+        let mut most = 0;
+        let report = loop {
+            tokio::select! {
+                report = &mut load => break report.expect("hey ran"),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    most = most.max(replicas(&c.deployment(name)));
+                }
+            }
+        };
+        println!("the deployment's replicas peaked at {most}");
+        assert_hey_all_200(&report);
+        // ⌈50 / (10 × 0.7)⌉ = 8; the distributed window's phase can read 7 reports of 6.
+        assert!(
+            (7..=9).contains(&most),
+            "the deployment's replicas peaked at {most}\n{}",
+            c.logs()
+        );
+        let ready = c.deployment(name)["status"]["readyReplicas"]
+            .as_i64()
+            .unwrap_or(0);
+        assert!(ready >= 7, "ready replicas {ready}");
+
+        // Idle: to zero (6 s window and grace), pods and all.
+        c.until("scaled to zero", Duration::from_secs(60), || {
+            (replicas(&c.deployment(name)) == 0
+                && c.kubelet.as_ref().is_some_and(|k| k.running() == 0))
             .then(String::new)
-    })
-    .await;
-    // The Service stays Ready at zero, as in Knative.
-    c.ready("autoscale-go", 1).await;
+        })
+        .await;
+        // The Service stays Ready at zero, as in Knative.
+        c.ready("autoscale-go", 1).await;
 
-    // A request at zero waits in the activator for a pod, and is answered.
-    let started = c.kubelet.as_ref().map_or(0, Kubelet::started);
-    let reply = c.get("autoscale-go.default.example.com").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert!(
-        c.kubelet.as_ref().map_or(0, Kubelet::started) > started,
-        "a pod was started for it"
-    );
-    c.shutdown().await;
+        // A request at zero waits in the activator for a pod, and is answered.
+        let started = c.kubelet.as_ref().map_or(0, Kubelet::started);
+        let reply = c.get("autoscale-go.default.example.com").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(
+            c.kubelet.as_ref().map_or(0, Kubelet::started) > started,
+            "a pod was started for it"
+        );
+        c.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_e2e_a_50_50_split_alternates_and_a_rollback_under_load_fails_nothing() {
-    let c = Cluster::start("split").await;
-    // As on Kubernetes, the split's second document is applied once the first has made
-    // its revision (applied together, the API keeps only the second, which names a
-    // revision that was never made).
-    let split = example("traffic-split.yaml");
-    let (blue_doc, green_doc) = split.split_once("\n---").expect("two documents");
-    c.apply(blue_doc);
-    c.ready("hello", 1).await;
-    c.apply(green_doc);
-    c.ready("hello", 2).await;
-    let mut answers = Vec::new();
-    for _ in 0..20 {
-        let r = c.get("hello.default.example.com").await;
-        assert_eq!(r.status, 200);
-        answers.push(r.text());
-    }
-    let blue = answers.iter().filter(|a| a.contains("blue")).count();
-    let green = answers.iter().filter(|a| a.contains("green")).count();
-    assert_eq!((blue, green), (10, 10), "{answers:?}");
-    assert!(
-        answers.windows(2).all(|w| w[0] != w[1]),
-        "alternates: {answers:?}"
-    );
+#[test]
+fn kube_e2e_a_50_50_split_alternates_and_a_rollback_under_load_fails_nothing() {
+    run(async {
+        let c = Cluster::start("split").await;
+        // As on Kubernetes, the split's second document is applied once the first has made
+        // its revision (applied together, the API keeps only the second, which names a
+        // revision that was never made).
+        let split = example("traffic-split.yaml");
+        let (blue_doc, green_doc) = split.split_once("\n---").expect("two documents");
+        c.apply(blue_doc);
+        c.ready("hello", 1).await;
+        c.apply(green_doc);
+        c.ready("hello", 2).await;
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            let r = c.get("hello.default.example.com").await;
+            assert_eq!(r.status, 200);
+            answers.push(r.text());
+        }
+        let blue = answers.iter().filter(|a| a.contains("blue")).count();
+        let green = answers.iter().filter(|a| a.contains("green")).count();
+        assert_eq!((blue, green), (10, 10), "{answers:?}");
+        assert!(
+            answers.windows(2).all(|w| w[0] != w[1]),
+            "alternates: {answers:?}"
+        );
 
-    let load = background_load(
-        c.gateway,
-        "hello.default.example.com",
-        Duration::from_secs(4),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    c.apply(&rolled_back(green_doc));
-    let report = load.await.expect("load");
-    assert_all_200(&report);
-    for _ in 0..6 {
-        let r = c.get("hello.default.example.com").await;
-        assert!(r.text().contains("blue"), "{}", r.text());
-    }
-    c.shutdown().await;
+        let load = background_load(
+            c.gateway,
+            "hello.default.example.com",
+            Duration::from_secs(4),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.apply(&rolled_back(green_doc));
+        let report = load.await.expect("load");
+        assert_all_200(&report);
+        for _ in 0..6 {
+            let r = c.get("hello.default.example.com").await;
+            assert!(r.text().contains("blue"), "{}", r.text());
+        }
+        c.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_e2e_the_api_server_stopped_under_load_fails_no_request() {
-    let c = Cluster::start("apistop").await;
-    c.apply(&example("helloworld-go.yaml"));
-    c.ready("helloworld-go", 1).await;
-    let load = background_load(
-        c.gateway,
-        "helloworld-go.default.example.com",
-        Duration::from_secs(6),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    c.api.stop().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    c.api.resume().await;
-    let report = load.await.expect("load");
-    assert_all_200(&report);
-    assert!(report.total() > 100, "{report:?}");
-    // Back: a change made now is reconciled.
-    let v2 = example("helloworld-go.yaml").replace("value: \"Knative\"", "value: \"again\"");
-    c.apply(&v2);
-    c.ready("helloworld-go", 2).await;
-    c.shutdown().await;
+#[test]
+fn kube_e2e_the_api_server_stopped_under_load_fails_no_request() {
+    run(async {
+        let c = Cluster::start("apistop").await;
+        c.apply(&example("helloworld-go.yaml"));
+        c.ready("helloworld-go", 1).await;
+        let load = background_load(
+            c.gateway,
+            "helloworld-go.default.example.com",
+            Duration::from_secs(6),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.api.stop().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        c.api.resume().await;
+        let report = load.await.expect("load");
+        assert_all_200(&report);
+        assert!(report.total() > 100, "{report:?}");
+        // Back: a change made now is reconciled.
+        let v2 = example("helloworld-go.yaml").replace("value: \"Knative\"", "value: \"again\"");
+        c.apply(&v2);
+        c.ready("helloworld-go", 2).await;
+        c.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_e2e_a_killed_leader_is_replaced_by_the_standby_and_scaling_goes_on() {
-    let mut c = Cluster::start("leader").await;
-    c.apply(&example("helloworld-go.yaml"));
-    c.ready("helloworld-go", 1).await;
-    // A standby on another port: it waits for the Lease and binds nothing meanwhile.
-    let standby = free_addr();
-    c.spawn_control("control-2", standby);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let lease = c
-        .api
-        .get("/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases/sluice-control");
-    assert_eq!(
-        lease.as_ref().map(|l| l["spec"]["holderIdentity"].clone()),
-        Some(json!("control-1"))
-    );
-    assert!(
-        std::net::TcpStream::connect(standby).is_err(),
-        "the standby serves nothing"
-    );
-
-    // The leader is killed and not restarted (its node is gone): within the 3 s Lease
-    // the standby leads.
-    c.remove("control-1").await;
-    c.until("the standby leads", Duration::from_secs(15), || {
+#[test]
+fn kube_e2e_a_killed_leader_is_replaced_by_the_standby_and_scaling_goes_on() {
+    run(async {
+        let mut c = Cluster::start("leader").await;
+        c.apply(&example("helloworld-go.yaml"));
+        c.ready("helloworld-go", 1).await;
+        // A standby on another port: it waits for the Lease and binds nothing meanwhile.
+        let standby = free_addr();
+        c.spawn_control("control-2", standby);
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let lease = c
             .api
-            .get("/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases/sluice-control")?;
-        (lease["spec"]["holderIdentity"] == "control-2"
-            && std::net::TcpStream::connect(standby).is_ok())
-        .then(String::new)
-    })
-    .await;
-    // It reconciles: a new revision is made, and its status written.
-    let v2 = example("helloworld-go.yaml").replace("value: \"Knative\"", "value: \"v2\"");
-    c.apply(&v2);
-    c.until(
-        "the new revision's deployment",
-        Duration::from_secs(20),
-        || (!c.deployment("helloworld-go-00002-deployment").is_null()).then(String::new),
-    )
-    .await;
-    c.until("its status", Duration::from_secs(30), || {
-        let s = c.ksvc("helloworld-go");
-        (s["status"]["latestCreatedRevisionName"] == "helloworld-go-00002").then(String::new)
-    })
-    .await;
-    c.shutdown().await;
-}
+            .get("/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases/sluice-control");
+        assert_eq!(
+            lease.as_ref().map(|l| l["spec"]["holderIdentity"].clone()),
+            Some(json!("control-1"))
+        );
+        assert!(
+            std::net::TcpStream::connect(standby).is_err(),
+            "the standby serves nothing"
+        );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
-    let mut c = Cluster::start("autoscaler-lease").await;
-    // Another autoscaler holds the Lease, renewed just now, and then never again.
-    let held = json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "sluice-autoscaler", "namespace": "sluice-system"},
-        "spec": {"holderIdentity": "autoscaler-1", "leaseDurationSeconds": 3,
-                 "renewTime": "2026-01-01T00:00:00.000000Z"}
-    });
-    let leases = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
-    assert_eq!(c.api.create_object(leases, held), 201);
-    let standby = free_addr();
-    let args = [
-        "autoscaler".to_owned(),
-        format!("--listen={standby}"),
-        format!("--metrics-listen={}", free_addr()),
-        format!("--control=http://{}", c.control),
-        "--leader-elect".to_owned(),
-        format!("--kube-api={}", c.api.url()),
-        "--pod-name=autoscaler-2".to_owned(),
-        "--lease-duration=3".to_owned(),
-    ];
-    let started = Instant::now();
-    c.spawn(
-        "autoscaler-2",
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        std::net::TcpStream::connect(standby).is_err(),
-        "a standby serves nothing"
-    );
-    // The holder's record has not changed for the Lease's 3 s: the standby takes it.
-    c.until(
-        "the standby autoscaler leads and serves",
-        Duration::from_secs(15),
-        || {
-            let lease = c.api.get(&format!("{leases}/sluice-autoscaler"))?;
-            (lease["spec"]["holderIdentity"] == "autoscaler-2"
+        // The leader is killed and not restarted (its node is gone): within the 3 s Lease
+        // the standby leads.
+        c.remove("control-1").await;
+        c.until("the standby leads", Duration::from_secs(15), || {
+            let lease = c.api.get(
+                "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases/sluice-control",
+            )?;
+            (lease["spec"]["holderIdentity"] == "control-2"
                 && std::net::TcpStream::connect(standby).is_ok())
             .then(String::new)
-        },
-    )
-    .await;
-    assert!(
-        started.elapsed() >= Duration::from_secs(3),
-        "not before the Lease expired"
-    );
-    c.shutdown().await;
+        })
+        .await;
+        // It reconciles: a new revision is made, and its status written.
+        let v2 = example("helloworld-go.yaml").replace("value: \"Knative\"", "value: \"v2\"");
+        c.apply(&v2);
+        c.until(
+            "the new revision's deployment",
+            Duration::from_secs(20),
+            || (!c.deployment("helloworld-go-00002-deployment").is_null()).then(String::new),
+        )
+        .await;
+        c.until("its status", Duration::from_secs(30), || {
+            let s = c.ksvc("helloworld-go");
+            (s["status"]["latestCreatedRevisionName"] == "helloworld-go-00002").then(String::new)
+        })
+        .await;
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
+    run(async {
+        let mut c = Cluster::start("autoscaler-lease").await;
+        // Another autoscaler holds the Lease, renewed just now, and then never again.
+        let held = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "sluice-autoscaler", "namespace": "sluice-system"},
+            "spec": {"holderIdentity": "autoscaler-1", "leaseDurationSeconds": 3,
+                     "renewTime": "2026-01-01T00:00:00.000000Z"}
+        });
+        let leases = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
+        assert_eq!(c.api.create_object(leases, held), 201);
+        let standby = free_addr();
+        let args = [
+            "autoscaler".to_owned(),
+            format!("--listen={standby}"),
+            format!("--metrics-listen={}", free_addr()),
+            format!("--control=http://{}", c.control),
+            "--leader-elect".to_owned(),
+            format!("--kube-api={}", c.api.url()),
+            "--pod-name=autoscaler-2".to_owned(),
+            "--lease-duration=3".to_owned(),
+        ];
+        let started = Instant::now();
+        c.spawn(
+            "autoscaler-2",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            std::net::TcpStream::connect(standby).is_err(),
+            "a standby serves nothing"
+        );
+        // The holder's record has not changed for the Lease's 3 s: the standby takes it.
+        c.until(
+            "the standby autoscaler leads and serves",
+            Duration::from_secs(15),
+            || {
+                let lease = c.api.get(&format!("{leases}/sluice-autoscaler"))?;
+                (lease["spec"]["holderIdentity"] == "autoscaler-2"
+                    && std::net::TcpStream::connect(standby).is_ok())
+                .then(String::new)
+            },
+        )
+        .await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "not before the Lease expired"
+        );
+        c.shutdown().await;
+    });
 }
