@@ -134,8 +134,6 @@ struct Store {
     /// Every write, oldest first: (resourceVersion, kind index, type, object).
     history: VecDeque<Event>,
     version: u64,
-    /// Requests by method and path, for tests that check what was asked.
-    requests: Vec<(Method, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -281,16 +279,6 @@ impl KubeApi {
         self.store.lock().version
     }
 
-    /// How many requests with `method` have been made to paths starting with `prefix`.
-    pub fn requests(&self, method: &Method, prefix: &str) -> usize {
-        self.store
-            .lock()
-            .requests
-            .iter()
-            .filter(|(m, p)| m == method && p.starts_with(prefix))
-            .count()
-    }
-
     fn serve(self: &Arc<Self>, listener: TcpListener) {
         let api = Arc::clone(self);
         let task = tokio::spawn(async move {
@@ -321,10 +309,6 @@ impl KubeApi {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
-        self.store
-            .lock()
-            .requests
-            .push((parts.method.clone(), path.clone()));
         let query = parse_query(parts.uri.query().unwrap_or_default());
         let Some(p) = parse_path(&path) else {
             return status(404, "NotFound", &format!("the double serves no {path}"));
