@@ -134,16 +134,7 @@ fn main() {
         let version_before = api.writes();
         let start = Instant::now();
         for name in &names {
-            let path = format!("{KSVCS}/{name}");
-            let code = match api.get(&path) {
-                Some(current) => {
-                    let mut next = service(name, phase);
-                    next["metadata"]["resourceVersion"] =
-                        current["metadata"]["resourceVersion"].clone();
-                    api.replace_object(&path, next)
-                }
-                None => api.create_object(KSVCS, service(name, phase)),
-            };
+            let code = api.apply_object(KSVCS, service(name, phase));
             assert!(code == 200 || code == 201, "{name}: {code}");
         }
         let deadline = Instant::now() + Duration::from_secs(600);

@@ -218,15 +218,8 @@ impl Cluster {
                 continue;
             }
             let name = v["metadata"]["name"].as_str().expect("name").to_owned();
-            let path = format!("{KSVCS}/{name}");
-            if let Some(current) = self.api.get(&path) {
-                let mut next = v.clone();
-                next["metadata"]["resourceVersion"] =
-                    current["metadata"]["resourceVersion"].clone();
-                assert_eq!(self.api.replace_object(&path, next), 200, "replace {name}");
-            } else {
-                assert_eq!(self.api.create_object(KSVCS, v), 201, "create {name}");
-            }
+            let code = self.api.apply_object(KSVCS, v);
+            assert!(code == 200 || code == 201, "apply {name}: {code}");
         }
     }
 

@@ -186,10 +186,6 @@ impl KubeApi {
         format!("http://{}", self.addr)
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Stops answering: the port closes and every connection (watches too) is cut. The
     /// state stays, for [`KubeApi::resume`].
     pub async fn stop(&self) {
@@ -260,6 +256,23 @@ impl KubeApi {
                 None => 404,
             },
             None => 404,
+        }
+    }
+
+    /// Creates `obj` in the collection at `path`, or replaces the one of its name with it
+    /// at that one's `resourceVersion` (what `kubectl apply` ends in); the HTTP status.
+    pub fn apply_object(&self, path: &str, mut obj: Value) -> u16 {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let object = format!("{}/{name}", path.trim_end_matches('/'));
+        match self.get(&object) {
+            Some(current) => {
+                obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                self.replace_object(&object, obj)
+            }
+            None => self.create_object(path, obj),
         }
     }
 

@@ -53,38 +53,17 @@ async fn create_get_list_by_label_and_409s() {
         .await;
     assert!(matches!(again, Err(kube::Error::Api(s)) if s.is_already_exists()));
 
-    let web = deployments
-        .list(&ListParams::default().labels("tier=web"))
-        .await
-        .expect("list");
-    assert_eq!(web.items.len(), 1);
-    assert_eq!(
-        deployments
-            .list(&ListParams::default().labels("tier!=web"))
-            .await
-            .expect("list")
-            .items
-            .len(),
-        1
-    );
-    assert_eq!(
-        deployments
-            .list(&ListParams::default().labels("tier"))
-            .await
-            .expect("list")
-            .items
-            .len(),
-        2
-    );
-    assert_eq!(
-        deployments
-            .list(&ListParams::default().labels("!tier"))
-            .await
-            .expect("list")
-            .items
-            .len(),
-        0
-    );
+    let count = |selector: &'static str| {
+        let deployments = deployments.clone();
+        async move {
+            let lp = ListParams::default().labels(selector);
+            deployments.list(&lp).await.expect("list").items.len()
+        }
+    };
+    assert_eq!(count("tier=web").await, 1);
+    assert_eq!(count("tier!=web").await, 1);
+    assert_eq!(count("tier").await, 2);
+    assert_eq!(count("!tier").await, 0);
     let all: Api<Deployment> = Api::all(client(&api).await);
     assert_eq!(
         all.list(&ListParams::default())
