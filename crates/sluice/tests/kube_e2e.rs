@@ -455,7 +455,7 @@ fn kube_e2e_target_10_at_50_concurrent_scales_the_deployment_then_to_zero_and_ba
         // Idle: to zero (6 s window and grace), pods and all.
         c.until("scaled to zero", Duration::from_secs(60), || {
             (replicas(&c.deployment(name)) == 0
-                && c.kubelet.as_ref().is_some_and(|k| k.running() == 0))
+                && c.kubelet.as_ref().is_some_and(|k| k.alive() == 0))
             .then(String::new)
         })
         .await;

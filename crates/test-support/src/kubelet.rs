@@ -129,15 +129,9 @@ impl Kubelet {
         Self { state, task }
     }
 
-    /// Pods running now (not terminating), across Deployments.
-    pub fn running(&self) -> usize {
-        self.state
-            .lock()
-            .pods
-            .values()
-            .flatten()
-            .filter(|p| !p.terminating)
-            .count()
+    /// Pods whose processes have not all ended yet, terminating ones included.
+    pub fn alive(&self) -> usize {
+        self.state.lock().pods.values().flatten().count()
     }
 
     /// Pods started since the kubelet started.
