@@ -37,8 +37,12 @@ struct Objects {
 
 #[derive(Debug, Default)]
 struct Seen {
-    /// The `metadata.generation` planned (`None`: not yet).
+    /// The `metadata.generation` being planned or planned (`None`: not yet).
     planned: Option<i64>,
+    /// The `metadata.generation` whose planning has finished: the status reports this
+    /// one (`observedGeneration`), never one still being planned, so a client that waits
+    /// for `observedGeneration == generation` reads conditions about that spec.
+    observed: Option<i64>,
     /// Why its spec was refused, naming the field.
     refused: Option<String>,
     /// Its status as last read or written.
@@ -218,6 +222,7 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
     }
     if let Some(seen) = objects.lock().services.get_mut(&(ns, name)) {
         seen.refused = refused;
+        seen.observed = Some(generation);
     }
 }
 
@@ -280,6 +285,9 @@ fn statuses(desired: &Desired, objects: &mut Objects) -> Vec<((String, String), 
     let mut out = Vec::new();
     let ever_ready = &objects.ever_ready;
     for ((ns, name), seen) in &objects.services {
+        let Some(generation) = seen.observed else {
+            continue;
+        };
         let state = world.services.get(&(ns.clone(), name.clone()));
         let ready = |rev: &str| ever_ready.contains(&RevisionKey::new(ns, rev));
         let latest_created = state
@@ -288,7 +296,7 @@ fn statuses(desired: &Desired, objects: &mut Objects) -> Vec<((String, String), 
         let facts = Facts {
             namespace: ns.clone(),
             name: name.clone(),
-            generation: seen.planned.unwrap_or_default(),
+            generation,
             domain: desired.domain.clone(),
             refused: seen.refused.clone(),
             latest_failure: latest_created
@@ -400,8 +408,16 @@ fn hostname() -> String {
 /// cluster).
 pub async fn client(api: Option<&http::Uri>) -> Result<Client, String> {
     match api {
-        Some(uri) => Client::try_from(kube::Config::new(uri.clone()))
-            .map_err(|e| format!("API server {uri}: {e}")),
+        Some(uri) => {
+            let mut config = kube::Config::new(uri.clone());
+            if uri.scheme_str() == Some("http") {
+                // No trust anchors: plain HTTP (a `kubectl proxy`, a test double) needs
+                // none, and without this kube looks for the system's, which a scratch
+                // image does not have.
+                config.root_cert = Some(Vec::new());
+            }
+            Client::try_from(config).map_err(|e| format!("API server {uri}: {e}"))
+        }
         None => Client::try_default()
             .await
             .map_err(|e| format!("no Kubernetes API server: {e}")),
