@@ -3,10 +3,11 @@ CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 LOCKED := --locked
 
-.PHONY: ci fmt lint test deny build release run bench clean kube-e2e
+.PHONY: ci fmt lint test deny build release run bench clean kube-e2e images
 
-## ci: formatting, lints, every test (what CI runs)
-ci: fmt lint deny test
+## ci: formatting, lints, the images, every test including the images' (what CI runs)
+ci: fmt lint deny images
+	$(MAKE) test NEXTEST_ARGS='--run-ignored all'
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -17,7 +18,11 @@ lint:
 # Doc tests first: CI reads the runner's closing lines, which must be nextest's summary.
 test:
 	$(CARGO) test --doc --workspace $(LOCKED)
-	$(CARGO) nextest run --workspace $(LOCKED)
+	$(CARGO) nextest run --workspace $(LOCKED) $(NEXTEST_ARGS)
+
+## images: static binary, FROM-scratch images, OCI archives in target/images/ (buildah)
+images:
+	./docker/build-images.sh
 
 ## kube-e2e: Sluice on Kubernetes end to end, against the API server double and the fake
 ## kubelet (also part of `make test`)

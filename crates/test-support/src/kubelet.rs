@@ -344,6 +344,38 @@ fn start_pod(
     })
 }
 
+/// A container's environment as the kubelet gives it: its `env`, with the downward API's
+/// `metadata.name`, `status.podIP` and `status.hostIP` resolved for pod `pod` at `ip`
+/// (other `valueFrom` sources are left out), and the app's port moved to `user_port`,
+/// since every pod here shares the host's network.
+pub fn container_env(
+    c: &Container,
+    pod: &str,
+    ip: Ipv4Addr,
+    user_port: u16,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => pod.to_owned(),
+                Some("status.podIP") => ip.to_string(),
+                Some("status.hostIP") => "127.0.0.1".to_owned(),
+                _ => continue,
+            },
+            (None, None) => String::new(),
+        };
+        let value = match e.name.as_str() {
+            "PORT" | "USER_PORT" => user_port.to_string(),
+            "SERVING_READINESS_PROBE" => move_probe_port(&value, user_port),
+            _ => value,
+        };
+        env.push((e.name.clone(), value));
+    }
+    env
+}
+
 /// One container as a process: its image's local command, its env with the downward API
 /// resolved, and the app's port moved to `user_port`.
 fn spawn(
@@ -369,24 +401,7 @@ fn spawn(
     cmd.args(&entrypoint[1..]).args(c.args.iter().flatten());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for e in c.env.iter().flatten() {
-        let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => v.clone(),
-            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some("metadata.name") => pod.to_owned(),
-                Some("status.podIP") => ip.to_string(),
-                Some("status.hostIP") => "127.0.0.1".to_owned(),
-                _ => continue,
-            },
-            (None, None) => String::new(),
-        };
-        let value = match e.name.as_str() {
-            "PORT" | "USER_PORT" => user_port.to_string(),
-            "SERVING_READINESS_PROBE" => move_probe_port(&value, user_port),
-            _ => value,
-        };
-        cmd.env(&e.name, value);
-    }
+    cmd.envs(container_env(c, pod, ip, user_port));
     for (k, v) in extra {
         cmd.env(k, v);
     }
