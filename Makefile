@@ -25,11 +25,13 @@ images:
 	./docker/build-images.sh
 
 ## kube-e2e: Sluice on Kubernetes end to end, against the API server double and the fake
-## kubelet (also part of `make test`)
+## kubelet (also part of `make test`); with SLUICE_E2E_KUBECONFIG=FILE and
+## SLUICE_E2E_GATEWAY=HOST:PORT, the same scenarios on a real cluster with deploy/ installed
 kube-e2e:
 	@if [ -n "$$SLUICE_E2E_KUBECONFIG" ]; then \
-	  echo "kube-e2e: running against a real cluster (SLUICE_E2E_KUBECONFIG) is not built yet; see the README" >&2; exit 2; fi
-	$(CARGO) nextest run $(LOCKED) -p sluice --test kube_e2e
+	  [ -n "$$SLUICE_E2E_GATEWAY" ] || { echo "kube-e2e: SLUICE_E2E_GATEWAY=HOST:PORT (the gateway's LoadBalancer, or a kubectl port-forward) is needed with SLUICE_E2E_KUBECONFIG" >&2; exit 2; }; \
+	  $(CARGO) nextest run $(LOCKED) --profile real-cluster -p sluice --test kube_e2e; \
+	else $(CARGO) nextest run $(LOCKED) -p sluice --test kube_e2e; fi
 
 deny:
 	@if command -v cargo-deny >/dev/null 2>&1; then $(CARGO) deny check; else echo "cargo-deny: skipped (not installed)"; fi

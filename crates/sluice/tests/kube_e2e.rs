@@ -1,18 +1,28 @@
-//! Sluice on Kubernetes, end to end on one machine: the real `sluice` binaries (control
-//! plane with `--kubernetes`, autoscaler, activator, gateway) against the loopback API
-//! server double, with the fake kubelet turning each Deployment's replicas into local pods
-//! (app + queue-proxy processes on their own loopback addresses). Users' Knative Service
-//! YAML is created in the API, as `kubectl apply` would.
+//! Sluice on Kubernetes, end to end. Here: the real `sluice` binaries (control plane
+//! with `--kubernetes`, autoscaler, activator, gateway) against the loopback API server
+//! double, with the fake kubelet turning each Deployment's replicas into local pods (app +
+//! queue-proxy processes on their own loopback addresses). Users' Knative Service YAML is
+//! created in the API, as `kubectl apply` would.
 //!
 //! `make kube-e2e` runs these. Their fidelity limits are the double's and the kubelet's
 //! (see `sluice_test_support::kube_api` and `::kubelet`, and the README).
+//!
+//! On a real cluster: `SLUICE_E2E_KUBECONFIG=FILE SLUICE_E2E_GATEWAY=HOST:PORT make
+//! kube-e2e` runs the same scenarios against a cluster where `deploy/sluice.yaml` is
+//! installed, through that kubeconfig and the gateway's address (a `LoadBalancer` IP or a
+//! `kubectl port-forward`). Every read and write goes through a kube-rs client in both
+//! modes, so the local run exercises the same calls; what only a real cluster can do
+//! differently (killing a leader is deleting its pod; the API server cannot be stopped)
+//! is marked in each test.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use sluice_test_support::client;
 use sluice_test_support::kube_api::KubeApi;
@@ -28,6 +38,8 @@ use common::{
 
 const KSVCS: &str = "/apis/serving.knative.dev/v1/namespaces/default/services";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const CONFIG_AUTOSCALER: &str = "/api/v1/namespaces/knative-serving/configmaps/config-autoscaler";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -39,11 +51,31 @@ fn exe() -> String {
     env!("CARGO_BIN_EXE_sluice").to_owned()
 }
 
-/// The platform on a fake cluster.
+/// The windows every test runs with: 6 s (Knative's minimum) keeps them short.
+fn fast_config() -> Value {
+    json!({"stable-window": "6s", "scale-to-zero-grace-period": "6s"})
+}
+
+/// The platform on a cluster: the fake one here, or a real one.
 struct Cluster {
+    /// Every API call of the tests goes through it, in both modes.
+    kube: kube::Client,
+    gateway: SocketAddr,
+    /// The image the control plane injects as the queue-proxy.
+    queue_proxy_image: String,
+    /// How much longer than here a real cluster may take (image pulls, scheduling).
+    slack: u32,
+    /// The Services the test applied, deleted at its end on a real cluster.
+    applied: Mutex<BTreeSet<String>>,
+    /// `config-autoscaler`'s data before the test (real cluster), put back at its end.
+    config_before: Option<Value>,
+    local: Option<Local>,
+}
+
+/// The fake cluster: the API double, the kubelet, and the components as processes.
+struct Local {
     api: Arc<KubeApi>,
     kubelet: Option<Kubelet>,
-    gateway: SocketAddr,
     control: SocketAddr,
     autoscaler: SocketAddr,
     /// Each component kept running (restarted 0.5 s after it exits, as Kubernetes'
@@ -52,29 +84,79 @@ struct Cluster {
     logs: PathBuf,
 }
 
+/// `SLUICE_E2E_KUBECONFIG` and `SLUICE_E2E_GATEWAY`, when the scenarios run against a real
+/// cluster.
+fn real_cluster() -> Option<(PathBuf, SocketAddr)> {
+    let kubeconfig = std::env::var_os("SLUICE_E2E_KUBECONFIG").filter(|v| !v.is_empty())?;
+    let gateway = std::env::var("SLUICE_E2E_GATEWAY").expect(
+        "SLUICE_E2E_GATEWAY=HOST:PORT: the gateway's address (LoadBalancer or port-forward)",
+    );
+    let gateway = std::net::ToSocketAddrs::to_socket_addrs(&gateway)
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("SLUICE_E2E_GATEWAY={gateway}: not a reachable HOST:PORT"));
+    Some((PathBuf::from(kubeconfig), gateway))
+}
+
 impl Cluster {
-    /// The API server with `config-autoscaler` (a 6 s window and grace) in
-    /// `knative-serving`, the kubelet, and the four components.
     async fn start(test: &str) -> Self {
+        match real_cluster() {
+            Some((kubeconfig, gateway)) => Self::real(&kubeconfig, gateway).await,
+            None => Self::fake(test).await,
+        }
+    }
+
+    /// A real cluster with Sluice installed: the tests' Services are deleted first (left
+    /// by a failed run), and `config-autoscaler` gets the tests' 6 s windows until the end.
+    async fn real(kubeconfig: &std::path::Path, gateway: SocketAddr) -> Self {
+        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)
+            .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()));
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("the kubeconfig's cluster");
+        let kube = kube::Client::try_from(config).expect("a client");
+        let mut c = Self {
+            kube,
+            gateway,
+            queue_proxy_image: String::new(),
+            slack: 4,
+            applied: Mutex::default(),
+            config_before: None,
+            local: None,
+        };
+        let control = c
+            .get("/apis/apps/v1/namespaces/sluice-system/deployments/control")
+            .await
+            .expect("deploy/sluice.yaml installed (no sluice-system/control Deployment)");
+        c.queue_proxy_image = control["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "SLUICE_QUEUE_PROXY_IMAGE")
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or("sluice-queue-proxy:latest")
+            .to_owned();
+        for name in ["helloworld-go", "autoscale-go", "hello"] {
+            c.delete_and_wait(&format!("{KSVCS}/{name}")).await;
+        }
+        let before = c.get(CONFIG_AUTOSCALER).await;
+        c.config_before = Some(before.as_ref().map_or(Value::Null, |m| m["data"].clone()));
+        c.put_config(fast_config()).await;
+        c
+    }
+
+    /// The API server double with `config-autoscaler` (6 s window and grace) in
+    /// `knative-serving`, the kubelet, and the four components.
+    async fn fake(test: &str) -> Self {
         let api = KubeApi::start().await;
         let logs = std::env::temp_dir().join(format!("sluice-kube-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(logs.join("pods")).expect("log dir");
-        let config = json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "config-autoscaler", "namespace": "knative-serving"},
-            "data": {"stable-window": "6s", "scale-to-zero-grace-period": "6s"}
-        });
-        assert_eq!(
-            api.create_object("/api/v1/namespaces/knative-serving/configmaps", config),
-            201
-        );
-        let kube_client =
-            kube::Client::try_from(kube::Config::new(api.url().parse().expect("url")))
-                .expect("client");
+        let kube = kube::Client::try_from(kube::Config::new(api.url().parse().expect("url")))
+            .expect("client");
         let sample = vec![exe(), "sample-app".to_owned()];
         let kubelet = Kubelet::start(
-            kube_client,
+            kube.clone(),
             KubeletConfig {
                 images: vec![
                     ("gcr.io/knative-samples/".into(), sample.clone()),
@@ -93,16 +175,25 @@ impl Cluster {
         let (control, autoscaler, gateway, activator) =
             (free_addr(), free_addr(), free_addr(), free_addr());
         let mut c = Self {
-            api,
-            kubelet: Some(kubelet),
+            kube,
             gateway,
-            control,
-            autoscaler,
-            processes: Vec::new(),
-            logs,
+            queue_proxy_image: "sluice-queue-proxy:latest".to_owned(),
+            slack: 1,
+            applied: Mutex::default(),
+            config_before: None,
+            local: Some(Local {
+                api,
+                kubelet: Some(kubelet),
+                control,
+                autoscaler,
+                processes: Vec::new(),
+                logs,
+            }),
         };
+        c.put_config(fast_config()).await;
+        let l = c.local_mut();
         let url = |a: SocketAddr| format!("http://{a}");
-        c.spawn(
+        l.spawn(
             "autoscaler",
             &[
                 "autoscaler",
@@ -111,8 +202,8 @@ impl Cluster {
                 &format!("--control={}", url(control)),
             ],
         );
-        c.spawn_control("control-1", control);
-        c.spawn(
+        l.spawn_control("control-1", control);
+        l.spawn(
             "activator",
             &[
                 "activator",
@@ -123,7 +214,7 @@ impl Cluster {
                 "--drain-quiet-period=500ms",
             ],
         );
-        c.spawn(
+        l.spawn(
             "gateway",
             &[
                 "gateway",
@@ -138,6 +229,229 @@ impl Cluster {
         c
     }
 
+    fn local_mut(&mut self) -> &mut Local {
+        self.local.as_mut().expect("the fake cluster")
+    }
+
+    /// `limit` here, `slack` times it on a real cluster.
+    fn patience(&self, limit: Duration) -> Duration {
+        limit * self.slack
+    }
+
+    /// `GET path` from the API server; `None` if it is not there (404).
+    async fn get(&self, path: &str) -> Option<Value> {
+        let req = http::Request::get(path).body(Vec::new()).expect("request");
+        match self.kube.request::<Value>(req).await {
+            Ok(v) => Some(v),
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
+    /// Creates `obj` in `collection`, or replaces what is there (as `kubectl apply`).
+    async fn create_or_replace(&self, collection: &str, mut obj: Value) {
+        let name = obj["metadata"]["name"].as_str().expect("name").to_owned();
+        let body = serde_json::to_vec(&obj).expect("json");
+        let req = http::Request::post(collection)
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("request");
+        match self.kube.request::<Value>(req).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("create {collection}/{name}: {e}"),
+        }
+        let path = format!("{collection}/{name}");
+        let current = self.get(&path).await.expect("there after a 409");
+        obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        let req = http::Request::put(&path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&obj).expect("json"))
+            .expect("request");
+        if let Err(e) = self.kube.request::<Value>(req).await {
+            panic!("replace {path}: {e}");
+        }
+    }
+
+    async fn delete(&self, path: &str) -> bool {
+        let req = http::Request::delete(path)
+            .body(Vec::new())
+            .expect("request");
+        match self.kube.request::<Value>(req).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => panic!("DELETE {path}: {e}"),
+        }
+    }
+
+    async fn delete_and_wait(&self, path: &str) {
+        if self.delete(path).await {
+            let limit = self.patience(Duration::from_secs(30));
+            self.until(&format!("{path} deleted"), limit, async || {
+                self.get(path).await.is_none().then(String::new)
+            })
+            .await;
+        }
+    }
+
+    /// `config-autoscaler`'s data (in `knative-serving`, where Sluice reads it).
+    async fn put_config(&self, data: Value) {
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "config-autoscaler", "namespace": "knative-serving"},
+            "data": data,
+        });
+        self.create_or_replace("/api/v1/namespaces/knative-serving/configmaps", cm)
+            .await;
+    }
+
+    /// The last lines of every component's log, for a failure's message.
+    fn logs(&self) -> String {
+        let Some(l) = &self.local else {
+            return "(on the cluster: kubectl logs -n sluice-system deploy/control, …)".to_owned();
+        };
+        let mut out = String::new();
+        for (name, _) in &l.processes {
+            let text =
+                std::fs::read_to_string(l.logs.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {name}\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Creates every Service of a manifest in the API (as `kubectl create`); a Service
+    /// there already is replaced (as `kubectl apply`).
+    async fn apply(&self, yaml: &str) {
+        for doc in yaml.split("\n---") {
+            let v: Value = serde_norway::from_str(doc).expect("yaml");
+            if v.is_null() {
+                continue;
+            }
+            let name = v["metadata"]["name"].as_str().expect("name").to_owned();
+            self.create_or_replace(KSVCS, v).await;
+            self.applied.lock().insert(name);
+        }
+    }
+
+    async fn ksvc(&self, name: &str) -> Value {
+        self.get(&format!("{KSVCS}/{name}"))
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    async fn deployment(&self, name: &str) -> Value {
+        self.get(&format!("{DEPLOYMENTS}/{name}"))
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    /// The pods of a revision that exist (terminating ones included): the kubelet's
+    /// processes here, Pod objects on a real cluster.
+    async fn pods(&self, revision: &str) -> usize {
+        match &self.local {
+            Some(l) => l.kubelet.as_ref().map_or(0, Kubelet::alive),
+            None => self
+                .get(&format!(
+                    "/api/v1/namespaces/default/pods?labelSelector=serving.knative.dev/revision%3D{revision}"
+                ))
+                .await
+                .and_then(|list| list["items"].as_array().map(Vec::len))
+                .unwrap_or(0),
+        }
+    }
+
+    /// Waits up to `limit` for `done`.
+    async fn until(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut done: impl AsyncFnMut() -> Option<String>,
+    ) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = done().await {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not after {limit:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn ready(&self, service: &str, generation: i64) -> Value {
+        let mut last = Value::Null;
+        self.until(
+            &format!("service {service} Ready at generation {generation}"),
+            self.patience(Duration::from_secs(60)),
+            async || {
+                last = self.ksvc(service).await;
+                let status = &last["status"];
+                let ready = status["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                (ready && status["observedGeneration"] == generation).then(String::new)
+            },
+        )
+        .await;
+        last
+    }
+
+    /// `GET /` for `host` through the gateway; no answer in 20 s fails the test, with
+    /// every component's last lines.
+    async fn get_through_gateway(&self, host: &str) -> client::Reply {
+        let url = format!("http://{}/", self.gateway);
+        let headers = [("host", host)];
+        let limit = self.patience(Duration::from_secs(20));
+        match tokio::time::timeout(limit, client::get_with(&url, &headers)).await {
+            Ok(reply) => reply,
+            Err(_) => panic!("{host}: no answer in {limit:?}\n{}", self.logs()),
+        }
+    }
+
+    /// The holder of one of Sluice's Leases (`sluice-control`, `sluice-autoscaler`).
+    async fn holder(&self, lease: &str) -> Option<String> {
+        let lease = self.get(&format!("{LEASES}/{lease}")).await?;
+        lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+    }
+
+    async fn shutdown(mut self) {
+        if self.local.is_none() {
+            let applied = std::mem::take(&mut *self.applied.lock());
+            for name in applied {
+                self.delete_and_wait(&format!("{KSVCS}/{name}")).await;
+            }
+            if let Some(before) = self.config_before.take() {
+                self.put_config(before).await;
+            }
+            return;
+        }
+        let mut l = self.local.take().expect("local");
+        if let Some(k) = l.kubelet.take() {
+            k.shutdown().await;
+        }
+        // A keeper's child is killed when the keeper is dropped.
+        for (_, keeper) in l.processes.drain(..) {
+            keeper.abort();
+            let _ = keeper.await;
+        }
+        l.api.stop().await;
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&l.logs);
+        }
+    }
+}
+
+impl Local {
     /// A control plane replica: `--kubernetes` against the double, electing a leader on
     /// a 3 s Lease.
     fn spawn_control(&mut self, name: &str, listen: SocketAddr) {
@@ -192,116 +506,6 @@ impl Cluster {
             let _ = keeper.await;
         }
     }
-
-    /// The last lines of every component's log, for a failure's message.
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (name, _) in &self.processes {
-            let text =
-                std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out.push_str(&format!("--- {name}\n"));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-
-    /// Creates every Service of a manifest in the API (as `kubectl create`); a Service
-    /// there already is replaced (as `kubectl apply`).
-    fn apply(&self, yaml: &str) {
-        for doc in yaml.split("\n---") {
-            let v: Value = serde_norway::from_str(doc).expect("yaml");
-            if v.is_null() {
-                continue;
-            }
-            let name = v["metadata"]["name"].as_str().expect("name").to_owned();
-            let code = self.api.apply_object(KSVCS, v);
-            assert!(code == 200 || code == 201, "apply {name}: {code}");
-        }
-    }
-
-    fn ksvc(&self, name: &str) -> Value {
-        self.api
-            .get(&format!("{KSVCS}/{name}"))
-            .unwrap_or(Value::Null)
-    }
-
-    fn deployment(&self, name: &str) -> Value {
-        self.api
-            .get(&format!("{DEPLOYMENTS}/{name}"))
-            .unwrap_or(Value::Null)
-    }
-
-    /// Waits up to `limit` for `done`, on what `read` gives.
-    async fn until(
-        &self,
-        what: &str,
-        limit: Duration,
-        mut done: impl FnMut() -> Option<String>,
-    ) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = done() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not after {limit:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn ready(&self, service: &str, generation: i64) -> Value {
-        let mut last = Value::Null;
-        self.until(
-            &format!("service {service} Ready at generation {generation}"),
-            Duration::from_secs(60),
-            || {
-                last = self.ksvc(service);
-                let status = &last["status"];
-                let ready = status["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
-                (ready && status["observedGeneration"] == generation).then(String::new)
-            },
-        )
-        .await;
-        last
-    }
-
-    /// `GET /` for `host` through the gateway; no answer in 20 s fails the test, with
-    /// every component's last lines.
-    async fn get(&self, host: &str) -> client::Reply {
-        let url = format!("http://{}/", self.gateway);
-        let headers = [("host", host)];
-        match tokio::time::timeout(Duration::from_secs(20), client::get_with(&url, &headers)).await
-        {
-            Ok(reply) => reply,
-            Err(_) => panic!("{host}: no answer in 20 s\n{}", self.logs()),
-        }
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(k) = self.kubelet.take() {
-            k.shutdown().await;
-        }
-        // A keeper's child is killed when the keeper is dropped.
-        for (_, keeper) in self.processes.drain(..) {
-            keeper.abort();
-            let _ = keeper.await;
-        }
-        self.api.stop().await;
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.logs);
-        }
-    }
 }
 
 /// Runs a test on a runtime of its own whose end does not wait for leftover tasks: after
@@ -325,204 +529,229 @@ fn replicas(d: &Value) -> i64 {
 fn kube_e2e_a_service_becomes_a_deployment_with_the_sidecar_and_is_ready_at_its_url() {
     run(async {
         let c = Cluster::start("hello").await;
-        c.apply(&example("helloworld-go.yaml"));
-
-        // The revision's Deployment, owned by the Service, with the queue-proxy injected.
-        let ksvc_uid = c.ksvc("helloworld-go")["metadata"]["uid"].clone();
-        c.until("the deployment", Duration::from_secs(20), || {
-            (!c.deployment("helloworld-go-00001-deployment").is_null()).then(String::new)
-        })
-        .await;
-        let d = c.deployment("helloworld-go-00001-deployment");
-        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], ksvc_uid);
-        assert_eq!(
-            d["metadata"]["labels"]["serving.knative.dev/revision"],
-            "helloworld-go-00001"
-        );
-        let containers = &d["spec"]["template"]["spec"]["containers"];
-        assert_eq!(
-            containers[0]["image"],
-            "gcr.io/knative-samples/helloworld-go"
-        );
-        assert_eq!(containers[1]["name"], "queue-proxy");
-        assert_eq!(containers[1]["image"], "sluice-queue-proxy:latest");
-        assert!(
-            c.api
-                .get("/api/v1/namespaces/default/services/helloworld-go-00001-private")
-                .is_some(),
-            "the private service"
-        );
-
-        // Ready, with Knative's URL and status, and served through the gateway.
-        let ksvc = c.ready("helloworld-go", 1).await;
-        let status = &ksvc["status"];
-        assert_eq!(status["url"], "http://helloworld-go.default.example.com");
-        assert_eq!(
-            status["address"]["url"],
-            "http://helloworld-go.default.svc.cluster.local"
-        );
-        assert_eq!(status["latestCreatedRevisionName"], "helloworld-go-00001");
-        assert_eq!(status["latestReadyRevisionName"], "helloworld-go-00001");
-        assert_eq!(status["traffic"][0]["percent"], 100);
-        let reply = c.get("helloworld-go.default.example.com").await;
-        assert_eq!(
-            (reply.status.as_u16(), reply.text()),
-            (200, "Hello Knative!\n".to_owned())
-        );
-
-        // A spec Sluice refuses: Ready=False naming the field; the running revision serves on.
-        let bad = example("helloworld-go.yaml")
-            .replace("containerConcurrency: 5", "containerConcurrency: 5000");
-        c.apply(&bad);
-        let mut message = String::new();
-        c.until("the refusal in the status", Duration::from_secs(20), || {
-            let s = c.ksvc("helloworld-go");
-            let ready = s["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == "Ready")
-                .cloned()
-                .unwrap_or_default();
-            message = ready["message"].as_str().unwrap_or_default().to_owned();
-            (ready["status"] == "False" && s["status"]["observedGeneration"] == 2).then(String::new)
-        })
-        .await;
-        assert!(
-            message.contains("spec.template.spec.containerConcurrency"),
-            "{message}"
-        );
-        assert!(c.deployment("helloworld-go-00002-deployment").is_null());
-        let reply = c.get("helloworld-go.default.example.com").await;
-        assert_eq!(reply.status, 200);
-
-        // Deleted: its Deployment and Service go with it, and the route.
-        assert_eq!(c.api.delete_object(&format!("{KSVCS}/helloworld-go")), 200);
-        c.until("the deployment gone", Duration::from_secs(20), || {
-            (c.deployment("helloworld-go-00001-deployment").is_null()).then(String::new)
-        })
-        .await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let gone = c.get("helloworld-go.default.example.com").await;
-            if gone.status == 404 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still routed: {} {}",
-                gone.status,
-                gone.text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        hello(&c).await;
         c.shutdown().await;
     });
+}
+
+async fn hello(c: &Cluster) {
+    c.apply(&example("helloworld-go.yaml")).await;
+
+    // The revision's Deployment, owned by the Service, with the queue-proxy injected.
+    let ksvc_uid = c.ksvc("helloworld-go").await["metadata"]["uid"].clone();
+    let name = "helloworld-go-00001-deployment";
+    c.until(
+        "the deployment",
+        c.patience(Duration::from_secs(20)),
+        async || (!c.deployment(name).await.is_null()).then(String::new),
+    )
+    .await;
+    let d = c.deployment(name).await;
+    assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], ksvc_uid);
+    assert_eq!(
+        d["metadata"]["labels"]["serving.knative.dev/revision"],
+        "helloworld-go-00001"
+    );
+    let containers = &d["spec"]["template"]["spec"]["containers"];
+    assert_eq!(
+        containers[0]["image"],
+        "gcr.io/knative-samples/helloworld-go"
+    );
+    assert_eq!(containers[1]["name"], "queue-proxy");
+    assert_eq!(containers[1]["image"], c.queue_proxy_image.as_str());
+    assert!(
+        c.get("/api/v1/namespaces/default/services/helloworld-go-00001-private")
+            .await
+            .is_some(),
+        "the private service"
+    );
+
+    // Ready, with Knative's URL and status, and served through the gateway.
+    let ksvc = c.ready("helloworld-go", 1).await;
+    let status = &ksvc["status"];
+    assert_eq!(status["url"], "http://helloworld-go.default.example.com");
+    assert_eq!(
+        status["address"]["url"],
+        "http://helloworld-go.default.svc.cluster.local"
+    );
+    assert_eq!(status["latestCreatedRevisionName"], "helloworld-go-00001");
+    assert_eq!(status["latestReadyRevisionName"], "helloworld-go-00001");
+    assert_eq!(status["traffic"][0]["percent"], 100);
+    let reply = c
+        .get_through_gateway("helloworld-go.default.example.com")
+        .await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "Hello Knative!\n".to_owned())
+    );
+
+    // A spec Sluice refuses: Ready=False naming the field; the running revision serves on.
+    let bad = example("helloworld-go.yaml")
+        .replace("containerConcurrency: 5", "containerConcurrency: 5000");
+    c.apply(&bad).await;
+    let mut message = String::new();
+    let limit = c.patience(Duration::from_secs(20));
+    c.until("the refusal in the status", limit, async || {
+        let s = c.ksvc("helloworld-go").await;
+        let ready = s["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        message = ready["message"].as_str().unwrap_or_default().to_owned();
+        (ready["status"] == "False" && s["status"]["observedGeneration"] == 2).then(String::new)
+    })
+    .await;
+    assert!(
+        message.contains("spec.template.spec.containerConcurrency"),
+        "{message}"
+    );
+    assert!(
+        c.deployment("helloworld-go-00002-deployment")
+            .await
+            .is_null()
+    );
+    let reply = c
+        .get_through_gateway("helloworld-go.default.example.com")
+        .await;
+    assert_eq!(reply.status, 200);
+
+    // Deleted: its Deployment and Service go with it, and the route.
+    assert!(c.delete(&format!("{KSVCS}/helloworld-go")).await);
+    c.until("the deployment gone", limit, async || {
+        c.deployment(name).await.is_null().then(String::new)
+    })
+    .await;
+    c.until("the route gone", limit, async || {
+        let gone = c
+            .get_through_gateway("helloworld-go.default.example.com")
+            .await;
+        (gone.status == 404).then(String::new)
+    })
+    .await;
 }
 
 #[test]
 fn kube_e2e_target_10_at_50_concurrent_scales_the_deployment_then_to_zero_and_back() {
     run(async {
         let c = Cluster::start("scale").await;
-        c.apply(&example("autoscale-go.yaml"));
-        c.ready("autoscale-go", 1).await;
-        let name = "autoscale-go-00001-deployment";
-
-        let load = seed_load(c.gateway);
-        tokio::pin!(load);
-        let mut most = 0;
-        let report = loop {
-            tokio::select! {
-                report = &mut load => break report.expect("hey ran"),
-                () = tokio::time::sleep(Duration::from_millis(200)) => {
-                    most = most.max(replicas(&c.deployment(name)));
-                }
-            }
-        };
-        println!("the deployment's replicas peaked at {most}");
-        assert_hey_all_200(&report);
-        // ⌈50 / (10 × 0.7)⌉ = 8; the distributed window's phase can read 7 reports of 6.
-        assert!(
-            (7..=9).contains(&most),
-            "the deployment's replicas peaked at {most}\n{}",
-            c.logs()
-        );
-        let ready = c.deployment(name)["status"]["readyReplicas"]
-            .as_i64()
-            .unwrap_or(0);
-        assert!(ready >= 7, "ready replicas {ready}");
-
-        // Idle: to zero (6 s window and grace), pods and all.
-        c.until("scaled to zero", Duration::from_secs(60), || {
-            (replicas(&c.deployment(name)) == 0
-                && c.kubelet.as_ref().is_some_and(|k| k.alive() == 0))
-            .then(String::new)
-        })
-        .await;
-        // The Service stays Ready at zero, as in Knative.
-        c.ready("autoscale-go", 1).await;
-
-        // A request at zero waits in the activator for a pod, and is answered.
-        let started = c.kubelet.as_ref().map_or(0, Kubelet::started);
-        let reply = c.get("autoscale-go.default.example.com").await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        assert!(
-            c.kubelet.as_ref().map_or(0, Kubelet::started) > started,
-            "a pod was started for it"
-        );
+        scale(&c).await;
         c.shutdown().await;
     });
+}
+
+async fn scale(c: &Cluster) {
+    c.apply(&example("autoscale-go.yaml")).await;
+    c.ready("autoscale-go", 1).await;
+    let name = "autoscale-go-00001-deployment";
+
+    let load = seed_load(c.gateway);
+    tokio::pin!(load);
+    let mut most = 0;
+    let report = loop {
+        tokio::select! {
+            report = &mut load => break report.expect("hey ran"),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                most = most.max(replicas(&c.deployment(name).await));
+            }
+        }
+    };
+    println!("the deployment's replicas peaked at {most}");
+    assert_hey_all_200(&report);
+    // ⌈50 / (10 × 0.7)⌉ = 8; the distributed window's phase can read 7 reports of 6.
+    assert!(
+        (7..=9).contains(&most),
+        "the deployment's replicas peaked at {most}\n{}",
+        c.logs()
+    );
+    let ready = c.deployment(name).await["status"]["readyReplicas"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(ready >= 7, "ready replicas {ready}");
+
+    // Idle: to zero (6 s window and grace), pods and all.
+    let limit = c.patience(Duration::from_secs(60));
+    c.until("scaled to zero", limit, async || {
+        (replicas(&c.deployment(name).await) == 0 && c.pods("autoscale-go-00001").await == 0)
+            .then(String::new)
+    })
+    .await;
+    // The Service stays Ready at zero, as in Knative.
+    c.ready("autoscale-go", 1).await;
+
+    // A request at zero waits in the activator for a pod, and is answered.
+    let reply = c
+        .get_through_gateway("autoscale-go.default.example.com")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let scaled = replicas(&c.deployment(name).await);
+    assert!(scaled >= 1, "scaled from zero for it: replicas {scaled}");
+    if let Some(kubelet) = c.local.as_ref().and_then(|l| l.kubelet.as_ref()) {
+        assert!(kubelet.alive() >= 1, "a pod was started for it");
+    }
 }
 
 #[test]
 fn kube_e2e_a_50_50_split_alternates_and_a_rollback_under_load_fails_nothing() {
     run(async {
         let c = Cluster::start("split").await;
-        // As on Kubernetes, the split's second document is applied once the first has made
-        // its revision (applied together, the API keeps only the second, which names a
-        // revision that was never made).
-        let split = example("traffic-split.yaml");
-        let (blue_doc, green_doc) = split.split_once("\n---").expect("two documents");
-        c.apply(blue_doc);
-        c.ready("hello", 1).await;
-        c.apply(green_doc);
-        c.ready("hello", 2).await;
-        let mut answers = Vec::new();
-        for _ in 0..20 {
-            let r = c.get("hello.default.example.com").await;
-            assert_eq!(r.status, 200);
-            answers.push(r.text());
-        }
-        let blue = answers.iter().filter(|a| a.contains("blue")).count();
-        let green = answers.iter().filter(|a| a.contains("green")).count();
-        assert_eq!((blue, green), (10, 10), "{answers:?}");
-        assert!(
-            answers.windows(2).all(|w| w[0] != w[1]),
-            "alternates: {answers:?}"
-        );
-
-        let load = background_load(
-            c.gateway,
-            "hello.default.example.com",
-            Duration::from_secs(4),
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        c.apply(&rolled_back(green_doc));
-        let report = load.await.expect("load");
-        assert_all_200(&report);
-        for _ in 0..6 {
-            let r = c.get("hello.default.example.com").await;
-            assert!(r.text().contains("blue"), "{}", r.text());
-        }
+        split(&c).await;
         c.shutdown().await;
     });
+}
+
+async fn split(c: &Cluster) {
+    // As on Kubernetes, the split's second document is applied once the first has made
+    // its revision (applied together, the API keeps only the second, which names a
+    // revision that was never made).
+    let split = example("traffic-split.yaml");
+    let (blue_doc, green_doc) = split.split_once("\n---").expect("two documents");
+    c.apply(blue_doc).await;
+    c.ready("hello", 1).await;
+    c.apply(green_doc).await;
+    c.ready("hello", 2).await;
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let r = c.get_through_gateway("hello.default.example.com").await;
+        assert_eq!(r.status, 200);
+        answers.push(r.text());
+    }
+    let blue = answers.iter().filter(|a| a.contains("blue")).count();
+    let green = answers.iter().filter(|a| a.contains("green")).count();
+    assert_eq!((blue, green), (10, 10), "{answers:?}");
+    assert!(
+        answers.windows(2).all(|w| w[0] != w[1]),
+        "alternates: {answers:?}"
+    );
+
+    let load = background_load(
+        c.gateway,
+        "hello.default.example.com",
+        Duration::from_secs(4),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.apply(&rolled_back(green_doc)).await;
+    let report = load.await.expect("load");
+    assert_all_200(&report);
+    c.ready("hello", 3).await;
+    for _ in 0..6 {
+        let r = c.get_through_gateway("hello.default.example.com").await;
+        assert!(r.text().contains("blue"), "{}", r.text());
+    }
 }
 
 #[test]
 fn kube_e2e_the_api_server_stopped_under_load_fails_no_request() {
     run(async {
         let c = Cluster::start("apistop").await;
-        c.apply(&example("helloworld-go.yaml"));
+        let Some(api) = c.local.as_ref().map(|l| Arc::clone(&l.api)) else {
+            println!("not run on a real cluster: a test cannot stop its API server");
+            c.shutdown().await;
+            return;
+        };
+        c.apply(&example("helloworld-go.yaml")).await;
         c.ready("helloworld-go", 1).await;
         let load = background_load(
             c.gateway,
@@ -530,65 +759,85 @@ fn kube_e2e_the_api_server_stopped_under_load_fails_no_request() {
             Duration::from_secs(6),
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
-        c.api.stop().await;
+        api.stop().await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        c.api.resume().await;
+        api.resume().await;
         let report = load.await.expect("load");
         assert_all_200(&report);
         assert!(report.total() > 100, "{report:?}");
         // Back: a change made now is reconciled.
         let v2 = example("helloworld-go.yaml").replace("value: \"Knative\"", "value: \"again\"");
-        c.apply(&v2);
+        c.apply(&v2).await;
         c.ready("helloworld-go", 2).await;
         c.shutdown().await;
     });
+}
+
+/// On a real cluster, kills the holder of `lease` as a node failure would (its pod
+/// deleted) and waits for another replica to take the Lease.
+async fn kill_real_leader(c: &Cluster, lease: &str) {
+    let leader = c.holder(lease).await.expect("a leader");
+    assert!(
+        c.delete(&format!("/api/v1/namespaces/sluice-system/pods/{leader}"))
+            .await,
+        "the leader's pod {leader}"
+    );
+    let limit = c.patience(Duration::from_secs(15));
+    let next = c
+        .until(
+            &format!("another replica holds {lease}"),
+            limit,
+            async || c.holder(lease).await.filter(|h| *h != leader),
+        )
+        .await;
+    println!("{lease}: {leader} deleted, {next} leads");
 }
 
 #[test]
 fn kube_e2e_a_killed_leader_is_replaced_by_the_standby_and_scaling_goes_on() {
     run(async {
         let mut c = Cluster::start("leader").await;
-        c.apply(&example("helloworld-go.yaml"));
+        c.apply(&example("helloworld-go.yaml")).await;
         c.ready("helloworld-go", 1).await;
-        // A standby on another port: it waits for the Lease and binds nothing meanwhile.
-        let standby = free_addr();
-        c.spawn_control("control-2", standby);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let lease = c
-            .api
-            .get("/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases/sluice-control");
-        assert_eq!(
-            lease.as_ref().map(|l| l["spec"]["holderIdentity"].clone()),
-            Some(json!("control-1"))
-        );
-        assert!(
-            std::net::TcpStream::connect(standby).is_err(),
-            "the standby serves nothing"
-        );
+        if c.local.is_some() {
+            // A standby on another port: it waits for the Lease and binds nothing meanwhile.
+            let standby = free_addr();
+            c.local_mut().spawn_control("control-2", standby);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(
+                c.holder("sluice-control").await.as_deref(),
+                Some("control-1")
+            );
+            assert!(
+                std::net::TcpStream::connect(standby).is_err(),
+                "the standby serves nothing"
+            );
 
-        // The leader is killed and not restarted (its node is gone): within the 3 s Lease
-        // the standby leads.
-        c.remove("control-1").await;
-        c.until("the standby leads", Duration::from_secs(15), || {
-            let lease = c.api.get(
-                "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases/sluice-control",
-            )?;
-            (lease["spec"]["holderIdentity"] == "control-2"
-                && std::net::TcpStream::connect(standby).is_ok())
+            // The leader is killed and not restarted (its node is gone): within the 3 s
+            // Lease the standby leads.
+            c.local_mut().remove("control-1").await;
+            c.until("the standby leads", Duration::from_secs(15), async || {
+                (c.holder("sluice-control").await.as_deref() == Some("control-2")
+                    && std::net::TcpStream::connect(standby).is_ok())
+                .then(String::new)
+            })
+            .await;
+        } else {
+            kill_real_leader(&c, "sluice-control").await;
+        }
+        // It reconciles: a new revision is made, and its status written.
+        let v2 = example("helloworld-go.yaml").replace("value: \"Knative\"", "value: \"v2\"");
+        c.apply(&v2).await;
+        let limit = c.patience(Duration::from_secs(30));
+        c.until("the new revision's deployment", limit, async || {
+            (!c.deployment("helloworld-go-00002-deployment")
+                .await
+                .is_null())
             .then(String::new)
         })
         .await;
-        // It reconciles: a new revision is made, and its status written.
-        let v2 = example("helloworld-go.yaml").replace("value: \"Knative\"", "value: \"v2\"");
-        c.apply(&v2);
-        c.until(
-            "the new revision's deployment",
-            Duration::from_secs(20),
-            || (!c.deployment("helloworld-go-00002-deployment").is_null()).then(String::new),
-        )
-        .await;
-        c.until("its status", Duration::from_secs(30), || {
-            let s = c.ksvc("helloworld-go");
+        c.until("its status", limit, async || {
+            let s = c.ksvc("helloworld-go").await;
             (s["status"]["latestCreatedRevisionName"] == "helloworld-go-00002").then(String::new)
         })
         .await;
@@ -600,6 +849,11 @@ fn kube_e2e_a_killed_leader_is_replaced_by_the_standby_and_scaling_goes_on() {
 fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
     run(async {
         let mut c = Cluster::start("autoscaler-lease").await;
+        let Some(control) = c.local.as_ref().map(|l| l.control) else {
+            kill_real_leader(&c, "sluice-autoscaler").await;
+            c.shutdown().await;
+            return;
+        };
         // Another autoscaler holds the Lease, renewed just now, and then never again.
         let held = json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -607,21 +861,20 @@ fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
             "spec": {"holderIdentity": "autoscaler-1", "leaseDurationSeconds": 3,
                      "renewTime": "2026-01-01T00:00:00.000000Z"}
         });
-        let leases = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
-        assert_eq!(c.api.create_object(leases, held), 201);
+        c.create_or_replace(LEASES, held).await;
         let standby = free_addr();
         let args = [
             "autoscaler".to_owned(),
             format!("--listen={standby}"),
             format!("--metrics-listen={}", free_addr()),
-            format!("--control=http://{}", c.control),
+            format!("--control=http://{control}"),
             "--leader-elect".to_owned(),
-            format!("--kube-api={}", c.api.url()),
+            format!("--kube-api={}", c.local_mut().api.url()),
             "--pod-name=autoscaler-2".to_owned(),
             "--lease-duration=3".to_owned(),
         ];
         let started = Instant::now();
-        c.spawn(
+        c.local_mut().spawn(
             "autoscaler-2",
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
@@ -634,9 +887,8 @@ fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
         c.until(
             "the standby autoscaler leads and serves",
             Duration::from_secs(15),
-            || {
-                let lease = c.api.get(&format!("{leases}/sluice-autoscaler"))?;
-                (lease["spec"]["holderIdentity"] == "autoscaler-2"
+            async || {
+                (c.holder("sluice-autoscaler").await.as_deref() == Some("autoscaler-2")
                     && std::net::TcpStream::connect(standby).is_ok())
                 .then(String::new)
             },
@@ -647,5 +899,74 @@ fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
             "not before the Lease expired"
         );
         c.shutdown().await;
+    });
+}
+
+/// The real-cluster mode (`SLUICE_E2E_KUBECONFIG`), run here against a cluster it did not
+/// start: the fake one, reached only through a kubeconfig file and the gateway's address,
+/// as a real cluster would be. What it cannot show here: Pod objects (the fake kubelet
+/// makes none, so the pod count at zero is trivially 0) and a leader's pod deleted.
+#[test]
+fn kube_e2e_the_real_cluster_mode_runs_against_a_cluster_it_did_not_start() {
+    run(async {
+        let fake = Cluster::start("real-mode").await;
+        let api_url = fake.local.as_ref().map(|l| l.api.url()).expect("fake");
+        // What `kubectl apply -f deploy/sluice.yaml` leaves for the mode to read (at zero
+        // replicas: the components run as the fake cluster's processes).
+        let control = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "control", "namespace": "sluice-system"},
+            "spec": {"replicas": 0,
+                     "selector": {"matchLabels": {"app": "control"}},
+                     "template": {"metadata": {"labels": {"app": "control"}},
+                                  "spec": {"containers": [{"name": "control", "image": "sluice:0.1.0",
+                                      "env": [{"name": "SLUICE_QUEUE_PROXY_IMAGE",
+                                               "value": "sluice-queue-proxy:latest"}]}]}}}
+        });
+        fake.create_or_replace(
+            "/apis/apps/v1/namespaces/sluice-system/deployments",
+            control,
+        )
+        .await;
+        // The cluster's own config-autoscaler, which the mode must put back.
+        let own = json!({"stable-window": "6s", "scale-to-zero-grace-period": "6s",
+                         "enable-scale-to-zero": "true"});
+        fake.put_config(own.clone()).await;
+        // A Service left by an earlier, failed run.
+        fake.apply(&example("helloworld-go.yaml")).await;
+        fake.ready("helloworld-go", 1).await;
+
+        let kubeconfig = std::env::temp_dir().join(format!(
+            "sluice-kube-real-mode-{}.kubeconfig",
+            std::process::id()
+        ));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api_url}\n\
+             users:\n- name: tests\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: tests\n\
+             current-context: fake\n"
+        );
+        std::fs::write(&kubeconfig, text).expect("kubeconfig");
+        let real = Cluster::real(&kubeconfig, fake.gateway).await;
+        assert!(real.local.is_none());
+        assert_eq!(real.queue_proxy_image, "sluice-queue-proxy:latest");
+        assert!(
+            real.ksvc("helloworld-go").await.is_null(),
+            "the leftover Service was deleted first"
+        );
+        let during = real.get(CONFIG_AUTOSCALER).await.expect("config")["data"].clone();
+        assert_eq!(during, fast_config());
+
+        hello(&real).await;
+        split(&real).await;
+        real.shutdown().await;
+
+        assert!(
+            fake.ksvc("hello").await.is_null(),
+            "the run's Services deleted"
+        );
+        let after = fake.get(CONFIG_AUTOSCALER).await.expect("config")["data"].clone();
+        assert_eq!(after, own, "config-autoscaler put back");
+        let _ = std::fs::remove_file(&kubeconfig);
+        fake.shutdown().await;
     });
 }
