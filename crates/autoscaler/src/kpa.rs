@@ -10,6 +10,7 @@ mod collector;
 mod decider;
 mod delay;
 mod pod_autoscaler;
+mod reason;
 mod revision_autoscaler;
 mod window;
 
@@ -17,5 +18,6 @@ pub use collector::{Collector, Reporter, StatSample};
 pub use decider::{Decider, DeciderSpec, ScaleResult};
 pub use delay::MaxWindow;
 pub use pod_autoscaler::{Activity, Mode, PodAutoscaler, ScaleBounds, Step};
+pub use reason::{Reason, ReasonKind};
 pub use revision_autoscaler::{ACTIVATION_TIMEOUT, Decision, PodCounts, RevisionAutoscaler};
 pub use window::Window;

@@ -126,6 +126,8 @@ struct Published {
     mode: Mode,
     panic: bool,
     ebc_negative: bool,
+    /// The kind of rule behind the scale: a decision goes out when it changes too.
+    reason: crate::kpa::ReasonKind,
 }
 
 // === impl Autoscaler ===
@@ -448,6 +450,7 @@ impl Inner {
             mode: d.mode,
             panic: d.panic_mode,
             ebc_negative: d.excess_burst_capacity < 0,
+            reason: d.reason.kind,
         });
         let changed = published != st.published;
         st.published = published;
@@ -455,6 +458,9 @@ impl Inner {
         let metric = scaling.metric;
         let target = scaling.target;
         st.gauges.set(&d, metric, target);
+        if decide {
+            st.gauges.decided(&d);
+        }
         // Carried out and published under the revision's lock (neither blocks), so that
         // nothing about a revision goes out after its removal.
         if let Some(replicas) = d.apply {
@@ -529,6 +535,10 @@ fn to_proto(key: &RevisionKey, st: &State) -> v1::Decision {
         out.ready_pods = ready;
         out.stable_value = stable;
         out.panic_value = panic;
+        out.reason = Some(v1::Reason {
+            kind: d.reason.kind.as_str().to_owned(),
+            message: d.reason.message.clone(),
+        });
     }
     out
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::MaxWindow;
+use super::reason::{Reason, ReasonKind, avg, num, span};
 
 /// What one revision's decisions are made of (Knative's `DeciderSpec`).
 #[derive(Clone, Debug, PartialEq)]
@@ -29,10 +30,12 @@ pub struct DeciderSpec {
 }
 
 /// One decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScaleResult {
     pub desired: i32,
     pub excess_burst_capacity: i32,
+    /// The rule that set `desired`, with its numbers.
+    pub reason: Reason,
 }
 
 /// The per-revision decider: its spec plus the panic state it carries between ticks.
@@ -118,22 +121,100 @@ impl Decider {
             _ => {}
         }
 
-        let mut desired = if self.panic_time.is_some() {
+        let target = num(spec.target_value);
+        let (mut desired, mut reason) = if self.panic_time.is_some() {
             // The count never goes down while in panic.
             self.max_panic_pods = self.max_panic_pods.max(stable_pods.max(panic_pods));
-            self.max_panic_pods
+            let n = self.max_panic_pods;
+            let reason = if over {
+                Reason::new(
+                    ReasonKind::Panic,
+                    format!(
+                        "panic: panic-window average {} wants ⌈{}/{target}⌉ = {} pods ≥ {} × {ready} ready; desired {n}",
+                        avg(panic),
+                        avg(panic),
+                        num(raw_panic),
+                        num(spec.panic_threshold),
+                    ),
+                )
+            } else {
+                Reason::new(
+                    ReasonKind::Panic,
+                    format!(
+                        "panic: holding {n}, the most since panic began (it ends after a {} stable window without a panic reading)",
+                        span(spec.stable_window)
+                    ),
+                )
+            };
+            (n, reason)
         } else {
-            stable_pods
+            let reason = if spec.activation_scale > 1
+                && raw_stable > 0.0
+                && clamp(raw_stable) < activation
+            {
+                Reason::new(
+                    ReasonKind::ActivationScale,
+                    format!(
+                        "activation-scale {}: the load wants ⌈{}/{target}⌉ = {}",
+                        spec.activation_scale,
+                        avg(stable),
+                        num(raw_stable)
+                    ),
+                )
+            } else if raw_stable > max_up {
+                Reason::new(
+                    ReasonKind::MaxScaleUpRate,
+                    format!(
+                        "scale-up limited by max-scale-up-rate {}: {ready} → {} (wanted {})",
+                        num(spec.max_scale_up_rate),
+                        num(max_up),
+                        num(raw_stable)
+                    ),
+                )
+            } else if raw_stable < max_down {
+                Reason::new(
+                    ReasonKind::MaxScaleDownRate,
+                    format!(
+                        "scale-down limited by max-scale-down-rate {}: {ready} → {} (wanted {})",
+                        num(spec.max_scale_down_rate),
+                        num(max_down),
+                        num(raw_stable)
+                    ),
+                )
+            } else {
+                Reason::new(
+                    ReasonKind::Stable,
+                    format!(
+                        "stable: {} average {}; desired ⌈{}/{target}⌉ = {}",
+                        span(spec.stable_window),
+                        avg(stable),
+                        avg(stable),
+                        num(raw_stable)
+                    ),
+                )
+            };
+            (stable_pods, reason)
         };
         if spec.reachable
             && let Some(window) = self.delay_window.as_mut()
         {
-            desired = window.record(now, desired);
+            let kept = window.record(now, desired);
+            if kept > desired {
+                reason = Reason::new(
+                    ReasonKind::ScaleDownDelay,
+                    format!(
+                        "scale-down delay: keeping {kept} (peak of the last {}); {desired} wanted now",
+                        span(spec.scale_down_delay)
+                    ),
+                );
+            }
+            desired = kept;
         }
 
         ScaleResult {
             desired,
-            excess_burst_capacity: excess_burst_capacity(spec, ready, panic),
+            excess_burst_capacity: excess_burst_capacity(&self.spec, ready, panic),
+            reason,
         }
     }
 }

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use super::reason::{Reason, ReasonKind, span};
+
 /// The revision's Active condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activity {
@@ -38,7 +40,7 @@ pub struct ScaleBounds {
 }
 
 /// The outcome of one reconcile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     /// The desired scale reported (−1: unknown yet).
     pub want: i32,
@@ -48,6 +50,9 @@ pub struct Step {
     pub requeue_after: Option<Duration>,
     pub mode: Mode,
     pub activity: Activity,
+    /// The bound or scale-to-zero rule that set `want`, when one did (`None`: the
+    /// decider's count stands).
+    pub reason: Option<Reason>,
 }
 
 /// Per-revision reconcile state (Knative's PodAutoscaler status).
@@ -126,7 +131,8 @@ impl PodAutoscaler {
         replicas: u32,
         activator_ok: bool,
     ) -> Step {
-        let (want, apply, requeue_after) = self.scale(now, b, desired, replicas, activator_ok);
+        let (want, apply, requeue_after, reason) =
+            self.scale(now, b, desired, replicas, activator_ok);
         let mode = if want > 0 && ebc >= 0 {
             Mode::Serve
         } else {
@@ -143,6 +149,7 @@ impl PodAutoscaler {
             requeue_after,
             mode,
             activity: self.activity,
+            reason,
         }
     }
 
@@ -153,20 +160,42 @@ impl PodAutoscaler {
         desired: i32,
         replicas: u32,
         activator_ok: bool,
-    ) -> (i32, Option<u32>, Option<Duration>) {
+    ) -> (i32, Option<u32>, Option<Duration>, Option<Reason>) {
         if desired < 0 && self.activity != Activity::Activating {
-            return (desired, None, None);
+            return (desired, None, None, None);
         }
-        let mut min = b.effective_min();
+        let mut reason = None;
+        let floor = b.effective_min();
+        let mut min = floor;
         if b.initial_scale > 1 && !self.initialized && b.reachable {
             min = min.max(b.initial_scale);
         }
+        let wanted = desired;
         let mut x = desired.max(i32::try_from(min).unwrap_or(i32::MAX));
-        if b.max_scale != 0 {
-            x = x.min(i32::try_from(b.max_scale).unwrap_or(i32::MAX));
+        if x > wanted && x > 0 {
+            reason = Some(if min > floor {
+                Reason::new(
+                    ReasonKind::InitialScale,
+                    format!("initial-scale {min}, until the revision is first ready"),
+                )
+            } else {
+                Reason::new(
+                    ReasonKind::MinScale,
+                    format!("held at min-scale {min} ({} wanted)", wanted.max(0)),
+                )
+            });
+        }
+        if b.max_scale != 0 && x > i32::try_from(b.max_scale).unwrap_or(i32::MAX) {
+            x = i32::try_from(b.max_scale).unwrap_or(i32::MAX);
+            reason = Some(Reason::new(
+                ReasonKind::MaxScale,
+                format!("capped at max-scale {} ({wanted} wanted)", b.max_scale),
+            ));
         }
         let (x, apply, requeue) = if x == 0 {
-            self.scale_to_zero(now, b, activator_ok)
+            let (x, apply, requeue, why) = self.scale_to_zero(now, b, activator_ok);
+            reason = Some(why);
+            (x, apply, requeue)
         } else {
             (x, true, None)
         };
@@ -174,32 +203,78 @@ impl PodAutoscaler {
             .then(|| u32::try_from(x).ok())
             .flatten()
             .filter(|&n| n != replicas);
-        (x, apply, requeue)
+        (x, apply, requeue, reason)
     }
 
-    /// Knative's `handleScaleToZero`: (scale, apply it, re-check after).
+    /// Knative's `handleScaleToZero`: (scale, apply it, re-check after, why).
     fn scale_to_zero(
         &self,
         now: Duration,
         b: &ScaleBounds,
         activator_ok: bool,
-    ) -> (i32, bool, Option<Duration>) {
+    ) -> (i32, bool, Option<Duration>, Reason) {
+        use ReasonKind as K;
         if !b.enable_scale_to_zero {
-            return (1, true, None);
+            let why = Reason::new(
+                K::ScaleToZeroDisabled,
+                "enable-scale-to-zero is false: keeping 1 pod",
+            );
+            return (1, true, None, why);
         }
         let since = now.saturating_sub(self.activity_since);
+        let grace = span(b.grace_period);
         match self.activity {
-            Activity::Activating if since > b.activation_timeout => (0, true, None),
-            Activity::Activating => (-1, false, Some(b.activation_timeout)),
+            Activity::Activating if since > b.activation_timeout => (
+                0,
+                true,
+                None,
+                Reason::new(
+                    K::ActivationTimeout,
+                    format!(
+                        "no pod ready within the {} activation timeout: to zero",
+                        span(b.activation_timeout)
+                    ),
+                ),
+            ),
+            Activity::Activating => (
+                -1,
+                false,
+                Some(b.activation_timeout),
+                Reason::new(K::Activating, "activating: waiting for a pod to be ready"),
+            ),
             // The last activity rule: a revision active for less than a stable window keeps
             // one pod for the rest of it.
             Activity::Active if since >= b.stable_window => (
                 0,
                 false,
                 (self.mode == Mode::Proxy).then_some(PROXY_RECHECK),
+                Reason::new(
+                    K::ScaleToZeroGrace,
+                    format!("no load: inactive now, to zero after the {grace} grace period"),
+                ),
             ),
-            Activity::Active => (1, true, Some(b.stable_window - since)),
-            Activity::Inactive if !(activator_ok || b.unlimited_burst) => (0, false, None),
+            Activity::Active => (
+                1,
+                true,
+                Some(b.stable_window - since),
+                Reason::new(
+                    K::LastActivity,
+                    format!(
+                        "last activity: keeping 1 pod for the rest of the {} stable window ({} left)",
+                        span(b.stable_window),
+                        span(b.stable_window - since)
+                    ),
+                ),
+            ),
+            Activity::Inactive if !(activator_ok || b.unlimited_burst) => (
+                0,
+                false,
+                None,
+                Reason::new(
+                    K::ActivatorNotReady,
+                    "to zero once the activator, probed first, is in the path",
+                ),
+            ),
             Activity::Inactive => {
                 let retention = if b.reachable {
                     b.pod_retention
@@ -209,14 +284,33 @@ impl PodAutoscaler {
                 let proxied_for = self
                     .proxy_since
                     .map_or(Duration::ZERO, |p| now.saturating_sub(p));
+                let to_zero =
+                    Reason::new(K::ScaleToZero, format!("scale to zero after grace {grace}"));
                 if since >= b.grace_period.max(retention) {
-                    (0, true, None)
+                    (0, true, None, to_zero)
                 } else if !retention.is_zero() && since < retention {
-                    (0, false, Some(retention - since))
+                    let left = retention - since;
+                    let why = Reason::new(
+                        K::ScaleToZeroGrace,
+                        format!(
+                            "scale-to-zero-pod-retention-period {}: keeping the pods {} more",
+                            span(retention),
+                            span(left)
+                        ),
+                    );
+                    (0, false, Some(left), why)
                 } else if proxied_for >= b.grace_period {
-                    (0, true, None)
+                    (0, true, None, to_zero)
                 } else {
-                    (0, false, Some(b.grace_period - proxied_for))
+                    let left = b.grace_period - proxied_for;
+                    let why = Reason::new(
+                        K::ScaleToZeroGrace,
+                        format!(
+                            "to zero after the {grace} grace period with the activator in the path ({} left)",
+                            span(left)
+                        ),
+                    );
+                    (0, false, Some(left), why)
                 }
             }
         }

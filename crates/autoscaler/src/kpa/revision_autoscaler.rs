@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use super::{Activity, Collector, Decider, Mode, PodAutoscaler, Reporter, ScaleBounds, StatSample};
+use super::{
+    Activity, Collector, Decider, Mode, PodAutoscaler, Reason, Reporter, ScaleBounds, StatSample,
+};
 use crate::config::AutoscalerConfig;
 use crate::revision::RevisionScaling;
 
@@ -22,7 +24,7 @@ pub struct PodCounts {
 }
 
 /// Where a revision stands after a tick or a reconcile.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     /// The window averages this tick used (revision totals, in the revision's metric).
     pub stable: f64,
@@ -41,6 +43,9 @@ pub struct Decision {
     pub excess_burst_capacity: i32,
     pub mode: Mode,
     pub activity: Activity,
+    /// The rule that set `scale`: a bound or scale-to-zero rule of the reconcile, or
+    /// else the decider's.
+    pub reason: Reason,
 }
 
 /// One revision's KPA state.
@@ -55,6 +60,8 @@ pub struct RevisionAutoscaler {
     desired: i32,
     excess_burst_capacity: i32,
     averages: (f64, f64),
+    /// Why the decider's latest count is what it is.
+    reason: Reason,
     last: Option<Decision>,
 }
 
@@ -78,6 +85,7 @@ impl RevisionAutoscaler {
             pa: PodAutoscaler::new(now),
             desired: -1,
             averages: (0.0, 0.0),
+            reason: Reason::no_data(),
             last: None,
         }
     }
@@ -130,6 +138,7 @@ impl RevisionAutoscaler {
             self.desired = r.desired;
             self.excess_burst_capacity = r.excess_burst_capacity;
             self.averages = (stable, panic);
+            self.reason = r.reason;
         }
         self.reconcile(now, pods, activator_ok)
     }
@@ -146,7 +155,7 @@ impl RevisionAutoscaler {
             activator_ok,
         );
         // A transient −1 does not hide a known scale (Knative's PA status rule).
-        let scale = match (step.want, self.last) {
+        let scale = match (step.want, &self.last) {
             (-1, Some(last)) if last.scale >= 0 => last.scale,
             (want, _) => want,
         };
@@ -162,8 +171,9 @@ impl RevisionAutoscaler {
             excess_burst_capacity: self.excess_burst_capacity,
             mode: step.mode,
             activity: step.activity,
+            reason: step.reason.unwrap_or_else(|| self.reason.clone()),
         };
-        self.last = Some(decision);
+        self.last = Some(decision.clone());
         decision
     }
 

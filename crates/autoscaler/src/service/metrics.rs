@@ -7,7 +7,7 @@ use prometheus::{
 };
 
 use super::Rejected;
-use crate::kpa::{Decision, Reporter};
+use crate::kpa::{Decision, ReasonKind, Reporter};
 use crate::revision::Metric;
 use crate::scaler::RevisionKey;
 
@@ -30,6 +30,7 @@ pub struct Metrics {
     target_rps: GaugeVec,
     stats: [IntCounter; 3],
     rejected: IntCounterVec,
+    decisions: IntCounterVec,
     pub(super) pokes: IntCounter,
     pub(super) decision_lag: Histogram,
     pub(super) revisions: IntGauge,
@@ -118,6 +119,14 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "sluice_autoscaler_decisions_total",
+                "Decisions (one per tick), by revision and the kind of rule that set the scale.",
+            ),
+            &["namespace_name", "revision_name", "reason"],
+        )
+        .expect("valid metric");
         let pokes = IntCounter::new(
             "sluice_autoscaler_pokes_total",
             "Stats that made a revision at zero decide at once.",
@@ -143,6 +152,7 @@ impl Metrics {
         for m in [
             Box::new(stats_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejected.clone()),
+            Box::new(decisions.clone()),
             Box::new(pokes.clone()),
             Box::new(decision_lag.clone()),
             Box::new(revisions.clone()),
@@ -167,6 +177,7 @@ impl Metrics {
             target_rps,
             stats,
             rejected,
+            decisions,
             pokes,
             decision_lag,
             revisions,
@@ -250,10 +261,25 @@ impl RevisionGauges {
         self.target.set(target);
     }
 
+    /// Counts a tick's decision under the kind of its reason.
+    pub(super) fn decided(&self, d: &Decision) {
+        let labels = [
+            self.key.namespace.as_str(),
+            self.key.name.as_str(),
+            d.reason.kind.as_str(),
+        ];
+        self.metrics.decisions.with_label_values(&labels).inc();
+    }
+
     /// Drops the revision's series (it is no longer scaled here).
     pub(super) fn remove(&self) {
         let m = &self.metrics;
         let labels = [self.key.namespace.as_str(), self.key.name.as_str()];
+        for kind in ReasonKind::ALL {
+            let _ = m
+                .decisions
+                .remove_label_values(&[labels[0], labels[1], kind.as_str()]);
+        }
         let (stable, panic, target) = m.by_metric(self.metric);
         for vec in [
             &m.desired,

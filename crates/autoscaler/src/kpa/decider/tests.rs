@@ -25,17 +25,19 @@ fn at(offset_ms: u64) -> Duration {
     T0 + Duration::from_millis(offset_ms)
 }
 
-fn decide(spec: DeciderSpec, stable: f64, panic: f64, ready: u32) -> (ScaleResult, bool) {
+fn decide(spec: DeciderSpec, stable: f64, panic: f64, ready: u32) -> ((i32, i32), bool) {
     let mut d = Decider::new(spec, Some(1), T0);
     let r = d.scale(T0, stable, panic, ready);
-    (r, d.in_panic())
+    (counts(r), d.in_panic())
 }
 
-fn result(desired: i32, ebc: i32) -> ScaleResult {
-    ScaleResult {
-        desired,
-        excess_burst_capacity: ebc,
-    }
+/// A decision's (desired, EBC); its reason is asserted where it is the subject.
+fn counts(r: ScaleResult) -> (i32, i32) {
+    (r.desired, r.excess_burst_capacity)
+}
+
+fn result(desired: i32, ebc: i32) -> (i32, i32) {
+    (desired, ebc)
 }
 
 #[test]
@@ -72,16 +74,16 @@ fn a5_no_load_at_one_pod() {
 #[test]
 fn a6_stable_increase_limited_by_scale_up_rate() {
     let mut d = Decider::new(spec(10.0, 101.0), Some(1), T0);
-    assert_eq!(d.scale(T0, 50.0, 10.0, 1), result(5, -98));
-    assert_eq!(d.scale(at(2_000), 100.0, 10.0, 1), result(10, -98));
+    assert_eq!(counts(d.scale(T0, 50.0, 10.0, 1)), result(5, -98));
+    assert_eq!(counts(d.scale(at(2_000), 100.0, 10.0, 1)), result(10, -98));
     assert!(!d.in_panic(), "dppc / R = 1");
 }
 
 #[test]
 fn a7_rps_uses_the_same_arithmetic() {
     let mut d = Decider::new(spec(10.0, 101.0), Some(1), T0);
-    assert_eq!(d.scale(T0, 50.0, 50.0, 1), result(5, -138));
-    assert_eq!(d.scale(at(2_000), 100.0, 99.0, 1), result(10, -187));
+    assert_eq!(counts(d.scale(T0, 50.0, 50.0, 1)), result(5, -138));
+    assert_eq!(counts(d.scale(at(2_000), 100.0, 99.0, 1)), result(10, -187));
 }
 
 #[test]
@@ -100,12 +102,18 @@ fn in_panic_since_5s_with_5_pods(stable: f64, panic: f64) -> ScaleResult {
 
 #[test]
 fn a9_in_panic_the_larger_of_stable_and_panic() {
-    assert_eq!(in_panic_since_5s_with_5_pods(50.0, 30.0), result(50, -124));
+    assert_eq!(
+        counts(in_panic_since_5s_with_5_pods(50.0, 30.0)),
+        result(50, -124)
+    );
 }
 
 #[test]
 fn a10_in_panic_panic_larger() {
-    assert_eq!(in_panic_since_5s_with_5_pods(20.0, 30.0), result(30, -124));
+    assert_eq!(
+        counts(in_panic_since_5s_with_5_pods(20.0, 30.0)),
+        result(30, -124)
+    );
 }
 
 #[test]
@@ -122,7 +130,7 @@ fn a12_small_scale_down_rate() {
     assert_eq!(decide(s.clone(), 1.0, 1.0, 100).0, result(90, -650));
     s.reachable = false;
     assert_eq!(
-        decide(s, 1.0, 1.0, 100).0.desired,
+        decide(s, 1.0, 1.0, 100).0.0,
         1,
         "A13: no scale-down limit when unreachable"
     );
@@ -154,7 +162,7 @@ fn a16_no_ready_pods_count_as_one_for_rates_but_zero_for_ebc() {
 fn a17_scale_to_zero_when_traffic_stops() {
     let mut d = Decider::new(spec(10.0, 75.0), Some(1), T0);
     assert_eq!(d.scale(T0, 1.0, 0.0, 1).desired, 1);
-    assert_eq!(d.scale(at(2_000), 0.0, 0.0, 1), result(0, -62));
+    assert_eq!(counts(d.scale(at(2_000), 0.0, 0.0, 1)), result(0, -62));
 }
 
 #[test]
@@ -203,13 +211,13 @@ fn stock() -> DeciderSpec {
 #[test]
 fn a27_stock_defaults_one_pod_proxy_mode() {
     let mut d = Decider::new(stock(), Some(1), T0);
-    assert_eq!(d.scale(T0, 35.0, 35.0, 1), result(1, -146));
+    assert_eq!(counts(d.scale(T0, 35.0, 35.0, 1)), result(1, -146));
 }
 
 #[test]
 fn a28_stock_defaults_panic_keeps_three_pods_serve_mode() {
     let mut d = Decider::new(stock(), Some(3), T0);
-    assert_eq!(d.scale(T0, 50.0, 50.0, 3), result(3, 39));
+    assert_eq!(counts(d.scale(T0, 50.0, 50.0, 3)), result(3, 39));
 }
 
 #[test]
@@ -273,4 +281,113 @@ fn d6_delay_ignored_when_unreachable() {
     unreachable.reachable = false;
     d.update(unreachable);
     assert_eq!(d.scale(epoch(64), 0.0, 0.0, 0).desired, 0);
+}
+
+// Reasons: each rule of the decider names itself, with its numbers.
+
+fn reason_of(r: &ScaleResult) -> (ReasonKind, &str) {
+    (r.reason.kind, r.reason.message.as_str())
+}
+
+#[test]
+fn reason_stable_window() {
+    let mut d = Decider::new(spec(10.0, 0.0), Some(1), T0);
+    let r = d.scale(T0, 50.0, 10.0, 5);
+    assert_eq!(r.desired, 5);
+    assert_eq!(
+        reason_of(&r),
+        (
+            ReasonKind::Stable,
+            "stable: 1m average 50.0; desired ⌈50.0/10⌉ = 5"
+        )
+    );
+}
+
+#[test]
+fn reason_panic_entry_and_hold() {
+    let mut d = Decider::new(spec(10.0, 100.0), Some(1), T0);
+    let r = d.scale(T0, 50.0, 50.0, 1);
+    assert_eq!(r.desired, 5);
+    assert_eq!(
+        reason_of(&r),
+        (
+            ReasonKind::Panic,
+            "panic: panic-window average 50.0 wants ⌈50.0/10⌉ = 5 pods ≥ 2 × 1 ready; desired 5"
+        )
+    );
+    // Load gone, still within the stable window of the panic reading: the peak is held.
+    let r = d.scale(at(2_000), 0.0, 0.0, 5);
+    assert_eq!(r.desired, 5);
+    assert_eq!(
+        reason_of(&r),
+        (
+            ReasonKind::Panic,
+            "panic: holding 5, the most since panic began (it ends after a 1m stable window without a panic reading)"
+        )
+    );
+}
+
+#[test]
+fn reason_scale_up_rate() {
+    let mut s = spec(10.0, 0.0);
+    s.max_scale_up_rate = 2.0;
+    let mut d = Decider::new(s, Some(1), T0);
+    let r = d.scale(T0, 100.0, 10.0, 2);
+    assert_eq!(r.desired, 4);
+    assert_eq!(
+        reason_of(&r),
+        (
+            ReasonKind::MaxScaleUpRate,
+            "scale-up limited by max-scale-up-rate 2: 2 → 4 (wanted 10)"
+        )
+    );
+}
+
+#[test]
+fn reason_scale_down_rate() {
+    let mut s = spec(10.0, 0.0);
+    s.max_scale_down_rate = 2.0;
+    let mut d = Decider::new(s, Some(1), T0);
+    let r = d.scale(T0, 10.0, 10.0, 10);
+    assert_eq!(r.desired, 5);
+    assert_eq!(
+        reason_of(&r),
+        (
+            ReasonKind::MaxScaleDownRate,
+            "scale-down limited by max-scale-down-rate 2: 10 → 5 (wanted 1)"
+        )
+    );
+}
+
+#[test]
+fn reason_activation_scale() {
+    let mut s = spec(10.0, 0.0);
+    s.activation_scale = 3;
+    let mut d = Decider::new(s, Some(1), T0);
+    let r = d.scale(T0, 5.0, 5.0, 1);
+    assert_eq!(r.desired, 3);
+    assert_eq!(
+        reason_of(&r),
+        (
+            ReasonKind::ActivationScale,
+            "activation-scale 3: the load wants ⌈5.0/10⌉ = 1"
+        )
+    );
+}
+
+#[test]
+fn reason_scale_down_delay() {
+    let mut s = spec(10.0, 0.0);
+    s.scale_down_delay = Duration::from_secs(60);
+    let mut d = Decider::new(s, Some(0), epoch(0));
+    assert_eq!(d.scale(epoch(2), 40.0, 10.0, 4).desired, 4);
+    let r = d.scale(epoch(30), 0.0, 0.0, 4);
+    assert_eq!(r.desired, 4);
+    assert_eq!(
+        reason_of(&r),
+        (
+            ReasonKind::ScaleDownDelay,
+            "scale-down delay: keeping 4 (peak of the last 1m); 0 wanted now"
+        )
+    );
 }

@@ -299,3 +299,135 @@ fn the_whole_way_down_from_active_to_zero() {
     let s = p.reconcile(t(100), &b, 0, 0, 1, 1, true);
     assert_eq!(s.apply, Some(0), "30 s behind the activator: removed");
 }
+
+// Reasons: each bound and scale-to-zero rule of the reconcile names itself.
+
+fn reason(s: &Step) -> (ReasonKind, &str) {
+    let r = s.reason.as_ref().expect("a rule set the scale");
+    (r.kind, r.message.as_str())
+}
+
+#[test]
+fn reason_min_and_max_scale() {
+    let b = ScaleBounds {
+        min_scale: 2,
+        ..bounds()
+    };
+    let s = run(&mut pa(Activity::Active, WINDOW), &b, 1, 2);
+    assert_eq!(s.want, 2);
+    assert_eq!(
+        reason(&s),
+        (ReasonKind::MinScale, "held at min-scale 2 (1 wanted)")
+    );
+    let b = ScaleBounds {
+        max_scale: 3,
+        ..bounds()
+    };
+    let s = run(&mut pa(Activity::Active, WINDOW), &b, 8, 3);
+    assert_eq!(s.want, 3);
+    assert_eq!(
+        reason(&s),
+        (ReasonKind::MaxScale, "capped at max-scale 3 (8 wanted)")
+    );
+    // Within the bounds, the decider's count stands and so does its reason.
+    assert_eq!(
+        run(&mut pa(Activity::Active, WINDOW), &b, 2, 2).reason,
+        None
+    );
+}
+
+#[test]
+fn reason_initial_scale_until_first_ready() {
+    let b = ScaleBounds {
+        initial_scale: 3,
+        ..bounds()
+    };
+    let mut fresh = PodAutoscaler::new(NOW);
+    let s = fresh.reconcile(NOW, &b, 1, -1, 0, 0, true);
+    assert_eq!(s.want, 3);
+    assert_eq!(
+        reason(&s),
+        (
+            ReasonKind::InitialScale,
+            "initial-scale 3, until the revision is first ready"
+        )
+    );
+}
+
+#[test]
+fn reason_scale_to_zero_after_grace_and_while_waiting() {
+    let s = run(&mut pa(Activity::Inactive, GRACE), &bounds(), 0, 1);
+    assert_eq!((s.want, s.apply), (0, Some(0)));
+    assert_eq!(
+        reason(&s),
+        (ReasonKind::ScaleToZero, "scale to zero after grace 1m")
+    );
+    let thirty = Duration::from_secs(30);
+    let mut waiting =
+        PodAutoscaler::with_state(Activity::Inactive, ago(thirty), true, Some(ago(thirty)));
+    let s = run(&mut waiting, &bounds(), 0, 1);
+    assert_eq!((s.want, s.apply), (0, None));
+    assert_eq!(
+        reason(&s),
+        (
+            ReasonKind::ScaleToZeroGrace,
+            "to zero after the 1m grace period with the activator in the path (30s left)"
+        )
+    );
+}
+
+#[test]
+fn reason_pod_retention() {
+    let b = ScaleBounds {
+        pod_retention: Duration::from_secs(300),
+        ..bounds()
+    };
+    let s = run(&mut pa(Activity::Inactive, GRACE), &b, 0, 1);
+    assert_eq!(s.apply, None);
+    assert_eq!(
+        reason(&s),
+        (
+            ReasonKind::ScaleToZeroGrace,
+            "scale-to-zero-pod-retention-period 5m: keeping the pods 4m more"
+        )
+    );
+}
+
+#[test]
+fn reason_last_activity_keeps_one_pod() {
+    let s = run(
+        &mut pa(Activity::Active, WINDOW - Duration::from_secs(1)),
+        &bounds(),
+        0,
+        1,
+    );
+    assert_eq!(s.want, 1);
+    assert_eq!(
+        reason(&s),
+        (
+            ReasonKind::LastActivity,
+            "last activity: keeping 1 pod for the rest of the 5m stable window (1s left)"
+        )
+    );
+}
+
+#[test]
+fn reason_activator_not_ready_and_scale_to_zero_disabled() {
+    let mut p = pa(Activity::Inactive, GRACE);
+    let s = p.reconcile(NOW, &bounds(), 0, -1, 1, 1, false);
+    assert_eq!((s.want, s.apply), (0, None));
+    assert_eq!(reason(&s).0, ReasonKind::ActivatorNotReady);
+    let b = ScaleBounds {
+        enable_scale_to_zero: false,
+        ..bounds()
+    };
+    let s = run(&mut pa(Activity::Inactive, GRACE), &b, 0, 1);
+    assert_eq!(s.want, 1);
+    assert_eq!(
+        reason(&s),
+        (
+            ReasonKind::ScaleToZeroDisabled,
+            "enable-scale-to-zero is false: keeping 1 pod"
+        )
+    );
+}
