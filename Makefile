@@ -3,7 +3,7 @@ CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 LOCKED := --locked
 
-.PHONY: ci fmt lint test deny build release run bench clean kube-e2e images
+.PHONY: ci fmt lint test deny build release run bench clean kube-e2e images chart
 
 ## ci: formatting, lints, the images, every test including the images' (what CI runs)
 ci: fmt lint deny images
@@ -19,6 +19,10 @@ lint:
 test:
 	$(CARGO) test --doc --workspace $(LOCKED)
 	$(CARGO) nextest run --workspace $(LOCKED) $(NEXTEST_ARGS)
+
+## chart: the README's `sluice simulate --plot` chart, drawn again (a test fails when it drifts)
+chart:
+	$(CARGO) run $(LOCKED) -q -p sluice -- simulate examples/simulate/panic-burst.yaml --plot docs/simulate-panic-burst.svg >/dev/null
 
 ## images: static binary, FROM-scratch images, OCI archives in target/images/ (buildah)
 images:

@@ -98,6 +98,38 @@ async fn scale_from_zero_releases_100_held_requests_within_capacity() {
     let (_, max_in_flight, requests) = app_stats(app.addr).await;
     assert_eq!(requests, 100);
     assert!(max_in_flight <= 10, "the app saw {max_in_flight} at once");
+
+    // Each of the 100 arrived with no pod and waited for one: 100 cold-start samples,
+    // every one over the 2 s before the pod was started, none over the 5 s bucket.
+    let labels = r#"{namespace_name="default",revision_name="hello-00001""#;
+    let exact = |v: f64| move |x: f64| x == v;
+    act.wait_metric(
+        &format!("sluice_activator_cold_start_requests_total{labels}}}"),
+        Duration::from_secs(1),
+        exact(100.0),
+    )
+    .await;
+    let histogram = "sluice_activator_cold_start_seconds";
+    act.wait_metric(
+        &format!("{histogram}_count{labels}}}"),
+        Duration::from_secs(1),
+        exact(100.0),
+    )
+    .await;
+    for (le, count) in [("1", 0.0), ("5", 100.0)] {
+        act.wait_metric(
+            &format!("{histogram}_bucket{labels},le=\"{le}\"}}"),
+            Duration::from_secs(1),
+            exact(count),
+        )
+        .await;
+    }
+    act.wait_metric(
+        &format!("{histogram}_sum{labels}}}"),
+        Duration::from_secs(1),
+        |sum| sum >= 200.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,7 +233,18 @@ async fn send(
         ThrottleError::QueueFull => ActivatorError::QueueFull(rev.throttler.held(), rev_name(rev)),
         ThrottleError::Removed => ActivatorError::Removed(rev_name(rev)),
     };
+    // A request that finds no pod waits for a cold start: measured from its arrival
+    // until it is sent.
+    let cold = rev.throttler.no_pods();
+    if cold {
+        rev.metrics.cold_start_requests.inc();
+    }
     let mut grant = rev.throttler.acquire().await.map_err(throttled)?;
+    if cold {
+        rev.metrics
+            .cold_start
+            .observe(guard.start.elapsed().as_secs_f64());
+    }
     {
         let pod = grant.pod.tracker();
         let mut found = found;

@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use sluice_core::metrics::{ByStatus, status_families};
 
 const REVISION: [&str; 2] = ["namespace_name", "revision_name"];
@@ -20,7 +23,15 @@ pub struct Metrics {
     capacity: IntGaugeVec,
     healthy_pods: IntGaugeVec,
     pod_in_flight: IntGaugeVec,
+    cold_start: HistogramVec,
+    cold_start_requests: IntCounterVec,
 }
+
+/// Buckets of the cold-start histogram, in seconds: an app's start-up from tens of
+/// milliseconds to minutes (an image pull).
+const COLD_START_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 /// One revision's series, resolved once so a request costs atomic adds, not label hashing.
 #[derive(Debug)]
@@ -32,6 +43,10 @@ pub(crate) struct RevisionMetrics {
     capacity: IntGauge,
     healthy_pods: IntGauge,
     requests: ByStatus,
+    /// From arrival to being sent, for requests that arrived with no pod.
+    pub(crate) cold_start: Histogram,
+    /// Requests that arrived with no pod (and waited, however that ended).
+    pub(crate) cold_start_requests: IntCounter,
 }
 
 // === impl Metrics ===
@@ -69,6 +84,23 @@ impl Metrics {
             "Requests the activator has in flight to one pod",
             &["namespace_name", "revision_name", "pod_address"],
         )?;
+        let cold_start = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_activator_cold_start_seconds",
+                "For requests that arrived when the revision had no ready pod: the time from arrival until the request was sent to a pod",
+            )
+            .buckets(COLD_START_BUCKETS.to_vec()),
+            &REVISION,
+        )?;
+        registry.register(Box::new(cold_start.clone()))?;
+        let cold_start_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_activator_cold_start_requests_total",
+                "Requests that arrived when the revision had no ready pod and waited for one",
+            ),
+            &REVISION,
+        )?;
+        registry.register(Box::new(cold_start_requests.clone()))?;
         let requests = status_families(
             &registry,
             (
@@ -88,6 +120,8 @@ impl Metrics {
             capacity,
             healthy_pods,
             pod_in_flight,
+            cold_start,
+            cold_start_requests,
         })
     }
 
@@ -107,6 +141,8 @@ impl RevisionMetrics {
             capacity: families.capacity.with_label_values(&labels),
             healthy_pods: families.healthy_pods.with_label_values(&labels),
             requests: ByStatus::new(&families.requests, namespace, revision),
+            cold_start: families.cold_start.with_label_values(&labels),
+            cold_start_requests: families.cold_start_requests.with_label_values(&labels),
             labels: [namespace.to_owned(), revision.to_owned()],
             families: std::sync::Arc::clone(families),
         }
@@ -154,6 +190,8 @@ impl RevisionMetrics {
         ] {
             let _ = vec.remove_label_values(&labels);
         }
+        let _ = f.cold_start.remove_label_values(&labels);
+        let _ = f.cold_start_requests.remove_label_values(&labels);
         self.requests.forget();
     }
 }

@@ -196,6 +196,12 @@ impl Throttler {
         }
     }
 
+    /// No pod of the revision is assigned to this activator: a request now waits for a
+    /// cold start (or for another activator's pods to be shared).
+    pub(crate) fn no_pods(&self) -> bool {
+        self.assigned.load().is_empty()
+    }
+
     /// Requests waiting for the revision now.
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)

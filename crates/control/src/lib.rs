@@ -11,6 +11,7 @@
 //! ([`ControlPlane::apply_decision`]) or over gRPC ([`ControlPlane::follow_decisions`]).
 
 pub mod backend;
+pub mod cold_start;
 pub mod grpc;
 pub mod local;
 pub mod node;
@@ -45,6 +46,7 @@ struct Inner {
     endpoints: Feed<v1::RevisionEndpoints>,
     /// The applied `config-autoscaler`, for autoscalers in other processes.
     config: Feed<v1::ConfigMap>,
+    cold_starts: Mutex<cold_start::ColdStarts>,
 }
 
 // === impl ControlPlane ===
@@ -60,6 +62,7 @@ impl ControlPlane {
                 routes: Feed::new(),
                 endpoints: Feed::new(),
                 config: Feed::new(),
+                cold_starts: Mutex::default(),
             }),
         }
     }
@@ -123,7 +126,20 @@ impl ControlPlane {
     /// The revision's ready pods changed in the backend.
     pub fn pods_changed(&self, key: &RevisionKey) {
         let backend = Arc::clone(&self.inner.backend);
-        let _ = self.change(|r| Ok(r.ready(key, backend.ready(key))));
+        let _ = self.change(|r| {
+            let ready = backend.ready(key);
+            self.inner
+                .cold_starts
+                .lock()
+                .ready(key, ready.len(), tokio::time::Instant::now());
+            Ok(r.ready(key, ready))
+        });
+    }
+
+    /// The revision's last cold start: from asking for pods at zero ready to the first
+    /// ready one.
+    pub fn last_cold_start(&self, key: &RevisionKey) -> Option<std::time::Duration> {
+        self.inner.cold_starts.lock().last(key)
     }
 
     /// Adopts the workloads the backend runs already (created by a previous control plane;
@@ -188,9 +204,27 @@ impl ControlPlane {
             Action::Endpoints(e) => {
                 inner.endpoints.publish(e);
             }
-            Action::Create(spec) => inner.backend.create(&spec),
-            Action::Delete(key) => inner.backend.delete(&key),
-            Action::Scale(key, replicas) => inner.backend.scale(&key, replicas),
+            Action::Create(spec) => {
+                inner.cold_starts.lock().asked(
+                    &spec.key(),
+                    spec.initial_scale,
+                    0,
+                    tokio::time::Instant::now(),
+                );
+                inner.backend.create(&spec);
+            }
+            Action::Delete(key) => {
+                inner.cold_starts.lock().forget(&key);
+                inner.backend.delete(&key);
+            }
+            Action::Scale(key, replicas) => {
+                let ready = inner.backend.ready(&key).len();
+                inner
+                    .cold_starts
+                    .lock()
+                    .asked(&key, replicas, ready, tokio::time::Instant::now());
+                inner.backend.scale(&key, replicas);
+            }
         }
     }
 }

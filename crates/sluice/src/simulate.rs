@@ -9,11 +9,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
+use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use sluice_autoscaler::config::AutoscalerConfig;
 use sluice_autoscaler::kpa::{Mode, PodCounts, Reporter, RevisionAutoscaler, StatSample};
 use sluice_autoscaler::revision::{Class, RevisionScaling};
 use sluice_core::duration;
+
+use crate::run::platform::DecisionReason;
 
 /// A validated scenario.
 #[derive(Clone, Debug)]
@@ -59,6 +63,8 @@ pub struct Tick {
     pub panic_mode: bool,
     pub ebc: i32,
     pub mode: &'static str,
+    /// The rule that set `scale`, as the autoscaler publishes it.
+    pub reason: DecisionReason,
 }
 
 /// A whole run.
@@ -304,6 +310,10 @@ impl Scenario {
                         Mode::Serve => "serve",
                         Mode::Proxy | Mode::Unspecified => "proxy",
                     },
+                    reason: DecisionReason {
+                        kind: d.reason.kind.as_str().to_owned(),
+                        message: d.reason.message.clone(),
+                    },
                 });
             }
             run.summary.peak_pods = run.summary.peak_pods.max(ready);
@@ -397,58 +407,169 @@ fn strings(
         .collect()
 }
 
-/// Concurrency (stable, panic) above, desired scale and ready pods below, over time.
+/// The run as a chart (SVG, drawn with plotters): the window averages above and the pods
+/// below, on one time axis in seconds, panic periods shaded in both. The decider's count
+/// is dashed, the scale asked for a wide pale band and the ready pods a thin dark line on
+/// top, so all three read apart where they coincide.
 pub fn svg(run: &Run) -> String {
-    const W: f64 = 800.0;
-    const H: f64 = 180.0;
-    let t_max = run.ticks.last().map_or(1, |t| t.t.max(1)) as f64;
-    let x = |t: u64| 50.0 + (t as f64 / t_max) * (W - 70.0);
-    let line = |top: f64, max: f64, value: &dyn Fn(&Tick) -> f64, color: &str| {
-        let pts: Vec<String> = run
-            .ticks
-            .iter()
-            .map(|t| {
-                format!(
-                    "{:.1},{:.1}",
-                    x(t.t),
-                    top + H - (value(t) / max.max(1e-9)) * (H - 10.0)
-                )
-            })
-            .collect();
-        format!(
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-            pts.join(" ")
-        )
-    };
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (900, 600)).into_drawing_area();
+        // Drawing into a String cannot fail short of a bug in the backend.
+        if let Err(e) = draw(&root, run) {
+            tracing::warn!("the chart is incomplete: {e}");
+        }
+        let _ = root.present();
+    }
+    out
+}
+
+const STABLE: RGBColor = RGBColor(31, 119, 180);
+const PANIC: RGBColor = RGBColor(255, 127, 14);
+const PANIC_SHADE: RGBColor = RGBColor(255, 205, 205);
+const DESIRED: RGBColor = RGBColor(110, 110, 110);
+const SCALE: RGBColor = RGBColor(44, 160, 44);
+const READY: RGBColor = RGBColor(214, 39, 40);
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+fn draw(root: &Area<'_>, run: &Run) -> Result<(), Box<dyn std::error::Error>> {
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(290);
+    let t_max = run.ticks.last().map_or(1, |t| t.t.max(1));
     let c_max = run
         .ticks
         .iter()
         .map(|t| t.stable.max(t.panic))
-        .fold(0.0, f64::max);
+        .fold(1.0, f64::max)
+        * 1.1;
     let p_max = run
         .ticks
         .iter()
-        .map(|t| f64::from(t.desired.max(t.scale).max(0)).max(f64::from(t.ready)))
-        .fold(0.0, f64::max);
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-        2.0 * H + 60.0
-    );
-    out.push_str(&format!("<text x=\"50\" y=\"14\">concurrency (max {c_max:.1}): stable (blue), panic (orange)</text>\n"));
-    out.push_str(&line(20.0, c_max, &|t| t.stable, "#1f77b4"));
-    out.push_str(&line(20.0, c_max, &|t| t.panic, "#ff7f0e"));
-    let top = H + 50.0;
-    out.push_str(&format!("<text x=\"50\" y=\"{}\">pods (max {p_max}): desired (grey), scale (green), ready (red); t up to {t_max}s</text>\n", top - 6.0));
-    out.push_str(&line(
-        top,
-        p_max,
-        &|t| f64::from(t.desired.max(0)),
-        "#999999",
-    ));
-    out.push_str(&line(top, p_max, &|t| f64::from(t.scale.max(0)), "#2ca02c"));
-    out.push_str(&line(top, p_max, &|t| f64::from(t.ready), "#d62728"));
-    out.push_str("</svg>\n");
-    out
+        .map(|t| {
+            t.desired
+                .max(t.scale)
+                .max(0)
+                .max(i32::try_from(t.ready).unwrap_or(i32::MAX))
+        })
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let spans = panic_spans(run);
+
+    let mut c = ChartBuilder::on(&top)
+        .caption("Window averages (revision total)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0u64..t_max, 0.0..c_max)?;
+    c.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("concurrency (or rps)")
+        .axis_desc_style(("sans-serif", 15))
+        .label_style(("sans-serif", 13))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    shade(&mut c, &spans, c_max)?;
+    c.draw_series(LineSeries::new(
+        run.ticks.iter().map(|t| (t.t, t.stable)),
+        STABLE.stroke_width(2),
+    ))?
+    .label("stable window average")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], STABLE.stroke_width(2)));
+    c.draw_series(LineSeries::new(
+        run.ticks.iter().map(|t| (t.t, t.panic)),
+        PANIC.stroke_width(1),
+    ))?
+    .label("panic window average")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], PANIC.stroke_width(1)));
+    c.configure_series_labels()
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+
+    let y_max = f64::from(p_max);
+    let mut p = ChartBuilder::on(&bottom)
+        .caption("Pods", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0u64..t_max, 0.0..y_max)?;
+    p.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("pods")
+        .axis_desc_style(("sans-serif", 15))
+        .label_style(("sans-serif", 13))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    shade(&mut p, &spans, y_max)?;
+    p.draw_series(LineSeries::new(
+        run.ticks.iter().map(|t| (t.t, f64::from(t.scale.max(0)))),
+        SCALE.mix(0.45).stroke_width(7),
+    ))?
+    .label("scale asked for (after bounds)")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], SCALE.mix(0.45).stroke_width(7)));
+    p.draw_series(DashedLineSeries::new(
+        run.ticks.iter().map(|t| (t.t, f64::from(t.desired.max(0)))),
+        6,
+        4,
+        DESIRED.stroke_width(2),
+    ))?
+    .label("decider's count (dashed)")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], DESIRED.stroke_width(2)));
+    p.draw_series(LineSeries::new(
+        run.ticks.iter().map(|t| (t.t, f64::from(t.ready))),
+        READY.stroke_width(1),
+    ))?
+    .label("ready pods")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], READY.stroke_width(1)));
+    p.configure_series_labels()
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordu64, RangedCoordf64>>;
+
+/// Shades the panic spans, full height.
+fn shade(
+    chart: &mut Chart<'_, '_>,
+    spans: &[(u64, u64)],
+    y_max: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .draw_series(
+            spans
+                .iter()
+                .map(|&(a, b)| Rectangle::new([(a, 0.0), (b, y_max)], PANIC_SHADE.filled())),
+        )?
+        .label("panic mode")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], PANIC_SHADE.filled()));
+    Ok(())
+}
+
+/// The time spans in panic mode: from the tick before the first in panic to the last.
+fn panic_spans(run: &Run) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    let mut prev = 0;
+    let mut open = false;
+    for t in &run.ticks {
+        if t.panic_mode {
+            match spans.last_mut() {
+                Some(last) if open => last.1 = t.t,
+                _ => spans.push((prev, t.t)),
+            }
+        }
+        open = t.panic_mode;
+        prev = t.t;
+    }
+    spans
 }
 
 #[cfg(test)]

@@ -154,13 +154,7 @@ fn running_pod(test: &str) -> (Child, PathBuf, Vec<(u32, String)>) {
 #[test]
 fn sigterm_drains_the_pods_and_exits_0() {
     let (mut sluice, state, pod) = running_pod("sigterm");
-    kill(
-        Pid::from_raw(i32::try_from(sluice.id()).unwrap()),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = wait_exit(&mut sluice, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "{status}");
+    stop(&mut sluice);
     wait_gone(&pod, Duration::from_secs(1));
     assert!(
         !state.join("run.json").exists(),
@@ -263,4 +257,64 @@ fn a_gateway_port_in_use_is_a_clear_error() {
             "{mode:?}: nothing claims to be running"
         );
     }
+}
+
+#[test]
+fn status_watch_prints_each_change_with_its_time_and_reason() {
+    let (mut sluice, state, _pod) = running_pod("watch");
+    let mut watch = Command::new(BIN)
+        .args(["status", "--watch", "--state-dir"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The pod is ready and decided on: a line for the revision, with the rule behind its
+    // scale, once the autoscaler's first decision is in.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("default/helloworld-go-00001") && l.contains(" why=\"") => break l,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no line with a reason in 20 s: {seen:?}"),
+        }
+    };
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert!(
+        time.len() == 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "an RFC 3339 time first: {line}"
+    );
+    assert!(
+        rest.contains(" ready=1 ") && rest.contains(" reason="),
+        "{line}"
+    );
+    watch.kill().unwrap();
+    let _ = watch.wait();
+    stop(&mut sluice);
+}
+
+/// SIGTERM, and the run exits 0.
+fn stop(sluice: &mut Child) {
+    kill(
+        Pid::from_raw(i32::try_from(sluice.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_exit(sluice, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{status}");
 }

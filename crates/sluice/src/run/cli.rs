@@ -130,6 +130,10 @@ pub struct StatusArgs {
     /// Print JSON (the format is in the README; fields are only ever added).
     #[arg(long)]
     pub json: bool,
+    /// Keep watching: one line, with its time, each time a revision's pods, mode, panic
+    /// state or decision reason changes (until interrupted).
+    #[arg(long, short = 'w', conflicts_with = "json")]
+    pub watch: bool,
     #[command(flatten)]
     pub target: Target,
 }
@@ -461,16 +465,12 @@ pub fn status(args: StatusArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let text = match request(admin, "GET", "/status", b"") {
-        Ok((200, text)) => text,
-        Ok((code, text)) => {
-            eprintln!("sluice status: the platform answered {code}: {text}");
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("sluice status: cannot reach the platform at {admin}: {e}");
-            return ExitCode::from(EXIT_UNAVAILABLE);
-        }
+    if args.watch {
+        return watch(admin);
+    }
+    let text = match status_text(admin) {
+        Ok(text) => text,
+        Err(code) => return code,
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -478,15 +478,58 @@ pub fn status(args: StatusArgs) -> ExitCode {
         let _ = writeln!(out, "{}", text.trim_end());
         return ExitCode::SUCCESS;
     }
-    match serde_json::from_str::<Status>(&text) {
+    match parse_status(&text) {
         Ok(s) => {
             let _ = write!(out, "{}", display::table(&s));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("sluice status: unexpected answer from the platform: {e}");
-            ExitCode::FAILURE
+        Err(code) => code,
+    }
+}
+
+/// The platform's `/status` as it answered; a failure is said on stderr, with the exit
+/// code it means.
+fn status_text(admin: SocketAddr) -> Result<String, ExitCode> {
+    match request(admin, "GET", "/status", b"") {
+        Ok((200, text)) => Ok(text),
+        Ok((code, text)) => {
+            eprintln!("sluice status: the platform answered {code}: {text}");
+            Err(ExitCode::FAILURE)
         }
+        Err(e) => {
+            eprintln!("sluice status: cannot reach the platform at {admin}: {e}");
+            Err(ExitCode::from(EXIT_UNAVAILABLE))
+        }
+    }
+}
+
+fn parse_status(text: &str) -> Result<Status, ExitCode> {
+    serde_json::from_str::<Status>(text).map_err(|e| {
+        eprintln!("sluice status: unexpected answer from the platform: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `sluice status --watch`: the status every second, printed as the lines of what changed,
+/// each with its time (RFC 3339, UTC).
+fn watch(admin: SocketAddr) -> ExitCode {
+    let mut changes = display::Changes::default();
+    loop {
+        let status = match status_text(admin).and_then(|text| parse_status(&text)) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let now = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
+        let mut out = std::io::stdout().lock();
+        for line in changes.lines(&status) {
+            if writeln!(out, "{now} {line}").is_err() {
+                // The reader is gone (`| head`).
+                return ExitCode::SUCCESS;
+            }
+        }
+        let _ = out.flush();
+        drop(out);
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

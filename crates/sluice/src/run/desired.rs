@@ -22,7 +22,7 @@ use sluice_proto::v1;
 
 use super::images::ImageMap;
 use super::manifest::Manifests;
-use super::platform::{RevisionStatus, ServiceStatus, Status};
+use super::platform::{DecisionReason, RevisionStatus, ServiceStatus, Status};
 use super::problem::{Problem, lines};
 use super::world::{Local, World};
 
@@ -162,38 +162,49 @@ impl Desired {
             .map(|d| (RevisionKey::new(&d.namespace, &d.revision), d))
             .collect();
         let backend = self.control.backend();
-        let services = world
-            .services
-            .values()
-            .map(|s| ServiceStatus {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                url: sluice_gateway::routes::service_url(&self.domain, &s.namespace, &s.name),
-                traffic: s.traffic.clone(),
-                revisions: s
-                    .revisions
-                    .iter()
-                    .map(|r| {
-                        let key = RevisionKey::new(&s.namespace, &r.name);
-                        let d = self.control.decision(&key);
-                        let d = d.as_ref();
-                        RevisionStatus {
-                            name: r.name.clone(),
-                            desired: d.map_or(-1, |d| d.desired_scale),
-                            ready: u32::try_from(backend.ready(&key).len()).unwrap_or(u32::MAX),
-                            concurrency: live.get(&key).or(d).map_or(0.0, |d| d.stable_value),
-                            panic: live.get(&key).or(d).is_some_and(|d| d.panic),
-                            mode: d
-                                .map_or(v1::Mode::Proxy, v1::Decision::mode)
-                                .label()
-                                .to_owned(),
-                            error: backend.last_error(&key),
-                            pods: backend.pods(&key),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
+        let services =
+            world
+                .services
+                .values()
+                .map(|s| ServiceStatus {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    url: sluice_gateway::routes::service_url(&self.domain, &s.namespace, &s.name),
+                    traffic: s.traffic.clone(),
+                    revisions: s
+                        .revisions
+                        .iter()
+                        .map(|r| {
+                            let key = RevisionKey::new(&s.namespace, &r.name);
+                            let d = self.control.decision(&key);
+                            let d = d.as_ref();
+                            RevisionStatus {
+                                name: r.name.clone(),
+                                desired: d.map_or(-1, |d| d.desired_scale),
+                                ready: u32::try_from(backend.ready(&key).len()).unwrap_or(u32::MAX),
+                                concurrency: live.get(&key).or(d).map_or(0.0, |d| d.stable_value),
+                                panic: live.get(&key).or(d).is_some_and(|d| d.panic),
+                                mode: d
+                                    .map_or(v1::Mode::Proxy, v1::Decision::mode)
+                                    .label()
+                                    .to_owned(),
+                                error: backend.last_error(&key),
+                                pods: backend.pods(&key),
+                                reason: live.get(&key).or(d).and_then(|d| d.reason.as_ref()).map(
+                                    |r| DecisionReason {
+                                        kind: r.kind.clone(),
+                                        message: r.message.clone(),
+                                    },
+                                ),
+                                last_cold_start_seconds: self
+                                    .control
+                                    .last_cold_start(&key)
+                                    .map(|d| d.as_secs_f64()),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect();
         Status {
             gateway: self.gateway.clone(),
             services,

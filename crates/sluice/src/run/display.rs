@@ -57,6 +57,12 @@ pub fn table(s: &Status) -> String {
                 if r.panic { "yes" } else { "no" },
                 r.mode
             );
+            if let Some(reason) = &r.reason {
+                let _ = writeln!(out, "    why: {}", reason.message);
+            }
+            if let Some(secs) = r.last_cold_start_seconds {
+                let _ = writeln!(out, "    last cold start: {secs:.2} s");
+            }
             if let Some(e) = &r.error {
                 for line in e.lines() {
                     let _ = writeln!(out, "    ! {line}");
@@ -105,8 +111,8 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// One line per revision whose pods, mode or panic changed since the last call, and
-    /// per component restarted since.
+    /// One line per revision whose pods, mode, panic or reason kind changed since the
+    /// last call (with the reason's sentence), and per component restarted since.
     pub fn lines(&mut self, s: &Status) -> Vec<String> {
         let mut out = Vec::new();
         for c in &s.components {
@@ -124,14 +130,19 @@ impl Changes {
             for r in &svc.revisions {
                 let key = format!("{}/{}", svc.namespace, r.name);
                 let state = format!(
-                    "desired={} ready={} mode={} panic={}",
+                    "desired={} ready={} mode={} panic={} reason={}",
                     desired(r),
                     r.ready,
                     r.mode,
-                    if r.panic { "yes" } else { "no" }
+                    if r.panic { "yes" } else { "no" },
+                    r.reason.as_ref().map_or("-", |x| x.kind.as_str())
                 );
                 if self.last.get(&key) != Some(&state) {
-                    out.push(format!("{key} {state} concurrency={:.1}", r.concurrency));
+                    let mut line = format!("{key} {state} concurrency={:.1}", r.concurrency);
+                    if let Some(reason) = &r.reason {
+                        let _ = write!(line, " why=\"{}\"", reason.message);
+                    }
+                    out.push(line);
                     self.last.insert(key, state);
                 }
             }
@@ -143,7 +154,7 @@ impl Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::platform::{ServiceStatus, TrafficStatus};
+    use crate::run::platform::{DecisionReason, ServiceStatus, TrafficStatus};
 
     fn status(ready: u32) -> Status {
         Status {
@@ -166,6 +177,11 @@ mod tests {
                     mode: "serve".into(),
                     error: None,
                     pods: Vec::new(),
+                    reason: Some(DecisionReason {
+                        kind: "stable".into(),
+                        message: "stable: 6s average 3.2; desired ⌈3.2/7⌉ = 1".into(),
+                    }),
+                    last_cold_start_seconds: Some(1.234),
                 }],
             }],
             components: Vec::new(),
@@ -182,7 +198,9 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("hello-00001        2      1          3.2     no  serve"),
+            t.contains(
+                "hello-00001        2      1          3.2     no  serve\n    why: stable: 6s average 3.2; desired ⌈3.2/7⌉ = 1\n    last cold start: 1.23 s\n"
+            ),
             "{t}"
         );
     }
@@ -230,7 +248,16 @@ mod tests {
         assert!(c.lines(&status(1)).is_empty());
         assert_eq!(
             c.lines(&status(2)),
-            ["default/hello-00001 desired=2 ready=2 mode=serve panic=no concurrency=3.2"]
+            [
+                "default/hello-00001 desired=2 ready=2 mode=serve panic=no reason=stable concurrency=3.2 why=\"stable: 6s average 3.2; desired ⌈3.2/7⌉ = 1\""
+            ]
         );
+        // A new rule is a change, even with the same pods.
+        let mut panicked = status(2);
+        panicked.services[0].revisions[0].reason = Some(DecisionReason {
+            kind: "panic".into(),
+            message: "panic: holding 2".into(),
+        });
+        assert_eq!(c.lines(&panicked).len(), 1);
     }
 }

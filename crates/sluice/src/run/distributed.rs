@@ -227,7 +227,9 @@ impl Distributed {
             gateway_metrics: gateway_metrics_addr,
             admin: admin_addr,
             activator: activator_addr,
+            activator_metrics: activator_metrics_addr,
             autoscaler: autoscaler_addr,
+            autoscaler_metrics: autoscaler_metrics_addr,
             control: control_addr,
         };
         let (stop, _) = watch::channel(false);

@@ -94,7 +94,11 @@ pub struct Addresses {
     pub gateway_metrics: SocketAddr,
     pub admin: SocketAddr,
     pub activator: SocketAddr,
+    /// The activator's Prometheus metrics (`/metrics`).
+    pub activator_metrics: SocketAddr,
     pub autoscaler: SocketAddr,
+    /// The autoscaler's Prometheus metrics (`/metrics`).
+    pub autoscaler_metrics: SocketAddr,
     /// The control plane's gRPC feeds (`RoutesService`, `EndpointsService`), for gateways
     /// and activators in other processes.
     pub control: SocketAddr,
@@ -139,6 +143,22 @@ pub struct RevisionStatus {
     /// Every pod now, with its queue-proxy's address and state.
     #[serde(default)]
     pub pods: Vec<PodStatus>,
+    /// Why the autoscaler decided as it did (the rule that set `desired`); absent before
+    /// its first decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DecisionReason>,
+    /// The last cold start, in seconds: from the control plane asking the revision, at
+    /// zero ready pods, for pods, to its first ready one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cold_start_seconds: Option<f64>,
+}
+
+/// The rule behind a decision: its stable name and a sentence with its numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DecisionReason {
+    /// `stable`, `panic`, `max-scale-down-rate`, `scale-to-zero`, … (the README lists them).
+    pub kind: String,
+    pub message: String,
 }
 
 // === impl Platform ===
@@ -215,7 +235,9 @@ impl Platform {
             gateway_metrics: gateway.metrics_addr(),
             admin: local_addr(&admin),
             activator: activator_addr,
+            activator_metrics: activator.metrics_addr(),
             autoscaler: autoscaler_addr,
+            autoscaler_metrics: autoscaler.metrics_addr(),
             control: local_addr(&control_grpc),
         };
         let (stop, _) = watch::channel(false);

@@ -212,3 +212,68 @@ fn bad_scenarios_name_the_field() {
     );
     assert!(refusal(&format!("{base}trafic: []\n")).contains("unknown field `trafic`"));
 }
+
+#[test]
+fn every_tick_carries_the_reason_the_kpa_gave() {
+    let run = example!("panic-burst");
+    let burst = at(&run, 102);
+    assert!(burst.panic_mode);
+    assert_eq!(burst.reason.kind, "panic", "{:?}", burst.reason);
+    assert!(
+        burst
+            .reason
+            .message
+            .starts_with("panic: panic-window average"),
+        "{:?}",
+        burst.reason
+    );
+    let line = serde_json::to_string(burst).expect("json");
+    assert!(
+        line.contains(r#""reason":{"kind":"panic","message":"panic: "#),
+        "{line}"
+    );
+    let steady = at(&run, 400);
+    assert_eq!(steady.reason.kind, "stable", "{:?}", steady.reason);
+}
+
+/// The README's chart (`docs/simulate-panic-burst.svg`) is what `sluice simulate --plot`
+/// draws now for `examples/simulate/panic-burst.yaml`: `make chart` (or this test with
+/// `SLUICE_BLESS=1`) writes it again.
+#[test]
+fn the_readme_chart_is_drawn_from_the_panic_burst_example() {
+    let run = example!("panic-burst");
+    let chart = svg(&run);
+    // A chart a person can read: axes with their units, a legend, panic shaded.
+    for text in [
+        "time (s)",
+        "concurrency (or rps)",
+        "\npods\n",
+        "stable window average",
+        "panic window average",
+        "panic mode",
+        "decider&apos;s count (dashed)",
+        "scale asked for (after bounds)",
+        "ready pods",
+        "\n400\n",
+    ] {
+        assert!(chart.contains(text), "no `{text}` in the chart");
+    }
+    let spans = panic_spans(&run);
+    assert_eq!(
+        spans.len(),
+        2,
+        "the start-up panic and the burst's: {spans:?}"
+    );
+    assert!(spans[1].0 <= 102 && spans[1].1 >= 110, "{spans:?}");
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/simulate-panic-burst.svg");
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        std::fs::write(&path, &chart).expect("write the chart");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == chart,
+        "{} is not what `sluice simulate --plot` draws now: run `make chart`",
+        path.display()
+    );
+}
