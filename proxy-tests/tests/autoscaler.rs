@@ -18,6 +18,7 @@ async fn queue_proxies_report_to_the_autoscaler_which_scales_on_their_load() {
         config: None,
         control: None,
         no_auto_register: true,
+        activator_probe: None,
     };
     let server = Server::bind(&args, Some(scaler.clone()))
         .await

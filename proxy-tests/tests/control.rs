@@ -102,6 +102,7 @@ async fn start_autoscaler(
             metrics_listen: loopback,
             config: None,
             no_auto_register: control.is_none(),
+            activator_probe: None,
             control,
         },
         scaler,

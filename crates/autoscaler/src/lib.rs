@@ -6,6 +6,7 @@
 //! - [`scaler`]: the [`Scaler`](scaler::Scaler) trait that carries decisions out.
 //! - [`grpc`], [`server`]: the `sluice.v1` services and the `autoscaler` process.
 //! - [`follow`]: revisions and their pods from the control plane (`--control`).
+pub mod activator_probe;
 pub mod config;
 pub mod follow;
 pub mod grpc;

@@ -18,6 +18,7 @@ use sluice_core::respond;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::activator_probe::{ActivatorProbe, ProbedScaler};
 use crate::config::{AutoscalerConfig, ConfigError};
 use crate::follow::StreamPods;
 use crate::grpc;
@@ -26,6 +27,8 @@ use crate::service::{Autoscaler, Options, TICK};
 
 /// How long open streams get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often `--activator-probe` is probed (Knative re-probes every second).
+const ACTIVATOR_PROBE_PERIOD: Duration = Duration::from_secs(1);
 
 /// The autoscaler's flags; each also reads an environment variable.
 #[derive(Clone, Debug, clap::Args)]
@@ -49,6 +52,11 @@ pub struct Args {
     /// pods are the queue-proxies that report.
     #[arg(long, env = "SLUICE_CONTROL_ADDRESS")]
     pub control: Option<String>,
+    /// The activators' address (`http://host:port`, e.g. their Service): probed every
+    /// second, and no revision is scaled to zero while no activator answers (Knative's
+    /// activator probe). Without it, an activator is taken to be in the path.
+    #[arg(long, env = "SLUICE_ACTIVATOR_PROBE")]
+    pub activator_probe: Option<String>,
     /// Embedding only (no flag): scale only revisions registered through
     /// [`Autoscaler::upsert_revision`] and refuse stats for others. The standalone process
     /// scales a revision with the config's defaults from its first stat.
@@ -113,6 +121,8 @@ pub struct Server {
     /// The config it started with (`--config`), which holds until the control plane has
     /// one.
     config: AutoscalerConfig,
+    /// `--activator-probe`: probed while serving.
+    probe: Option<Arc<ActivatorProbe>>,
 }
 
 impl Server {
@@ -126,6 +136,11 @@ impl Server {
         let mut bad = Vec::new();
         let control_uri =
             sluice_core::address::grpc_flag("control", args.control.as_deref(), &mut bad);
+        let probe_uri = sluice_core::address::grpc_flag(
+            "activator-probe",
+            args.activator_probe.as_deref(),
+            &mut bad,
+        );
         if let Some(message) = bad.pop() {
             return Err(StartError::Flag(message));
         }
@@ -141,12 +156,21 @@ impl Server {
             (None, Some((_, pods))) => pods.clone(),
             (None, None) => Arc::new(ObservedPods),
         };
+        let probe = probe_uri.as_ref().map(ActivatorProbe::new);
+        let scaler: Arc<dyn Scaler> = match &probe {
+            Some(probe) => Arc::new(ProbedScaler {
+                inner: scaler,
+                probe: Arc::clone(probe),
+            }),
+            None => scaler,
+        };
         Ok(Self {
             autoscaler: Autoscaler::new(config.clone(), scaler, options),
             grpc,
             metrics,
             control,
             config,
+            probe,
         })
     }
 
@@ -219,8 +243,14 @@ impl Server {
             ));
             [config, revisions]
         });
+        let probe = self
+            .probe
+            .map(|probe| tokio::spawn(probe.run(ACTIVATOR_PROBE_PERIOD)));
         shutdown.await;
         tracing::info!("shutting down");
+        if let Some(probe) = probe {
+            probe.abort();
+        }
         for follower in followers.into_iter().flatten() {
             follower.abort();
         }

@@ -36,6 +36,7 @@ async fn start(scaler: Arc<dyn Scaler>) -> Running {
         config: None,
         control: None,
         no_auto_register: true,
+        activator_probe: None,
     };
     let server = Server::bind(&args, Some(scaler)).await.expect("binds");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -58,9 +58,15 @@ fn simulate_writes_a_plot() {
         .unwrap();
     assert!(out.status.success());
     let text = std::fs::read_to_string(&svg).unwrap();
+    // The README's chart is this example's plot (kept current by a unit test).
+    let readme_chart = format!(
+        "{}/../../docs/simulate-panic-burst.svg",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    assert!(text.starts_with("<svg"), "{text}");
     assert!(
-        text.starts_with("<svg") && text.matches("<polyline").count() == 5,
-        "{text}"
+        text == std::fs::read_to_string(readme_chart).unwrap(),
+        "the CLI draws what the README shows"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -84,6 +84,7 @@ async fn the_control_plane_alone_runs_a_service_and_its_state_survives_a_restart
             config: None,
             control: Some(format!("http://{control_addr}")),
             no_auto_register: false,
+            activator_probe: None,
         },
         None,
     )

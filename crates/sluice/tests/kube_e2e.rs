@@ -78,6 +78,7 @@ struct Local {
     kubelet: Option<Kubelet>,
     control: SocketAddr,
     autoscaler: SocketAddr,
+    activator: SocketAddr,
     /// Each component kept running (restarted 0.5 s after it exits, as Kubernetes'
     /// `restartPolicy: Always`).
     processes: Vec<(String, tokio::task::JoinHandle<()>)>,
@@ -186,6 +187,7 @@ impl Cluster {
                 kubelet: Some(kubelet),
                 control,
                 autoscaler,
+                activator,
                 processes: Vec::new(),
                 logs,
             }),
@@ -200,20 +202,11 @@ impl Cluster {
                 &format!("--listen={autoscaler}"),
                 &format!("--metrics-listen={}", free_addr()),
                 &format!("--control={}", url(control)),
+                &format!("--activator-probe={}", url(activator)),
             ],
         );
         l.spawn_control("control-1", control);
-        l.spawn(
-            "activator",
-            &[
-                "activator",
-                &format!("--listen={activator}"),
-                &format!("--metrics-listen={}", free_addr()),
-                &format!("--autoscaler-address={}", url(autoscaler)),
-                &format!("--control={}", url(control)),
-                "--drain-quiet-period=500ms",
-            ],
-        );
+        l.spawn_activator();
         l.spawn(
             "gateway",
             &[
@@ -469,6 +462,21 @@ impl Local {
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.spawn(name, &args);
+    }
+
+    /// The activator, following the control plane and reporting to the autoscaler.
+    fn spawn_activator(&mut self) {
+        let url = |a: SocketAddr| format!("http://{a}");
+        let args = [
+            "activator".to_owned(),
+            format!("--listen={}", self.activator),
+            format!("--metrics-listen={}", free_addr()),
+            format!("--autoscaler-address={}", url(self.autoscaler)),
+            format!("--control={}", url(self.control)),
+            "--drain-quiet-period=500ms".to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn("activator", &args);
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) {
@@ -968,5 +976,45 @@ fn kube_e2e_the_real_cluster_mode_runs_against_a_cluster_it_did_not_start() {
         assert_eq!(after, own, "config-autoscaler put back");
         let _ = std::fs::remove_file(&kubeconfig);
         fake.shutdown().await;
+    });
+}
+
+/// Knative's activator probe: while no activator answers, an idle revision keeps its last
+/// pod (the autoscaler probes the activator before scaling to zero); once one answers
+/// again, it goes to zero.
+#[test]
+fn kube_e2e_nothing_is_scaled_to_zero_while_no_activator_answers() {
+    run(async {
+        let mut c = Cluster::start("no-activator").await;
+        if c.local.is_none() {
+            println!("not run on a real cluster: it would take every activator away");
+            c.shutdown().await;
+            return;
+        }
+        c.apply(&example("autoscale-go.yaml")).await;
+        c.ready("autoscale-go", 1).await;
+        let name = "autoscale-go-00001-deployment";
+        c.local_mut().remove("activator").await;
+        // Idle for well past the 6 s stable window and the 6 s grace period.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(
+            replicas(&c.deployment(name).await),
+            1,
+            "scaled with no activator to hold requests\n{}",
+            c.logs()
+        );
+        assert!(
+            c.logs().contains("activator probe failed"),
+            "the autoscaler says why\n{}",
+            c.logs()
+        );
+        c.local_mut().spawn_activator();
+        c.until(
+            "scaled to zero once the activator answers",
+            Duration::from_secs(30),
+            async || (replicas(&c.deployment(name).await) == 0).then(String::new),
+        )
+        .await;
+        c.shutdown().await;
     });
 }

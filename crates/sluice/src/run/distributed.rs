@@ -168,6 +168,7 @@ impl Distributed {
             format!("--listen={autoscaler_addr}"),
             format!("--metrics-listen={autoscaler_metrics_addr}"),
             format!("--control={}", url(control_addr)),
+            format!("--activator-probe={}", url(activator_addr)),
         ];
         let mut control_args = vec![
             "control".to_owned(),

@@ -180,6 +180,7 @@ impl Platform {
                 config: None,
                 control: None,
                 no_auto_register: true,
+                activator_probe: None,
             },
             Some(pods.clone()),
         )
