@@ -205,10 +205,14 @@ impl ControlPlane {
                 inner.endpoints.publish(e);
             }
             Action::Create(spec) => {
+                // A workload adopted with its pods running (a control plane's restart on
+                // Kubernetes) has ready pods already: no cold start.
+                let key = spec.key();
+                let ready = inner.backend.ready(&key).len();
                 inner.cold_starts.lock().asked(
-                    &spec.key(),
+                    &key,
                     spec.initial_scale,
-                    0,
+                    ready,
                     tokio::time::Instant::now(),
                 );
                 inner.backend.create(&spec);
