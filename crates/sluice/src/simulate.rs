@@ -456,77 +456,101 @@ fn draw(root: &Area<'_>, run: &Run) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(0)
         + 1;
     let spans = panic_spans(run);
+    let points = |value: fn(&Tick) -> f64| run.ticks.iter().map(move |t| (t.t, value(t)));
 
-    let mut c = ChartBuilder::on(&top)
-        .caption("Window averages (revision total)", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(42)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0u64..t_max, 0.0..c_max)?;
-    c.configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("concurrency (or rps)")
-        .axis_desc_style(("sans-serif", 15))
-        .label_style(("sans-serif", 13))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
-    shade(&mut c, &spans, c_max)?;
-    c.draw_series(LineSeries::new(
-        run.ticks.iter().map(|t| (t.t, t.stable)),
-        STABLE.stroke_width(2),
-    ))?
-    .label("stable window average")
-    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], STABLE.stroke_width(2)));
-    c.draw_series(LineSeries::new(
-        run.ticks.iter().map(|t| (t.t, t.panic)),
-        PANIC.stroke_width(1),
-    ))?
-    .label("panic window average")
-    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], PANIC.stroke_width(1)));
-    c.configure_series_labels()
-        .label_font(("sans-serif", 13))
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    let mut c = panel(
+        &top,
+        "Window averages (revision total)",
+        "concurrency (or rps)",
+        t_max,
+        c_max,
+        false,
+        &spans,
+    )?;
+    let stable = STABLE.stroke_width(2);
+    c.draw_series(LineSeries::new(points(|t| t.stable), stable))?
+        .label("stable window average")
+        .legend(legend_line(stable));
+    let panic = PANIC.stroke_width(1);
+    c.draw_series(LineSeries::new(points(|t| t.panic), panic))?
+        .label("panic window average")
+        .legend(legend_line(panic));
+    legend(&mut c)?;
 
-    let y_max = f64::from(p_max);
-    let mut p = ChartBuilder::on(&bottom)
-        .caption("Pods", ("sans-serif", 20))
+    let mut p = panel(
+        &bottom,
+        "Pods",
+        "pods",
+        t_max,
+        f64::from(p_max),
+        true,
+        &spans,
+    )?;
+    let scale = SCALE.mix(0.45).stroke_width(7);
+    p.draw_series(LineSeries::new(
+        points(|t| f64::from(t.scale.max(0))),
+        scale,
+    ))?
+    .label("scale asked for (after bounds)")
+    .legend(legend_line(scale));
+    let desired = DESIRED.stroke_width(2);
+    p.draw_series(DashedLineSeries::new(
+        points(|t| f64::from(t.desired.max(0))),
+        6,
+        4,
+        desired,
+    ))?
+    .label("decider's count (dashed)")
+    .legend(legend_line(desired));
+    let ready = READY.stroke_width(1);
+    p.draw_series(LineSeries::new(points(|t| f64::from(t.ready)), ready))?
+        .label("ready pods")
+        .legend(legend_line(ready));
+    legend(&mut p)?;
+    Ok(())
+}
+
+/// One panel: its caption, the time axis in seconds, `y_desc` from 0 to `y_max` (whole
+/// numbers only when `whole`), and the panic spans shaded full height.
+fn panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    y_desc: &str,
+    t_max: u64,
+    y_max: f64,
+    whole: bool,
+    spans: &[(u64, u64)],
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(48)
         .build_cartesian_2d(0u64..t_max, 0.0..y_max)?;
-    p.configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("pods")
+    let whole_numbers = |v: &f64| format!("{v:.0}");
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("time (s)")
+        .y_desc(y_desc)
         .axis_desc_style(("sans-serif", 15))
         .label_style(("sans-serif", 13))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
-    shade(&mut p, &spans, y_max)?;
-    p.draw_series(LineSeries::new(
-        run.ticks.iter().map(|t| (t.t, f64::from(t.scale.max(0)))),
-        SCALE.mix(0.45).stroke_width(7),
-    ))?
-    .label("scale asked for (after bounds)")
-    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], SCALE.mix(0.45).stroke_width(7)));
-    p.draw_series(DashedLineSeries::new(
-        run.ticks.iter().map(|t| (t.t, f64::from(t.desired.max(0)))),
-        6,
-        4,
-        DESIRED.stroke_width(2),
-    ))?
-    .label("decider's count (dashed)")
-    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], DESIRED.stroke_width(2)));
-    p.draw_series(LineSeries::new(
-        run.ticks.iter().map(|t| (t.t, f64::from(t.ready))),
-        READY.stroke_width(1),
-    ))?
-    .label("ready pods")
-    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], READY.stroke_width(1)));
-    p.configure_series_labels()
+        .light_line_style(WHITE.mix(0.0));
+    if whole {
+        mesh.y_label_formatter(&whole_numbers);
+    }
+    mesh.draw()?;
+    shade(&mut chart, spans, y_max)?;
+    Ok(chart)
+}
+
+/// A legend entry drawn as a short line in the series' style.
+fn legend_line(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new([(x, y), (x + 16, y)], style)
+}
+
+/// The panel's legend, top right.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .configure_series_labels()
         .label_font(("sans-serif", 13))
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
