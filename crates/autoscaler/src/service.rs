@@ -450,7 +450,7 @@ impl Inner {
             mode: d.mode,
             panic: d.panic_mode,
             ebc_negative: d.excess_burst_capacity < 0,
-            reason: d.reason.kind,
+            reason: d.reason.kind(),
         });
         let changed = published != st.published;
         st.published = published;
@@ -536,8 +536,8 @@ fn to_proto(key: &RevisionKey, st: &State) -> v1::Decision {
         out.stable_value = stable;
         out.panic_value = panic;
         out.reason = Some(v1::Reason {
-            kind: d.reason.kind.as_str().to_owned(),
-            message: d.reason.message.clone(),
+            kind: d.reason.kind().as_str().to_owned(),
+            message: d.reason.to_string(),
         });
     }
     out

@@ -311,8 +311,8 @@ impl Scenario {
                         Mode::Proxy | Mode::Unspecified => "proxy",
                     },
                     reason: DecisionReason {
-                        kind: d.reason.kind.as_str().to_owned(),
-                        message: d.reason.message.clone(),
+                        kind: d.reason.kind().as_str().to_owned(),
+                        message: d.reason.to_string(),
                     },
                 });
             }

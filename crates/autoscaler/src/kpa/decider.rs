@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::MaxWindow;
-use super::reason::{Reason, ReasonKind, avg, num, span};
+use super::reason::Reason;
 
 /// What one revision's decisions are made of (Knative's `DeciderSpec`).
 #[derive(Clone, Debug, PartialEq)]
@@ -30,7 +30,7 @@ pub struct DeciderSpec {
 }
 
 /// One decision.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScaleResult {
     pub desired: i32,
     pub excess_burst_capacity: i32,
@@ -121,77 +121,59 @@ impl Decider {
             _ => {}
         }
 
-        let target = num(spec.target_value);
+        let target = spec.target_value;
         let (mut desired, mut reason) = if self.panic_time.is_some() {
             // The count never goes down while in panic.
             self.max_panic_pods = self.max_panic_pods.max(stable_pods.max(panic_pods));
-            let n = self.max_panic_pods;
+            let desired = self.max_panic_pods;
             let reason = if over {
-                Reason::new(
-                    ReasonKind::Panic,
-                    format!(
-                        "panic: panic-window average {} wants ⌈{}/{target}⌉ = {} pods ≥ {} × {ready} ready; desired {n}",
-                        avg(panic),
-                        avg(panic),
-                        num(raw_panic),
-                        num(spec.panic_threshold),
-                    ),
-                )
+                Reason::PanicEntry {
+                    average: panic,
+                    target,
+                    pods: raw_panic,
+                    threshold: spec.panic_threshold,
+                    ready,
+                    desired,
+                }
             } else {
-                Reason::new(
-                    ReasonKind::Panic,
-                    format!(
-                        "panic: holding {n}, the most since panic began (it ends after a {} stable window without a panic reading)",
-                        span(spec.stable_window)
-                    ),
-                )
+                Reason::PanicHold {
+                    desired,
+                    window: spec.stable_window,
+                }
             };
-            (n, reason)
+            (desired, reason)
         } else {
             let reason = if spec.activation_scale > 1
                 && raw_stable > 0.0
                 && clamp(raw_stable) < activation
             {
-                Reason::new(
-                    ReasonKind::ActivationScale,
-                    format!(
-                        "activation-scale {}: the load wants ⌈{}/{target}⌉ = {}",
-                        spec.activation_scale,
-                        avg(stable),
-                        num(raw_stable)
-                    ),
-                )
+                Reason::ActivationScale {
+                    scale: spec.activation_scale,
+                    average: stable,
+                    target,
+                    wanted: raw_stable,
+                }
             } else if raw_stable > max_up {
-                Reason::new(
-                    ReasonKind::MaxScaleUpRate,
-                    format!(
-                        "scale-up limited by max-scale-up-rate {}: {ready} → {} (wanted {})",
-                        num(spec.max_scale_up_rate),
-                        num(max_up),
-                        num(raw_stable)
-                    ),
-                )
+                Reason::MaxScaleUpRate {
+                    rate: spec.max_scale_up_rate,
+                    ready,
+                    limit: max_up,
+                    wanted: raw_stable,
+                }
             } else if raw_stable < max_down {
-                Reason::new(
-                    ReasonKind::MaxScaleDownRate,
-                    format!(
-                        "scale-down limited by max-scale-down-rate {}: {ready} → {} (wanted {})",
-                        num(spec.max_scale_down_rate),
-                        num(max_down),
-                        num(raw_stable)
-                    ),
-                )
+                Reason::MaxScaleDownRate {
+                    rate: spec.max_scale_down_rate,
+                    ready,
+                    limit: max_down,
+                    wanted: raw_stable,
+                }
             } else {
-                Reason::new(
-                    ReasonKind::Stable,
-                    format!(
-                        "stable: {} average {}; desired ⌈{}/{target}⌉ = {}",
-                        span(spec.stable_window),
-                        avg(stable),
-                        avg(stable),
-                        num(raw_stable)
-                    ),
-                )
+                Reason::Stable {
+                    window: spec.stable_window,
+                    average: stable,
+                    target,
+                    pods: raw_stable,
+                }
             };
             (stable_pods, reason)
         };
@@ -200,13 +182,11 @@ impl Decider {
         {
             let kept = window.record(now, desired);
             if kept > desired {
-                reason = Reason::new(
-                    ReasonKind::ScaleDownDelay,
-                    format!(
-                        "scale-down delay: keeping {kept} (peak of the last {}); {desired} wanted now",
-                        span(spec.scale_down_delay)
-                    ),
-                );
+                reason = Reason::ScaleDownDelay {
+                    kept,
+                    delay: spec.scale_down_delay,
+                    wanted: desired,
+                };
             }
             desired = kept;
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::reason::{Reason, ReasonKind, span};
+use super::reason::Reason;
 
 /// The revision's Active condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct ScaleBounds {
 }
 
 /// The outcome of one reconcile.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Step {
     /// The desired scale reported (−1: unknown yet).
     pub want: i32,
@@ -174,23 +174,17 @@ impl PodAutoscaler {
         let mut x = desired.max(i32::try_from(min).unwrap_or(i32::MAX));
         if x > wanted && x > 0 {
             reason = Some(if min > floor {
-                Reason::new(
-                    ReasonKind::InitialScale,
-                    format!("initial-scale {min}, until the revision is first ready"),
-                )
+                Reason::InitialScale { scale: min }
             } else {
-                Reason::new(
-                    ReasonKind::MinScale,
-                    format!("held at min-scale {min} ({} wanted)", wanted.max(0)),
-                )
+                Reason::MinScale { min, wanted }
             });
         }
         if b.max_scale != 0 && x > i32::try_from(b.max_scale).unwrap_or(i32::MAX) {
             x = i32::try_from(b.max_scale).unwrap_or(i32::MAX);
-            reason = Some(Reason::new(
-                ReasonKind::MaxScale,
-                format!("capped at max-scale {} ({wanted} wanted)", b.max_scale),
-            ));
+            reason = Some(Reason::MaxScale {
+                max: b.max_scale,
+                wanted,
+            });
         }
         let (x, apply, requeue) = if x == 0 {
             let (x, apply, requeue, why) = self.scale_to_zero(now, b, activator_ok);
@@ -213,68 +207,41 @@ impl PodAutoscaler {
         b: &ScaleBounds,
         activator_ok: bool,
     ) -> (i32, bool, Option<Duration>, Reason) {
-        use ReasonKind as K;
         if !b.enable_scale_to_zero {
-            let why = Reason::new(
-                K::ScaleToZeroDisabled,
-                "enable-scale-to-zero is false: keeping 1 pod",
-            );
-            return (1, true, None, why);
+            return (1, true, None, Reason::ScaleToZeroDisabled);
         }
         let since = now.saturating_sub(self.activity_since);
-        let grace = span(b.grace_period);
+        let grace = b.grace_period;
         match self.activity {
             Activity::Activating if since > b.activation_timeout => (
                 0,
                 true,
                 None,
-                Reason::new(
-                    K::ActivationTimeout,
-                    format!(
-                        "no pod ready within the {} activation timeout: to zero",
-                        span(b.activation_timeout)
-                    ),
-                ),
+                Reason::ActivationTimeout {
+                    timeout: b.activation_timeout,
+                },
             ),
-            Activity::Activating => (
-                -1,
-                false,
-                Some(b.activation_timeout),
-                Reason::new(K::Activating, "activating: waiting for a pod to be ready"),
-            ),
+            Activity::Activating => (-1, false, Some(b.activation_timeout), Reason::Activating),
             // The last activity rule: a revision active for less than a stable window keeps
             // one pod for the rest of it.
             Activity::Active if since >= b.stable_window => (
                 0,
                 false,
                 (self.mode == Mode::Proxy).then_some(PROXY_RECHECK),
-                Reason::new(
-                    K::ScaleToZeroGrace,
-                    format!("no load: inactive now, to zero after the {grace} grace period"),
-                ),
+                Reason::Inactive { grace },
             ),
             Activity::Active => (
                 1,
                 true,
                 Some(b.stable_window - since),
-                Reason::new(
-                    K::LastActivity,
-                    format!(
-                        "last activity: keeping 1 pod for the rest of the {} stable window ({} left)",
-                        span(b.stable_window),
-                        span(b.stable_window - since)
-                    ),
-                ),
+                Reason::LastActivity {
+                    window: b.stable_window,
+                    left: b.stable_window - since,
+                },
             ),
-            Activity::Inactive if !(activator_ok || b.unlimited_burst) => (
-                0,
-                false,
-                None,
-                Reason::new(
-                    K::ActivatorNotReady,
-                    "to zero once the activator, probed first, is in the path",
-                ),
-            ),
+            Activity::Inactive if !(activator_ok || b.unlimited_burst) => {
+                (0, false, None, Reason::ActivatorNotReady)
+            }
             Activity::Inactive => {
                 let retention = if b.reachable {
                     b.pod_retention
@@ -284,33 +251,17 @@ impl PodAutoscaler {
                 let proxied_for = self
                     .proxy_since
                     .map_or(Duration::ZERO, |p| now.saturating_sub(p));
-                let to_zero =
-                    Reason::new(K::ScaleToZero, format!("scale to zero after grace {grace}"));
-                if since >= b.grace_period.max(retention) {
+                let to_zero = Reason::ScaleToZero { grace };
+                if since >= grace.max(retention) {
                     (0, true, None, to_zero)
                 } else if !retention.is_zero() && since < retention {
                     let left = retention - since;
-                    let why = Reason::new(
-                        K::ScaleToZeroGrace,
-                        format!(
-                            "scale-to-zero-pod-retention-period {}: keeping the pods {} more",
-                            span(retention),
-                            span(left)
-                        ),
-                    );
-                    (0, false, Some(left), why)
-                } else if proxied_for >= b.grace_period {
+                    (0, false, Some(left), Reason::Retention { retention, left })
+                } else if proxied_for >= grace {
                     (0, true, None, to_zero)
                 } else {
-                    let left = b.grace_period - proxied_for;
-                    let why = Reason::new(
-                        K::ScaleToZeroGrace,
-                        format!(
-                            "to zero after the {grace} grace period with the activator in the path ({} left)",
-                            span(left)
-                        ),
-                    );
-                    (0, false, Some(left), why)
+                    let left = grace - proxied_for;
+                    (0, false, Some(left), Reason::Grace { grace, left })
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Why a decision came out as it did: the rule that bound it, named by the code that
 //! applied it (the decider or the reconcile), with the numbers it used. Nothing here
-//! re-derives a decision; each rule states its own reason where it acts.
+//! re-derives a decision; each rule states its own reason where it acts. A reason is
+//! plain data (no allocation per decision); its sentence is written only when shown.
 
 use std::fmt;
 use std::time::Duration;
@@ -94,29 +95,256 @@ impl fmt::Display for ReasonKind {
     }
 }
 
-/// A rule and a sentence a person can read, with the numbers it used.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reason {
-    pub kind: ReasonKind,
-    pub message: String,
+/// The rule that bound a decision, with the numbers it used: plain data, so a decision
+/// costs no allocation; `Display` writes the sentence a person reads, and [`Reason::kind`]
+/// the rule's stable name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reason {
+    NoData,
+    /// ⌈average / target⌉ over the stable window.
+    Stable {
+        window: Duration,
+        average: f64,
+        target: f64,
+        pods: f64,
+    },
+    /// The panic window's count reached `threshold` × the ready pods.
+    PanicEntry {
+        average: f64,
+        target: f64,
+        pods: f64,
+        threshold: f64,
+        ready: u32,
+        desired: i32,
+    },
+    /// In panic, the most pods since it began are kept.
+    PanicHold {
+        desired: i32,
+        window: Duration,
+    },
+    MaxScaleUpRate {
+        rate: f64,
+        ready: u32,
+        limit: f64,
+        wanted: f64,
+    },
+    MaxScaleDownRate {
+        rate: f64,
+        ready: u32,
+        limit: f64,
+        wanted: f64,
+    },
+    ActivationScale {
+        scale: u32,
+        average: f64,
+        target: f64,
+        wanted: f64,
+    },
+    ScaleDownDelay {
+        kept: i32,
+        delay: Duration,
+        wanted: i32,
+    },
+    MinScale {
+        min: u32,
+        wanted: i32,
+    },
+    InitialScale {
+        scale: u32,
+    },
+    MaxScale {
+        max: u32,
+        wanted: i32,
+    },
+    Activating,
+    ActivationTimeout {
+        timeout: Duration,
+    },
+    ScaleToZeroDisabled,
+    LastActivity {
+        window: Duration,
+        left: Duration,
+    },
+    /// No load for a stable window: inactive now, to zero after the grace period.
+    Inactive {
+        grace: Duration,
+    },
+    Retention {
+        retention: Duration,
+        left: Duration,
+    },
+    Grace {
+        grace: Duration,
+        left: Duration,
+    },
+    ActivatorNotReady,
+    ScaleToZero {
+        grace: Duration,
+    },
 }
 
 impl Reason {
-    pub fn new(kind: ReasonKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
+    pub fn kind(&self) -> ReasonKind {
+        use ReasonKind as K;
+        match self {
+            Self::NoData => K::NoData,
+            Self::Stable { .. } => K::Stable,
+            Self::PanicEntry { .. } | Self::PanicHold { .. } => K::Panic,
+            Self::MaxScaleUpRate { .. } => K::MaxScaleUpRate,
+            Self::MaxScaleDownRate { .. } => K::MaxScaleDownRate,
+            Self::ActivationScale { .. } => K::ActivationScale,
+            Self::ScaleDownDelay { .. } => K::ScaleDownDelay,
+            Self::MinScale { .. } => K::MinScale,
+            Self::InitialScale { .. } => K::InitialScale,
+            Self::MaxScale { .. } => K::MaxScale,
+            Self::Activating => K::Activating,
+            Self::ActivationTimeout { .. } => K::ActivationTimeout,
+            Self::ScaleToZeroDisabled => K::ScaleToZeroDisabled,
+            Self::LastActivity { .. } => K::LastActivity,
+            Self::Inactive { .. } | Self::Retention { .. } | Self::Grace { .. } => {
+                K::ScaleToZeroGrace
+            }
+            Self::ActivatorNotReady => K::ActivatorNotReady,
+            Self::ScaleToZero { .. } => K::ScaleToZero,
         }
-    }
-
-    pub fn no_data() -> Self {
-        Self::new(ReasonKind::NoData, "no stats yet: nothing decided")
     }
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match *self {
+            Self::NoData => f.write_str("no stats yet: nothing decided"),
+            Self::Stable {
+                window,
+                average,
+                target,
+                pods,
+            } => write!(
+                f,
+                "stable: {} average {}; desired ⌈{}/{}⌉ = {}",
+                span(window),
+                avg(average),
+                avg(average),
+                num(target),
+                num(pods)
+            ),
+            Self::PanicEntry {
+                average,
+                target,
+                pods,
+                threshold,
+                ready,
+                desired,
+            } => write!(
+                f,
+                "panic: panic-window average {} wants ⌈{}/{}⌉ = {} pods ≥ {} × {ready} ready; desired {desired}",
+                avg(average),
+                avg(average),
+                num(target),
+                num(pods),
+                num(threshold)
+            ),
+            Self::PanicHold { desired, window } => write!(
+                f,
+                "panic: holding {desired}, the most since panic began (it ends after a {} stable window without a panic reading)",
+                span(window)
+            ),
+            Self::MaxScaleUpRate {
+                rate,
+                ready,
+                limit,
+                wanted,
+            } => write!(
+                f,
+                "scale-up limited by max-scale-up-rate {}: {ready} → {} (wanted {})",
+                num(rate),
+                num(limit),
+                num(wanted)
+            ),
+            Self::MaxScaleDownRate {
+                rate,
+                ready,
+                limit,
+                wanted,
+            } => write!(
+                f,
+                "scale-down limited by max-scale-down-rate {}: {ready} → {} (wanted {})",
+                num(rate),
+                num(limit),
+                num(wanted)
+            ),
+            Self::ActivationScale {
+                scale,
+                average,
+                target,
+                wanted,
+            } => write!(
+                f,
+                "activation-scale {scale}: the load wants ⌈{}/{}⌉ = {}",
+                avg(average),
+                num(target),
+                num(wanted)
+            ),
+            Self::ScaleDownDelay {
+                kept,
+                delay,
+                wanted,
+            } => write!(
+                f,
+                "scale-down delay: keeping {kept} (peak of the last {}); {wanted} wanted now",
+                span(delay)
+            ),
+            Self::MinScale { min, wanted } => {
+                write!(f, "held at min-scale {min} ({} wanted)", wanted.max(0))
+            }
+            Self::InitialScale { scale } => {
+                write!(
+                    f,
+                    "initial-scale {scale}, until the revision is first ready"
+                )
+            }
+            Self::MaxScale { max, wanted } => {
+                write!(f, "capped at max-scale {max} ({wanted} wanted)")
+            }
+            Self::Activating => f.write_str("activating: waiting for a pod to be ready"),
+            Self::ActivationTimeout { timeout } => write!(
+                f,
+                "no pod ready within the {} activation timeout: to zero",
+                span(timeout)
+            ),
+            Self::ScaleToZeroDisabled => {
+                f.write_str("enable-scale-to-zero is false: keeping 1 pod")
+            }
+            Self::LastActivity { window, left } => write!(
+                f,
+                "last activity: keeping 1 pod for the rest of the {} stable window ({} left)",
+                span(window),
+                span(left)
+            ),
+            Self::Inactive { grace } => write!(
+                f,
+                "no load: inactive now, to zero after the {} grace period",
+                span(grace)
+            ),
+            Self::Retention { retention, left } => write!(
+                f,
+                "scale-to-zero-pod-retention-period {}: keeping the pods {} more",
+                span(retention),
+                span(left)
+            ),
+            Self::Grace { grace, left } => write!(
+                f,
+                "to zero after the {} grace period with the activator in the path ({} left)",
+                span(grace),
+                span(left)
+            ),
+            Self::ActivatorNotReady => {
+                f.write_str("to zero once the activator, probed first, is in the path")
+            }
+            Self::ScaleToZero { grace } => {
+                write!(f, "scale to zero after grace {}", span(grace))
+            }
+        }
     }
 }
 

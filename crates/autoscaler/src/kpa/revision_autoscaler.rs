@@ -24,7 +24,7 @@ pub struct PodCounts {
 }
 
 /// Where a revision stands after a tick or a reconcile.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Decision {
     /// The window averages this tick used (revision totals, in the revision's metric).
     pub stable: f64,
@@ -85,7 +85,7 @@ impl RevisionAutoscaler {
             pa: PodAutoscaler::new(now),
             desired: -1,
             averages: (0.0, 0.0),
-            reason: Reason::no_data(),
+            reason: Reason::NoData,
             last: None,
         }
     }
@@ -171,9 +171,9 @@ impl RevisionAutoscaler {
             excess_burst_capacity: self.excess_burst_capacity,
             mode: step.mode,
             activity: step.activity,
-            reason: step.reason.unwrap_or_else(|| self.reason.clone()),
+            reason: step.reason.unwrap_or(self.reason),
         };
-        self.last = Some(decision.clone());
+        self.last = Some(decision);
         decision
     }
 

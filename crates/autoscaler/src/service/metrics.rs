@@ -266,7 +266,7 @@ impl RevisionGauges {
         let labels = [
             self.key.namespace.as_str(),
             self.key.name.as_str(),
-            d.reason.kind.as_str(),
+            d.reason.kind().as_str(),
         ];
         self.metrics.decisions.with_label_values(&labels).inc();
     }

@@ -3,6 +3,7 @@
 //! reachable, created with one ready pod.
 
 use super::*;
+use crate::kpa::ReasonKind;
 
 fn spec(target: f64, tbc: f64) -> DeciderSpec {
     DeciderSpec {
@@ -285,8 +286,8 @@ fn d6_delay_ignored_when_unreachable() {
 
 // Reasons: each rule of the decider names itself, with its numbers.
 
-fn reason_of(r: &ScaleResult) -> (ReasonKind, &str) {
-    (r.reason.kind, r.reason.message.as_str())
+fn reason_of(r: &ScaleResult) -> (ReasonKind, String) {
+    (r.reason.kind(), r.reason.to_string())
 }
 
 #[test]
@@ -298,7 +299,7 @@ fn reason_stable_window() {
         reason_of(&r),
         (
             ReasonKind::Stable,
-            "stable: 1m average 50.0; desired ⌈50.0/10⌉ = 5"
+            "stable: 1m average 50.0; desired ⌈50.0/10⌉ = 5".to_owned()
         )
     );
 }
@@ -313,6 +314,7 @@ fn reason_panic_entry_and_hold() {
         (
             ReasonKind::Panic,
             "panic: panic-window average 50.0 wants ⌈50.0/10⌉ = 5 pods ≥ 2 × 1 ready; desired 5"
+                .to_owned()
         )
     );
     // Load gone, still within the stable window of the panic reading: the peak is held.
@@ -320,10 +322,7 @@ fn reason_panic_entry_and_hold() {
     assert_eq!(r.desired, 5);
     assert_eq!(
         reason_of(&r),
-        (
-            ReasonKind::Panic,
-            "panic: holding 5, the most since panic began (it ends after a 1m stable window without a panic reading)"
-        )
+        (ReasonKind::Panic, "panic: holding 5, the most since panic began (it ends after a 1m stable window without a panic reading)".to_owned())
     );
 }
 
@@ -338,7 +337,7 @@ fn reason_scale_up_rate() {
         reason_of(&r),
         (
             ReasonKind::MaxScaleUpRate,
-            "scale-up limited by max-scale-up-rate 2: 2 → 4 (wanted 10)"
+            "scale-up limited by max-scale-up-rate 2: 2 → 4 (wanted 10)".to_owned()
         )
     );
 }
@@ -354,7 +353,7 @@ fn reason_scale_down_rate() {
         reason_of(&r),
         (
             ReasonKind::MaxScaleDownRate,
-            "scale-down limited by max-scale-down-rate 2: 10 → 5 (wanted 1)"
+            "scale-down limited by max-scale-down-rate 2: 10 → 5 (wanted 1)".to_owned()
         )
     );
 }
@@ -370,7 +369,7 @@ fn reason_activation_scale() {
         reason_of(&r),
         (
             ReasonKind::ActivationScale,
-            "activation-scale 3: the load wants ⌈5.0/10⌉ = 1"
+            "activation-scale 3: the load wants ⌈5.0/10⌉ = 1".to_owned()
         )
     );
 }
@@ -387,7 +386,7 @@ fn reason_scale_down_delay() {
         reason_of(&r),
         (
             ReasonKind::ScaleDownDelay,
-            "scale-down delay: keeping 4 (peak of the last 1m); 0 wanted now"
+            "scale-down delay: keeping 4 (peak of the last 1m); 0 wanted now".to_owned()
         )
     );
 }

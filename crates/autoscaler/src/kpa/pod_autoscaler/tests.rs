@@ -2,6 +2,7 @@
 //! window 5 min, grace 60 s, activation timeout 151 s, TBC 200, activator probe passing.
 
 use super::*;
+use crate::kpa::ReasonKind;
 
 const WINDOW: Duration = Duration::from_secs(300);
 const GRACE: Duration = Duration::from_secs(60);
@@ -302,9 +303,9 @@ fn the_whole_way_down_from_active_to_zero() {
 
 // Reasons: each bound and scale-to-zero rule of the reconcile names itself.
 
-fn reason(s: &Step) -> (ReasonKind, &str) {
-    let r = s.reason.as_ref().expect("a rule set the scale");
-    (r.kind, r.message.as_str())
+fn reason(s: &Step) -> (ReasonKind, String) {
+    let r = s.reason.expect("a rule set the scale");
+    (r.kind(), r.to_string())
 }
 
 #[test]
@@ -317,7 +318,10 @@ fn reason_min_and_max_scale() {
     assert_eq!(s.want, 2);
     assert_eq!(
         reason(&s),
-        (ReasonKind::MinScale, "held at min-scale 2 (1 wanted)")
+        (
+            ReasonKind::MinScale,
+            "held at min-scale 2 (1 wanted)".to_owned()
+        )
     );
     let b = ScaleBounds {
         max_scale: 3,
@@ -327,7 +331,10 @@ fn reason_min_and_max_scale() {
     assert_eq!(s.want, 3);
     assert_eq!(
         reason(&s),
-        (ReasonKind::MaxScale, "capped at max-scale 3 (8 wanted)")
+        (
+            ReasonKind::MaxScale,
+            "capped at max-scale 3 (8 wanted)".to_owned()
+        )
     );
     // Within the bounds, the decider's count stands and so does its reason.
     assert_eq!(
@@ -349,7 +356,7 @@ fn reason_initial_scale_until_first_ready() {
         reason(&s),
         (
             ReasonKind::InitialScale,
-            "initial-scale 3, until the revision is first ready"
+            "initial-scale 3, until the revision is first ready".to_owned()
         )
     );
 }
@@ -360,7 +367,10 @@ fn reason_scale_to_zero_after_grace_and_while_waiting() {
     assert_eq!((s.want, s.apply), (0, Some(0)));
     assert_eq!(
         reason(&s),
-        (ReasonKind::ScaleToZero, "scale to zero after grace 1m")
+        (
+            ReasonKind::ScaleToZero,
+            "scale to zero after grace 1m".to_owned()
+        )
     );
     let thirty = Duration::from_secs(30);
     let mut waiting =
@@ -372,6 +382,7 @@ fn reason_scale_to_zero_after_grace_and_while_waiting() {
         (
             ReasonKind::ScaleToZeroGrace,
             "to zero after the 1m grace period with the activator in the path (30s left)"
+                .to_owned()
         )
     );
 }
@@ -388,7 +399,7 @@ fn reason_pod_retention() {
         reason(&s),
         (
             ReasonKind::ScaleToZeroGrace,
-            "scale-to-zero-pod-retention-period 5m: keeping the pods 4m more"
+            "scale-to-zero-pod-retention-period 5m: keeping the pods 4m more".to_owned()
         )
     );
 }
@@ -407,6 +418,7 @@ fn reason_last_activity_keeps_one_pod() {
         (
             ReasonKind::LastActivity,
             "last activity: keeping 1 pod for the rest of the 5m stable window (1s left)"
+                .to_owned()
         )
     );
 }
@@ -427,7 +439,7 @@ fn reason_activator_not_ready_and_scale_to_zero_disabled() {
         reason(&s),
         (
             ReasonKind::ScaleToZeroDisabled,
-            "enable-scale-to-zero is false: keeping 1 pod"
+            "enable-scale-to-zero is false: keeping 1 pod".to_owned()
         )
     );
 }
