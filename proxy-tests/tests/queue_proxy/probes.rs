@@ -47,20 +47,22 @@ async fn network_probe_echoes_the_hash() {
 
 #[tokio::test]
 async fn readiness_follows_the_apps_probe() {
-    // A TCP readiness probe (the webhook's default) on a port where nothing listens yet.
+    // A TCP readiness probe (the webhook's default) on a port where nothing listens yet:
+    // on a loopback address of this test's own, so that no other test's listener can take
+    // the port between its choice and the probe (seen once on 127.0.0.1).
     let app = start_app().await;
-    let spare = sluice_test_support::loopback_listener().await;
+    let pid = std::process::id();
+    let ip = std::net::Ipv4Addr::new(127, 201, (pid >> 8) as u8, (pid as u8).max(1));
+    let spare = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let port = spare.local_addr().unwrap().port();
     drop(spare);
     let probe = format!(
-        r#"--serving-readiness-probe={{"tcpSocket":{{"port":{port},"host":"127.0.0.1"}},"periodSeconds":1}}"#
+        r#"--serving-readiness-probe={{"tcpSocket":{{"port":{port},"host":"{ip}"}},"periodSeconds":1}}"#
     );
     let qp = start_queue_proxy(queue_proxy_args(app.addr.port(), 0, &[probe])).await;
     let not_ready = get_with(&qp.url("/"), &[KUBELET, QUEUE_PROBE]).await;
     assert_eq!(not_ready.status, 503, "nothing listens on the probed port");
-    let _now_listening = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let _now_listening = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
     let ready = get_with(&qp.url("/"), &[KUBELET, QUEUE_PROBE]).await;
     assert_eq!(
         (ready.status.as_u16(), ready.text().as_str()),
