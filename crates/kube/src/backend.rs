@@ -22,17 +22,21 @@ use parking_lot::Mutex;
 use sluice_control::RevisionSpec;
 use sluice_control::backend::{Backend, PodStatus};
 use sluice_core::RevisionKey;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::endpoints::Slices;
 use crate::resources::{self, Injection, Owner, REVISION_LABEL};
 
 /// The field manager Sluice writes as.
 pub const FIELD_MANAGER: &str = "sluice";
-/// The first wait before an operation the API server refused is tried again; it doubles
-/// up to [`MAX_RETRY`].
+/// The first wait before an operation that failed is tried again; it doubles up to
+/// [`MAX_RETRY`] for an API server that could not take it now, and up to
+/// [`MAX_REFUSED_RETRY`] for one that refused it.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+const MAX_REFUSED_RETRY: Duration = Duration::from_secs(60);
+/// Writes in flight at once, across every revision.
+const MAX_IN_FLIGHT: usize = 8;
 
 /// Knative's `Service` resource (`serving.knative.dev/v1`).
 pub fn knative_service() -> ApiResource {
@@ -59,28 +63,65 @@ struct Shared {
     errors: Mutex<HashMap<RevisionKey, String>>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Op {
     Create(Box<RevisionSpec>),
     Delete(RevisionKey),
     Scale(RevisionKey, u32),
 }
 
-/// Carries out the backend's operations against the API server, in order.
+/// Carries out the backend's operations against the API server: in order for each
+/// revision, every revision on its own lane, so that what the API server refuses for one
+/// revision (a 422 for its spec, a 403 from a quota) holds up only that revision.
 pub struct Writer {
-    client: Client,
-    inject: Injection,
+    writes: Arc<Writes>,
     ops: mpsc::UnboundedReceiver<Op>,
     shared: Arc<Shared>,
 }
 
+/// What an operation needs to be carried out, shared by every attempt.
+struct Writes {
+    client: Client,
+    inject: Injection,
+    /// Bounds the writes in flight at once, across lanes.
+    permits: Arc<Semaphore>,
+}
+
+/// One revision's operations, oldest first: the head is being carried out, or waits for
+/// its next attempt.
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Op>,
+    /// The head's attempt under way: its number and its task.
+    attempt: Option<(u64, AbortOnDrop)>,
+    /// How long the head waits before its next attempt (zero until one fails).
+    wait: Duration,
+}
+
+/// How an attempt ended, sent back to the writer by the attempt's task.
+struct Done {
+    key: RevisionKey,
+    attempt: u64,
+    result: Result<(), Failure>,
+}
+
 /// How an operation failed.
+#[derive(Debug)]
 enum Failure {
-    /// The API server could not take it now: try again.
+    /// The API server could not take it now (unreachable, 5xx, a conflict): try again
+    /// soon.
     Retry(String),
+    /// The API server refused it (422 for a spec it cannot store, 403 from a quota or an
+    /// admission policy): try again, backing off further, since only a change elsewhere
+    /// (the quota, the policy) can make it succeed.
+    Refused(String),
     /// It can never succeed as asked (a spec Kubernetes cannot run, an owner gone).
     Give(String),
 }
+
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 // === impl KubeBackend ===
 
@@ -96,8 +137,11 @@ impl KubeBackend {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let writer = Writer {
-            client,
-            inject,
+            writes: Arc::new(Writes {
+                client,
+                inject,
+                permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            }),
             ops: rx,
             shared: Arc::clone(&shared),
         };
@@ -185,7 +229,7 @@ impl Backend for KubeBackend {
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
-            .field("inject", &self.inject)
+            .field("inject", &self.writes.inject)
             .finish_non_exhaustive()
     }
 }
@@ -201,71 +245,170 @@ impl Op {
     }
 }
 
-/// Drops every scale that a later scale or delete of the same revision makes moot.
-fn supersede(queue: &mut VecDeque<Op>) {
-    let mut i = 0;
-    while i < queue.len() {
-        let moot = matches!(queue[i], Op::Scale(..)) && {
-            let key = queue[i].key();
-            queue
-                .iter()
-                .skip(i + 1)
-                .any(|later| matches!(later, Op::Scale(..) | Op::Delete(_)) && later.key() == key)
-        };
-        if moot {
-            queue.remove(i);
-        } else {
-            i += 1;
+impl Op {
+    /// Whether `later`, for the same revision, makes this one moot: a scale is replaced by
+    /// a later scale or a delete, and a create not yet made is not made for a revision
+    /// that is deleted anyway (the delete removes whatever part of it exists).
+    fn moot_after(&self, later: &Op) -> bool {
+        matches!(
+            (self, later),
+            (Op::Scale(..), Op::Scale(..) | Op::Delete(_)) | (Op::Create(_), Op::Delete(_))
+        )
+    }
+}
+
+// === impl Lane ===
+
+impl Lane {
+    /// Queues `op` behind the others, dropping those it makes moot. Returns whether the
+    /// head was dropped (its attempt, if any, is then aborted).
+    fn push(&mut self, op: Op) -> bool {
+        let head_moot = self.queue.front().is_some_and(|h| h.moot_after(&op));
+        self.queue.retain(|earlier| !earlier.moot_after(&op));
+        self.queue.push_back(op);
+        if head_moot {
+            self.attempt = None;
         }
+        head_moot
+    }
+
+    /// The wait after a failed attempt: doubled, from [`FIRST_RETRY`] up to `max`.
+    fn back_off(&mut self, max: Duration) {
+        self.wait = if self.wait.is_zero() {
+            FIRST_RETRY
+        } else {
+            (self.wait * 2).min(max)
+        };
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 // === impl Writer ===
 
 impl Writer {
-    /// Carries out operations until the backend is dropped. An operation the API server
-    /// refuses for now is tried again (after 0.2 s, doubling to 5 s) before any later one,
-    /// so every revision's operations land in the order they were made.
+    /// Carries out operations until the backend is dropped. Each revision's operations
+    /// land in the order they were made; one that fails is tried again (after 0.2 s,
+    /// doubling to 5 s, or to 60 s when the API server refused it) before any later one
+    /// *of that revision*, while every other revision's go on.
     pub async fn run(mut self) {
-        let mut queue = VecDeque::new();
-        let mut wait = FIRST_RETRY;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut lanes: HashMap<RevisionKey, Lane> = HashMap::new();
+        let mut attempts = 0_u64;
         loop {
-            if queue.is_empty() {
-                match self.ops.recv().await {
-                    Some(op) => queue.push_back(op),
-                    None => return,
+            let key = tokio::select! {
+                op = self.ops.recv() => {
+                    // Dropping the lanes aborts the attempts under way.
+                    let Some(op) = op else { return };
+                    let key = op.key();
+                    let lane = lanes.entry(key.clone()).or_default();
+                    let idle = lane.attempt.is_none();
+                    if !lane.push(op) && !idle {
+                        continue;
+                    }
+                    key
                 }
-            }
-            while let Ok(op) = self.ops.try_recv() {
-                queue.push_back(op);
-            }
-            supersede(&mut queue);
-            let Some(op) = queue.front() else { continue };
-            let key = op.key();
-            match self.carry_out(op).await {
-                Ok(()) => {
-                    self.shared.errors.lock().remove(&key);
-                    queue.pop_front();
-                    wait = FIRST_RETRY;
+                Some(done) = done_rx.recv() => {
+                    let Some(lane) = lanes.get_mut(&done.key) else { continue };
+                    if lane.attempt.as_ref().map(|(n, _)| *n) != Some(done.attempt) {
+                        // An attempt aborted after it had finished: its head was dropped.
+                        continue;
+                    }
+                    lane.attempt = None;
+                    self.finished(lane, &done.key, done.result);
+                    done.key
                 }
-                Err(Failure::Give(why)) => {
-                    tracing::warn!(revision = %key.name, namespace = %key.namespace, "{why}");
-                    self.shared.errors.lock().insert(key, why);
-                    queue.pop_front();
-                }
-                Err(Failure::Retry(why)) => {
-                    tracing::warn!(
-                        revision = %key.name, namespace = %key.namespace,
-                        retry_in = ?wait, "{why}"
-                    );
-                    self.shared.errors.lock().insert(key, why);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_RETRY);
-                }
-            }
+            };
+            let Some(lane) = lanes.get_mut(&key) else {
+                continue;
+            };
+            let Some(op) = lane.queue.front() else {
+                lanes.remove(&key);
+                continue;
+            };
+            attempts += 1;
+            let task = tokio::spawn(attempt(
+                Arc::clone(&self.writes),
+                op.clone(),
+                lane.wait,
+                attempts,
+                done_tx.clone(),
+            ));
+            lane.attempt = Some((attempts, AbortOnDrop(task)));
         }
     }
 
+    /// Records how the lane's head ended: it leaves the lane unless it is to be tried
+    /// again.
+    fn finished(&self, lane: &mut Lane, key: &RevisionKey, result: Result<(), Failure>) {
+        let (ns, rev) = (&key.namespace, &key.name);
+        match result {
+            Ok(()) => {
+                self.shared.errors.lock().remove(key);
+                lane.queue.pop_front();
+                lane.wait = Duration::ZERO;
+            }
+            Err(Failure::Give(why)) => {
+                tracing::warn!(revision = %rev, namespace = %ns, "{why}");
+                self.shared.errors.lock().insert(key.clone(), why);
+                lane.queue.pop_front();
+                lane.wait = Duration::ZERO;
+            }
+            Err(Failure::Retry(why)) => {
+                lane.back_off(MAX_RETRY);
+                tracing::warn!(revision = %rev, namespace = %ns, retry_in = ?lane.wait, "{why}");
+                self.shared.errors.lock().insert(key.clone(), why);
+            }
+            Err(Failure::Refused(why)) => {
+                lane.back_off(MAX_REFUSED_RETRY);
+                tracing::warn!(
+                    revision = %rev, namespace = %ns, retry_in = ?lane.wait,
+                    "refused by the API server: {why}"
+                );
+                self.shared.errors.lock().insert(key.clone(), why);
+            }
+        }
+    }
+}
+
+/// One attempt at `op`, after `wait`, within the writer's bound on writes in flight; how
+/// it ended is sent on `done`.
+async fn attempt(
+    writes: Arc<Writes>,
+    op: Op,
+    wait: Duration,
+    attempt: u64,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let result = {
+        let _permit = Arc::clone(&writes.permits).acquire_owned().await;
+        writes.carry_out(&op).await
+    };
+    let _ = done.send(Done {
+        key: op.key(),
+        attempt,
+        result,
+    });
+}
+
+// === impl Writes ===
+
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writes")
+            .field("inject", &self.inject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writes {
     async fn carry_out(&self, op: &Op) -> Result<(), Failure> {
         match op {
             Op::Create(spec) => self.create(spec).await,
@@ -292,12 +435,7 @@ impl Writer {
                     pod.service, pod.revision
                 )));
             }
-            Err(e) => {
-                return Err(Failure::Retry(format!(
-                    "reading service {ns}/{}: {e}",
-                    pod.service
-                )));
-            }
+            Err(e) => return Err(failure(format!("reading service {ns}/{}", pod.service), e)),
         };
         let deployment = resources::deployment(spec, &owner, &self.inject)
             .map_err(|e| Failure::Give(format!("revision {}: {e}", pod.revision)))?;
@@ -306,13 +444,10 @@ impl Writer {
             ..PostParams::default()
         };
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        adopt_existing(deployments.create(&params, &deployment).await)
-            .map_err(|e| Failure::Retry(format!("creating deployment: {e}")))?;
+        create_owned(&deployments, &params, &deployment, &owner, "deployment").await?;
         let svc = resources::service(spec, &owner);
         let svcs: Api<Service> = Api::namespaced(self.client.clone(), ns);
-        adopt_existing(svcs.create(&params, &svc).await)
-            .map_err(|e| Failure::Retry(format!("creating service: {e}")))?;
-        Ok(())
+        create_owned(&svcs, &params, &svc, &owner, "service").await
     }
 
     async fn delete(&self, key: &RevisionKey) -> Result<(), Failure> {
@@ -323,13 +458,13 @@ impl Writer {
                 .delete(&resources::deployment_name(&key.name), &params)
                 .await,
         )
-        .map_err(|e| Failure::Retry(format!("deleting deployment: {e}")))?;
+        .map_err(|e| failure("deleting deployment".to_owned(), e))?;
         let svcs: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
         gone(
             svcs.delete(&resources::service_name(&key.name), &params)
                 .await,
         )
-        .map_err(|e| Failure::Retry(format!("deleting service: {e}")))?;
+        .map_err(|e| failure("deleting service".to_owned(), e))?;
         Ok(())
     }
 
@@ -350,17 +485,59 @@ impl Writer {
             Err(kube::Error::Api(s)) if s.is_not_found() => Err(Failure::Give(format!(
                 "scaling to {replicas}: deployment {name} is gone"
             ))),
-            Err(e) => Err(Failure::Retry(format!("scaling to {replicas}: {e}"))),
+            Err(e) => Err(failure(format!("scaling to {replicas}"), e)),
         }
     }
 }
 
-/// A create that found the object there already succeeded.
-fn adopt_existing<K>(r: Result<K, kube::Error>) -> Result<(), kube::Error> {
-    match r {
+/// Creates `obj`, owned by `owner`. One there already is taken as this revision's only if
+/// `owner` owns it (a revision never changes, so an owned one is as it would be made);
+/// any other is left alone, as Knative leaves a Deployment it does not own (`NotOwned`).
+async fn create_owned<K>(
+    api: &Api<K>,
+    params: &PostParams,
+    obj: &K,
+    owner: &Owner,
+    what: &str,
+) -> Result<(), Failure>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api.create(params, obj).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_already_exists() || s.code == 409 => Ok(()),
-        Err(e) => Err(e),
+        Err(kube::Error::Api(s)) if s.is_already_exists() || s.code == 409 => {
+            match api.get_opt(&name).await {
+                Ok(Some(there)) if owned_by(there.meta(), &owner.uid) => Ok(()),
+                Ok(Some(_)) => Err(Failure::Give(format!(
+                    "{what} {name} exists and is not owned by service {}: it is left as it is \
+                     (NotOwned)",
+                    owner.name
+                ))),
+                Ok(None) => Err(Failure::Retry(format!(
+                    "{what} {name} was deleted as it was created"
+                ))),
+                Err(e) => Err(failure(format!("reading {what} {name}"), e)),
+            }
+        }
+        Err(e) => Err(failure(format!("creating {what} {name}"), e)),
+    }
+}
+
+fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
+}
+
+/// How an API call failed: refused for what was asked (4xx but for a conflict, a timeout
+/// or throttling), or not taken now (5xx, unreachable).
+fn failure(doing: String, e: kube::Error) -> Failure {
+    match &e {
+        kube::Error::Api(s)
+            if (400..500).contains(&s.code) && ![408, 409, 429].contains(&s.code) =>
+        {
+            Failure::Refused(format!("{doing}: {e}"))
+        }
+        _ => Failure::Retry(format!("{doing}: {e}")),
     }
 }
 

@@ -1018,3 +1018,110 @@ fn kube_e2e_nothing_is_scaled_to_zero_while_no_activator_answers() {
         c.shutdown().await;
     });
 }
+
+/// A helloworld Service named `name` answering `Hello {target}!`, with `annotations` on
+/// its template and `extra` under its container.
+fn hello_service(name: &str, target: &str, annotations: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  template:
+    metadata:
+      annotations: {{{annotations}}}
+    spec:
+      containers:
+        - image: gcr.io/knative-samples/helloworld-go
+          env:
+            - name: TARGET
+              value: \"{target}\"
+{extra}"
+    )
+}
+
+/// The `Ready` condition of a Service: (status, message).
+async fn ready_condition(c: &Cluster, name: &str) -> (String, String) {
+    let s = c.ksvc(name).await;
+    let ready = s["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    (
+        ready["status"].as_str().unwrap_or_default().to_owned(),
+        ready["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[test]
+fn kube_e2e_a_service_the_api_server_refuses_holds_up_no_other() {
+    run(async {
+        let c = Cluster::start("refused").await;
+        refused(&c).await;
+        c.shutdown().await;
+    });
+}
+
+async fn refused(c: &Cluster) {
+    let mut config = fast_config();
+    config["allow-zero-initial-scale"] = json!("true");
+    c.put_config(config).await;
+    let third = |target: &str| hello_service("third", target, "", "");
+    c.apply(&third("v1")).await;
+    c.ready("third", 1).await;
+
+    // A Deployment the API server refuses: a mount whose volume Sluice does not write
+    // (a Secret volume; volumes are not carried into the Deployment yet).
+    let bad = hello_service(
+        "bad",
+        "bad",
+        "",
+        "          volumeMounts:
+            - name: creds
+              mountPath: /etc/creds
+      volumes:
+        - name: creds
+          secret:
+            secretName: creds
+",
+    );
+    c.apply(&bad).await;
+    let limit = c.patience(Duration::from_secs(20));
+    let mut seen = String::new();
+    c.until("bad's refusal on its status", limit, async || {
+        let (status, message) = ready_condition(c, "bad").await;
+        seen = message.clone();
+        (status == "False").then_some(message)
+    })
+    .await;
+    assert!(
+        seen.contains("spec.template.spec.containers[0].volumeMounts[0].name: Not found"),
+        "{seen}"
+    );
+
+    // While it is refused (and tried again), another Service is created at zero and
+    // scales from zero on its first request, and a third gets a new revision.
+    c.apply(&hello_service(
+        "cold",
+        "cold",
+        "autoscaling.knative.dev/initial-scale: \"0\"",
+        "",
+    ))
+    .await;
+    c.apply(&third("v2")).await;
+    let reply = c.get_through_gateway("cold.default.example.com").await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "Hello cold!\n".to_owned())
+    );
+    c.ready("third", 2).await;
+    let reply = c.get_through_gateway("third.default.example.com").await;
+    assert_eq!(reply.text(), "Hello v2!\n");
+    assert_eq!(ready_condition(c, "bad").await.0, "False");
+    assert!(c.deployment("bad-00001-deployment").await.is_null());
+}

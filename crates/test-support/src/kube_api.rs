@@ -15,8 +15,12 @@
 //!   leaves its status), and the `scale` subresource of Deployments (`autoscaling/v1`);
 //! - deletion cascades to objects whose `ownerReferences` name the deleted one.
 //!
-//! Where it differs: no authentication, admission or schema validation (objects are stored
-//! as sent), no server-side apply, no field selectors, no pagination (`limit` is ignored),
+//! - the validation of a pod template (a Deployment's or a Pod's) that Sluice's writes can
+//!   run into: 422 `Invalid` for a `volumeMounts[].name` with no such volume, a probe port
+//!   outside 1–65535, two containers of one name ([`validate`]).
+//!
+//! Where it differs: no authentication, admission or other schema validation (objects are
+//! stored as sent), no server-side apply, no field selectors, no pagination (`limit` is ignored),
 //! no bookmarks, strategic merge patches merge lists whole, and the kinds it serves are
 //! the ones Sluice uses ([`KINDS`]).
 
@@ -441,6 +445,9 @@ impl KubeApi {
                 None => return status(422, "Invalid", "metadata.name: Required value"),
             }
         }
+        if let Some(why) = validate::invalid(kind.kind, &obj) {
+            return status(422, "Invalid", &why);
+        }
         let mut store = self.store.lock();
         let key = (p.kind, ns.clone(), name.clone());
         if store.objects.contains_key(&key) {
@@ -542,6 +549,9 @@ impl KubeApi {
                 }
                 obj["apiVersion"] = json!(api_version(kind));
                 obj["kind"] = json!(kind.kind);
+                if let Some(why) = validate::invalid(kind.kind, &obj) {
+                    return status(422, "Invalid", &why);
+                }
             }
         }
         if let Some(o) = obj.as_object_mut()
@@ -1023,6 +1033,8 @@ fn parse_path(path: &str) -> Option<Path> {
         sub,
     })
 }
+
+mod validate;
 
 #[cfg(test)]
 mod tests;

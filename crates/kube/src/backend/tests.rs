@@ -54,14 +54,22 @@ async fn a_revision_is_created_owned_by_its_service_and_scaled_through_the_subre
         "queue-proxy"
     );
     call.echo(201);
-    // A Service there already (an earlier control plane made it) is adopted.
+    // A Service there already, owned by the Knative Service (an earlier control plane
+    // made it), is adopted.
     let call = api.expect(Method::POST, SERVICES).await;
     assert_eq!(call.body["metadata"]["name"], "autoscale-go-00001-private");
     assert_eq!(
         call.body["spec"]["selector"]["serving.knative.dev/revision"],
         "autoscale-go-00001"
     );
+    let made = call.body.clone();
     call.fail(409, "AlreadyExists");
+    api.expect(
+        Method::GET,
+        &format!("{SERVICES}/autoscale-go-00001-private"),
+    )
+    .await
+    .respond(200, &made);
 
     backend.scale(&key(), 3);
     let call = api
@@ -133,9 +141,16 @@ async fn an_unreachable_api_server_is_retried_in_order() {
 async fn a_revision_of_a_deleted_service_is_not_created_and_says_why() {
     let (backend, mut api) = start();
     backend.create(&revision(json!({"image": "example.com/app"})));
-    backend.delete(&key());
     api.expect(Method::GET, KSVC).await.fail(404, "NotFound");
+    api.expect_none(Duration::from_millis(100)).await;
+    let error = backend.last_error(&key()).expect("an error");
+    assert!(
+        error.contains("service default/autoscale-go is gone"),
+        "{error}"
+    );
+
     // The delete goes on: nothing there is fine.
+    backend.delete(&key());
     let call = api.expect(Method::DELETE, DEPLOYMENT).await;
     assert_eq!(call.body["propagationPolicy"], "Background");
     call.fail(404, "NotFound");
@@ -151,6 +166,122 @@ async fn a_revision_of_a_deleted_service_is_not_created_and_says_why() {
     api.expect_none(Duration::from_millis(100)).await;
     // The delete succeeded, so the create's error is cleared with it.
     assert_eq!(backend.last_error(&key()), None);
+}
+
+/// `autoscale-go-00001`'s spec under another service and revision name.
+fn revision_of(service: &str, name: &str) -> RevisionSpec {
+    let mut spec = revision(json!({"image": "example.com/app"}));
+    spec.pod.service = service.to_owned();
+    spec.pod.revision = name.to_owned();
+    spec
+}
+
+fn scale_path(revision: &str) -> String {
+    format!("{DEPLOYMENTS}/{revision}-deployment/scale")
+}
+
+fn scaled(call: crate::api_server::Call) {
+    call.respond(
+        200,
+        &json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {}}),
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_create_holds_up_only_its_own_revision_and_backs_off() {
+    let (backend, mut api) = start();
+    let bad = RevisionKey::new("default", "bad-00001");
+    backend.create(&revision_of("bad", "bad-00001"));
+    api.expect(
+        Method::GET,
+        "/apis/serving.knative.dev/v1/namespaces/default/services/bad",
+    )
+    .await
+    .respond(200, &ksvc());
+    api.expect(Method::POST, DEPLOYMENTS)
+        .await
+        .fail(422, "Invalid");
+    let refused = tokio::time::Instant::now();
+    // The writer takes the answer in (well before the retry at 0.2 s).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let error = backend.last_error(&bad).expect("the refusal");
+    assert!(
+        error.contains("creating deployment bad-00001-deployment"),
+        "{error}"
+    );
+    assert!(error.contains("Invalid (from the test)"), "{error}");
+
+    // While it waits to be tried again, another revision scales (from zero) and a third
+    // is created.
+    backend.scale(&key(), 1);
+    let good = revision_of("other", "other-00002");
+    backend.create(&good);
+    scaled(
+        api.expect(Method::PATCH, &scale_path("autoscale-go-00001"))
+            .await,
+    );
+    api.expect(
+        Method::GET,
+        "/apis/serving.knative.dev/v1/namespaces/default/services/other",
+    )
+    .await
+    .respond(200, &ksvc());
+    api.expect(Method::POST, DEPLOYMENTS).await.echo(201);
+    api.expect(Method::POST, SERVICES).await.echo(201);
+    assert_eq!(backend.last_error(&good.key()), None);
+    assert_eq!(backend.last_error(&key()), None);
+
+    // The refused one is tried again after 0.2 s, then 0.4 s: backing off, not given up.
+    for _ in 0..2 {
+        api.expect(
+            Method::GET,
+            "/apis/serving.knative.dev/v1/namespaces/default/services/bad",
+        )
+        .await
+        .respond(200, &ksvc());
+        api.expect(Method::POST, DEPLOYMENTS)
+            .await
+            .fail(422, "Invalid");
+    }
+    let waited = refused.elapsed();
+    assert!(
+        (Duration::from_millis(600)..Duration::from_millis(700)).contains(&waited),
+        "{waited:?}"
+    );
+
+    // Deleted (its service was fixed or removed): the create is dropped, the delete runs.
+    backend.delete(&bad);
+    api.expect(
+        Method::DELETE,
+        &format!("{DEPLOYMENTS}/bad-00001-deployment"),
+    )
+    .await
+    .fail(404, "NotFound");
+    api.expect(Method::DELETE, &format!("{SERVICES}/bad-00001-private"))
+        .await
+        .fail(404, "NotFound");
+    api.expect_none(Duration::from_secs(120)).await;
+    assert_eq!(backend.last_error(&bad), None);
+}
+
+#[tokio::test]
+async fn a_deployment_of_the_name_that_the_service_does_not_own_is_left_alone() {
+    let (backend, mut api) = start();
+    backend.create(&revision(json!({"image": "example.com/app"})));
+    api.expect(Method::GET, KSVC).await.respond(200, &ksvc());
+    let call = api.expect(Method::POST, DEPLOYMENTS).await;
+    let mut theirs = call.body.clone();
+    call.fail(409, "AlreadyExists");
+    theirs["metadata"]["ownerReferences"] = json!([]);
+    api.expect(Method::GET, DEPLOYMENT)
+        .await
+        .respond(200, &theirs);
+    api.expect_none(Duration::from_millis(300)).await;
+    let error = backend.last_error(&key()).expect("an error");
+    assert!(
+        error.contains("deployment autoscale-go-00001-deployment exists and is not owned by service autoscale-go"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -316,3 +316,65 @@ async fn deleting_an_owner_deletes_what_it_owns() {
         .expect("delete");
     assert!(deployments.get_opt("owned").await.expect("get").is_none());
 }
+
+#[tokio::test]
+async fn a_pod_template_a_real_api_server_refuses_is_refused_422_naming_the_field() {
+    let api = KubeApi::start().await;
+    let deployments: Api<Deployment> = Api::namespaced(client(&api).await, "default");
+    let pp = PostParams::default();
+    let with = |containers: Value| {
+        let mut d = serde_json::to_value(deployment("d", 1, json!({}))).expect("json");
+        d["spec"]["template"]["spec"]["containers"] = containers;
+        serde_json::from_value::<Deployment>(d).expect("deployment")
+    };
+    let refused = async |d: Deployment| match deployments.create(&pp, &d).await {
+        Err(kube::Error::Api(s)) if s.code == 422 => s.message,
+        other => panic!("not refused: {other:?}"),
+    };
+    let m = refused(with(json!([{"name": "c", "image": "x",
+        "volumeMounts": [{"name": "secret", "mountPath": "/etc/secret"}]}])))
+    .await;
+    assert_eq!(
+        m,
+        "Deployment.apps \"d\" is invalid: spec.template.spec.containers[0].volumeMounts[0].name: \
+         Not found: \"secret\""
+    );
+    let m = refused(with(json!([{"name": "c", "image": "x",
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 0}}}])))
+    .await;
+    assert!(
+        m.ends_with("spec.template.spec.containers[0].livenessProbe.httpGet.port: Invalid value: 0: must be between 1 and 65535, inclusive"),
+        "{m}"
+    );
+    let m = refused(with(
+        json!([{"name": "c", "image": "x"}, {"name": "c", "image": "y"}]),
+    ))
+    .await;
+    assert!(
+        m.ends_with("spec.template.spec.containers[1].name: Duplicate value: \"c\""),
+        "{m}"
+    );
+    assert!(
+        api.list("/apis/apps/v1/namespaces/default/deployments")
+            .is_empty()
+    );
+
+    // A valid one is stored; a replace that breaks it is refused and changes nothing.
+    let ok = deployments
+        .create(&pp, &deployment("d", 1, json!({})))
+        .await
+        .expect("valid");
+    let mut bad = serde_json::to_value(&ok).expect("json");
+    bad["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "gone", "mountPath": "/x"}]);
+    let bad: Deployment = serde_json::from_value(bad).expect("deployment");
+    let r = deployments.replace("d", &pp, &bad).await;
+    assert!(matches!(r, Err(kube::Error::Api(s)) if s.code == 422));
+    let d = api
+        .get("/apis/apps/v1/namespaces/default/deployments/d")
+        .expect("there");
+    assert_eq!(
+        d["metadata"]["resourceVersion"],
+        json!(ok.metadata.resource_version)
+    );
+}
