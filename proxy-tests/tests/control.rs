@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sluice_autoscaler::scaler::{RecordingScaler, RevisionKey};
 use sluice_autoscaler::server::{Args as AutoscalerArgs, Server as AutoscalerServer};
-use sluice_control::{ControlPlane, PodSpec, RevisionSpec, ServiceSpec};
+use sluice_control::{ControlPlane, PodSpec, RevisionSpec, ServiceSpec, TargetSpec};
 use sluice_core::serve::Limits;
 use sluice_gateway::{Config, Gateway, RoutesSource};
 use sluice_proto::v1;
@@ -35,6 +35,7 @@ fn spec(service: &str, revision: &str) -> RevisionSpec {
         initial_scale: 1,
         report: false,
         annotations: BTreeMap::new(),
+        template: None,
     }
 }
 
@@ -42,8 +43,9 @@ fn all_to(service: &str, revision: &str) -> ServiceSpec {
     ServiceSpec {
         namespace: "default".into(),
         name: service.into(),
-        traffic: vec![v1::TrafficTarget {
-            revision: revision.into(),
+        revisions: vec![revision.into()],
+        traffic: vec![TargetSpec {
+            revision: Some(revision.into()),
             percent: 100,
             tag: String::new(),
         }],

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 pub use backend::Backend;
 pub use reconciler::{Action, Reconciler, Refused};
-pub use spec::{PodSpec, RevisionSpec, ServiceSpec};
+pub use spec::{PodSpec, RevisionSpec, ServiceSpec, TargetSpec};
 
 /// The running control plane. Cheap to clone, every clone the same.
 #[derive(Clone)]
@@ -112,6 +112,27 @@ impl ControlPlane {
 
     pub fn set_service(&self, spec: ServiceSpec) -> Result<(), Refused> {
         self.change(|r| r.set_service(spec))
+    }
+
+    /// The revision was ready under an earlier control plane (its service's status says
+    /// so), learnt before or after the revision itself.
+    pub fn was_ready(&self, key: RevisionKey) {
+        let _ = self.change(|r| Ok(r.was_ready(key)));
+    }
+
+    /// The service's traffic as served: the latest revision's resolved to the latest
+    /// ready one.
+    pub fn traffic(&self, namespace: &str, name: &str) -> Option<Vec<v1::TrafficTarget>> {
+        self.inner
+            .state
+            .lock()
+            .traffic(namespace, name)
+            .map(<[_]>::to_vec)
+    }
+
+    /// Whether the revision is ready in Knative's sense: it has had a ready pod.
+    pub fn is_ready(&self, key: &RevisionKey) -> bool {
+        self.inner.state.lock().is_ready(key)
     }
 
     pub fn remove_service(&self, namespace: &str, name: &str) {

@@ -101,6 +101,7 @@ pub fn spec_of(w: v1::Workload) -> Result<RevisionSpec, String> {
         initial_scale: w.initial_scale,
         report: false,
         annotations: Default::default(),
+        template: None,
     })
 }
 
@@ -467,6 +468,7 @@ mod tests {
             initial_scale: 2,
             report: false,
             annotations: Default::default(),
+            template: None,
         }
     }
 

@@ -2,14 +2,14 @@
 //! the backend's ready pods, which returns what to do: routes and endpoints to publish,
 //! workloads to create, delete or scale. It does no I/O, so it is tested like the KPA.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use sluice_core::RevisionKey;
 use sluice_core::feed::Route;
 use sluice_proto::v1;
 
-use crate::spec::{RevisionSpec, ServiceSpec};
+use crate::spec::{RevisionSpec, ServiceSpec, TargetSpec};
 
 /// What the control plane does next, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,7 +27,17 @@ pub enum Action {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     revisions: BTreeMap<RevisionKey, Rev>,
-    services: BTreeMap<(String, String), ServiceSpec>,
+    services: BTreeMap<(String, String), Svc>,
+    /// Revisions known to have been ready before this control plane learnt them (from a
+    /// status an earlier one wrote): ready from the moment they are added.
+    were_ready: BTreeSet<RevisionKey>,
+}
+
+#[derive(Debug)]
+struct Svc {
+    spec: ServiceSpec,
+    /// The traffic as served: every target a revision, the latest ready one resolved.
+    traffic: Vec<v1::TrafficTarget>,
 }
 
 #[derive(Debug)]
@@ -38,6 +48,10 @@ struct Rev {
     ready: Vec<SocketAddr>,
     /// The replicas last set on its workload: its initial scale, then each decision's.
     replicas: u32,
+    /// Knative's revision `Ready`: it has had a ready pod (or was made to start at zero
+    /// pods, which it can do at once), and stays so at zero pods. Only a ready revision
+    /// takes the traffic of the latest revision.
+    ready_once: bool,
 }
 
 /// Why a change was refused.
@@ -75,6 +89,7 @@ impl Reconciler {
             key.clone(),
             Rev {
                 replicas: spec.initial_scale,
+                ready_once: spec.initial_scale == 0 || self.were_ready.remove(&key),
                 spec: spec.clone(),
                 decision: None,
                 ready: Vec::new(),
@@ -85,12 +100,34 @@ impl Reconciler {
         Ok(out)
     }
 
+    /// The revision was ready under an earlier control plane (a status says so): once
+    /// added, it is ready at once, so that a restart never moves traffic off it to a
+    /// newer revision that has not proven itself.
+    pub fn was_ready(&mut self, key: RevisionKey) -> Vec<Action> {
+        match self.revisions.get_mut(&key) {
+            Some(rev) if !rev.ready_once => {
+                rev.ready_once = true;
+                let service = rev.spec.pod.service.clone();
+                let mut out = Vec::new();
+                self.reroute(&key.namespace, &service, &mut out);
+                out
+            }
+            Some(_) => Vec::new(),
+            None => {
+                self.were_ready.insert(key);
+                Vec::new()
+            }
+        }
+    }
+
     /// The revision is gone: its routes and endpoints first, then its workload.
     pub fn remove_revision(&mut self, key: &RevisionKey) -> Vec<Action> {
-        if self.revisions.remove(key).is_none() {
+        let Some(gone) = self.revisions.remove(key) else {
             return Vec::new();
-        }
-        vec![
+        };
+        let mut out = Vec::new();
+        self.reroute(&key.namespace, &gone.spec.pod.service, &mut out);
+        out.extend([
             Action::Route(Route::Revision(v1::RevisionRoute {
                 namespace: key.namespace.clone(),
                 revision: key.name.clone(),
@@ -104,36 +141,113 @@ impl Reconciler {
                 ..v1::RevisionEndpoints::default()
             }),
             Action::Delete(key.clone()),
-        ]
+        ]);
+        out
     }
 
     /// A service's traffic split; every revision it names must exist.
     pub fn set_service(&mut self, spec: ServiceSpec) -> Result<Vec<Action>, Refused> {
         for t in &spec.traffic {
-            if !self
-                .revisions
-                .contains_key(&RevisionKey::new(&spec.namespace, &t.revision))
+            if let Some(revision) = &t.revision
+                && !self
+                    .revisions
+                    .contains_key(&RevisionKey::new(&spec.namespace, revision))
             {
                 return Err(Refused::UnknownRevision {
                     namespace: spec.namespace.clone(),
                     name: spec.name.clone(),
-                    revision: t.revision.clone(),
+                    revision: revision.clone(),
                 });
             }
         }
-        let route = Route::Service(v1::ServiceRoute {
-            namespace: spec.namespace.clone(),
-            name: spec.name.clone(),
-            removed: false,
-            traffic: spec.traffic.clone(),
-        });
         let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
-        self.services
-            .insert((namespace.clone(), name.clone()), spec);
-        let mut out = vec![Action::Route(route)];
-        // Its revisions' reachability may have changed (the feed drops what did not).
-        self.publish_service_revisions(&namespace, &name, &mut out);
+        self.services.insert(
+            (namespace.clone(), name.clone()),
+            Svc {
+                spec,
+                traffic: Vec::new(),
+            },
+        );
+        let mut out = Vec::new();
+        self.reroute(&namespace, &name, &mut out);
         Ok(out)
+    }
+
+    /// Resolves the service's traffic again; when it changed, publishes its route and
+    /// its revisions' reachability.
+    fn reroute(&mut self, namespace: &str, name: &str, out: &mut Vec<Action>) {
+        let Some(svc) = self.services.get(&(namespace.to_owned(), name.to_owned())) else {
+            return;
+        };
+        let traffic = self.resolve(&svc.spec);
+        let first = svc.traffic.is_empty();
+        let svc = self
+            .services
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+            .expect("looked up above");
+        if !first && svc.traffic == traffic {
+            return;
+        }
+        svc.traffic.clone_from(&traffic);
+        out.push(Action::Route(Route::Service(v1::ServiceRoute {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            removed: false,
+            traffic,
+        })));
+        // Its revisions' reachability may have changed (the feed drops what did not).
+        self.publish_service_revisions(namespace, name, out);
+    }
+
+    /// The traffic as served: a target of the latest revision goes to the latest ready
+    /// one ([`Reconciler::latest_ready`]).
+    fn resolve(&self, spec: &ServiceSpec) -> Vec<v1::TrafficTarget> {
+        let latest = self.latest_ready(spec);
+        spec.traffic
+            .iter()
+            .filter_map(
+                |TargetSpec {
+                     revision,
+                     percent,
+                     tag,
+                 }| {
+                    Some(v1::TrafficTarget {
+                        revision: revision.clone().or_else(|| latest.clone())?,
+                        percent: *percent,
+                        tag: tag.clone(),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// The newest of the service's revisions that is ready, as Knative's Configuration
+    /// keeps `latestReadyRevisionName`; while none is, the newest made (a first revision
+    /// takes its traffic at once, held in the activator until its first pod is ready).
+    fn latest_ready(&self, spec: &ServiceSpec) -> Option<String> {
+        let ready = |name: &&String| {
+            self.revisions
+                .get(&RevisionKey::new(&spec.namespace, name.as_str()))
+                .is_some_and(|r| r.ready_once)
+        };
+        spec.revisions
+            .iter()
+            .rev()
+            .find(ready)
+            .or(spec.revisions.last())
+            .cloned()
+    }
+
+    /// The service's traffic as served now.
+    pub fn traffic(&self, namespace: &str, name: &str) -> Option<&[v1::TrafficTarget]> {
+        self.services
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|s| s.traffic.as_slice())
+    }
+
+    /// Whether the revision is ready in Knative's sense (it has had a ready pod).
+    pub fn is_ready(&self, key: &RevisionKey) -> bool {
+        self.revisions.get(key).is_some_and(|r| r.ready_once)
     }
 
     pub fn remove_service(&mut self, namespace: &str, name: &str) -> Vec<Action> {
@@ -154,12 +268,27 @@ impl Reconciler {
         out
     }
 
-    /// Whether no traffic target of the revision's service names it; `false` while the
-    /// service's traffic is unknown (Knative counts unknown reachability as reachable).
+    /// Whether no traffic target of the revision's service names it, and it is not a
+    /// newer revision waiting to take the latest revision's traffic once ready (Knative's
+    /// `pending` routing state); `false` while the service's traffic is unknown (Knative
+    /// counts unknown reachability as reachable).
     fn unreachable(&self, key: &RevisionKey, spec: &RevisionSpec) -> bool {
-        self.services
+        let Some(svc) = self
+            .services
             .get(&(key.namespace.clone(), spec.pod.service.clone()))
-            .is_some_and(|s| !s.traffic.iter().any(|t| t.revision == key.name))
+        else {
+            return false;
+        };
+        if svc.traffic.iter().any(|t| t.revision == key.name) {
+            return false;
+        }
+        let follows_latest = svc.spec.traffic.iter().any(|t| t.revision.is_none());
+        let position = |name: &str| svc.spec.revisions.iter().position(|r| r == name);
+        let pending = follows_latest
+            && self
+                .latest_ready(&svc.spec)
+                .is_some_and(|latest| position(&key.name) > position(&latest));
+        !pending
     }
 
     fn publish_service_revisions(&self, namespace: &str, service: &str, out: &mut Vec<Action>) {
@@ -203,9 +332,16 @@ impl Reconciler {
             return Vec::new();
         };
         ready.sort_unstable();
+        let first = !rev.ready_once && !ready.is_empty();
         rev.ready = ready;
+        rev.ready_once |= first;
+        let service = rev.spec.pod.service.clone();
         let mut out = Vec::new();
         self.publish(key, &mut out);
+        if first {
+            // The latest revision's traffic may move to it now.
+            self.reroute(&key.namespace, &service, &mut out);
+        }
         out
     }
 

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use sluice_core::RevisionKey;
-use sluice_proto::v1;
 
 /// The sample app's program name: a container whose command is this runs the `sluice`
 /// binary's own `sample-app`.
@@ -22,6 +21,11 @@ pub struct RevisionSpec {
     pub report: bool,
     /// The revision's annotations, for the autoscaler (`autoscaling.knative.dev/*`).
     pub annotations: BTreeMap<String, String>,
+    /// The revision as its Knative `Revision` object keeps it (`{metadata: {labels,
+    /// annotations}, spec}`: its template, and the configuration generation it was made
+    /// at), for backends that keep revisions as objects (Kubernetes), so that a restarted
+    /// control plane finds them again; `None` elsewhere.
+    pub template: Option<serde_json::Value>,
 }
 
 /// How to run one pod of a revision.
@@ -44,12 +48,27 @@ pub struct PodSpec {
     pub container: Option<serde_json::Value>,
 }
 
-/// One service's traffic split (the gateway's wire shape: the route is what it is for).
+/// One service's traffic split as written: each target a named revision or the latest
+/// ready one, which the reconciler resolves to the gateway's wire shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub namespace: String,
     pub name: String,
-    pub traffic: Vec<v1::TrafficTarget>,
+    /// The service's revisions, oldest first (its Configuration's): a target of the
+    /// latest revision goes to the newest of them that is ready.
+    pub revisions: Vec<String>,
+    pub traffic: Vec<TargetSpec>,
+}
+
+/// One traffic target as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetSpec {
+    /// The revision, or `None` for the latest ready one (`latestRevision: true`, or no
+    /// `traffic` at all), as Knative routes a Configuration's `latestReadyRevisionName`.
+    pub revision: Option<String>,
+    pub percent: u32,
+    /// Empty for none.
+    pub tag: String,
 }
 
 impl PodSpec {

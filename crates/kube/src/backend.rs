@@ -417,8 +417,9 @@ impl Writes {
         }
     }
 
-    /// Creates the revision's Deployment and Service, owned by its Knative Service; one
-    /// that exists already is adopted as it is (a revision never changes).
+    /// Creates the revision's `Revision` object, Deployment and Service, owned by its
+    /// Knative Service; one that exists already, owned by it, is adopted as it is (a
+    /// revision never changes).
     async fn create(&self, spec: &RevisionSpec) -> Result<(), Failure> {
         let pod = &spec.pod;
         let ns = &pod.namespace;
@@ -443,6 +444,12 @@ impl Writes {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PostParams::default()
         };
+        if let Some(revision) = resources::revision_object(spec, &owner) {
+            // First, so that a control plane restarted from here on finds the revision.
+            let revisions: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), ns, &resources::knative_revision());
+            create_owned(&revisions, &params, &revision, &owner, "revision").await?;
+        }
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         create_owned(&deployments, &params, &deployment, &owner, "deployment").await?;
         let svc = resources::service(spec, &owner);
@@ -465,6 +472,13 @@ impl Writes {
                 .await,
         )
         .map_err(|e| failure("deleting service".to_owned(), e))?;
+        let revisions: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &key.namespace,
+            &resources::knative_revision(),
+        );
+        gone(revisions.delete(&key.name, &params).await)
+            .map_err(|e| failure("deleting revision".to_owned(), e))?;
         Ok(())
     }
 

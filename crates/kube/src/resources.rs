@@ -22,6 +22,9 @@ use sluice_control::RevisionSpec;
 pub const SERVICE_LABEL: &str = "serving.knative.dev/service";
 pub const CONFIGURATION_LABEL: &str = "serving.knative.dev/configuration";
 pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
+/// The generation of its Configuration (its Service's template) a revision was made at:
+/// `NAME-0000N` is made at generation N.
+pub const CONFIGURATION_GENERATION_LABEL: &str = "serving.knative.dev/configurationGeneration";
 /// Knative's label of a revision's private Service (the one that selects its pods).
 pub const SERVICE_TYPE_LABEL: &str = "networking.internal.knative.dev/serviceType";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -105,6 +108,34 @@ pub fn labels(spec: &RevisionSpec) -> BTreeMap<String, String> {
         (REVISION_LABEL.to_owned(), pod.revision.clone()),
         (MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned()),
     ])
+}
+
+/// Knative's `Revision` resource (`serving.knative.dev/v1`).
+pub fn knative_revision() -> kube::core::ApiResource {
+    kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("serving.knative.dev", "v1", "Revision"),
+        "revisions",
+    )
+}
+
+/// The revision's `Revision` object, owned by its Knative Service: its template's labels
+/// (with the revision's own), annotations and spec, from which a restarted control plane
+/// plans it again. `None` for a revision kept without its template (a local one).
+pub fn revision_object(spec: &RevisionSpec, owner: &Owner) -> Option<kube::core::DynamicObject> {
+    let template = spec.template.as_ref()?;
+    let pod = &spec.pod;
+    let mut labels: BTreeMap<String, String> =
+        serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
+    labels.extend(self::labels(spec));
+    let annotations: BTreeMap<String, String> =
+        serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap_or_default();
+    let mut o = kube::core::DynamicObject::new(&pod.revision, &knative_revision())
+        .within(&pod.namespace)
+        .data(serde_json::json!({ "spec": template["spec"] }));
+    o.metadata.labels = Some(labels);
+    o.metadata.annotations = Some(annotations).filter(|a| !a.is_empty());
+    o.metadata.owner_references = Some(vec![owner.reference()]);
+    Some(o)
 }
 
 /// What selects the revision's pods.

@@ -33,6 +33,8 @@ pub struct TrafficFact {
     pub percent: u32,
     pub tag: Option<String>,
     pub ready: bool,
+    /// Written as the latest revision (`latestRevision: true`, or no `traffic`).
+    pub latest: bool,
 }
 
 /// `status` of a `serving.knative.dev/v1` Service (the fields Sluice writes).
@@ -143,7 +145,7 @@ pub fn service_status(f: &Facts, before: Option<&ServiceStatus>, now: Timestamp)
                 revision_name: t.revision.clone(),
                 percent: t.percent,
                 tag: t.tag.clone(),
-                latest_revision: Some(f.latest_created.as_deref() == Some(t.revision.as_str())),
+                latest_revision: Some(t.latest),
             })
             .collect(),
     }

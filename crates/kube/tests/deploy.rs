@@ -98,7 +98,7 @@ fn every_document_is_a_valid_object_of_its_kind() {
         kinds["Deployment"], 4,
         "control, autoscaler, activator, gateway"
     );
-    assert_eq!(kinds["CustomResourceDefinition"], 1);
+    assert_eq!(kinds["CustomResourceDefinition"], 2);
 }
 
 #[test]
@@ -209,6 +209,16 @@ fn rbac_names_every_verb_and_resource() {
     }
 }
 
+/// The printer columns of the CRD's first version, by name.
+fn columns(crd: &CustomResourceDefinition) -> Vec<&str> {
+    crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
 #[test]
 fn the_crd_shows_knatives_columns() {
     let crd: CustomResourceDefinition = round_trip(&documents("serving-crd.yaml")[0]);
@@ -224,14 +234,42 @@ fn the_crd_shows_knatives_columns() {
             .and_then(|s| s.status.as_ref())
             .is_some()
     );
-    let columns: Vec<&str> = v1
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
     assert_eq!(
-        columns,
+        columns(&crd),
         ["URL", "LatestCreated", "LatestReady", "Ready", "Reason"]
     );
+}
+
+#[test]
+fn the_revision_crd_shows_knatives_columns_and_the_control_plane_may_write_revisions() {
+    let crd: CustomResourceDefinition = round_trip(&documents("serving-crd.yaml")[1]);
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("revisions.serving.knative.dev")
+    );
+    assert_eq!(crd.spec.names.short_names, Some(vec!["rev".into()]));
+    assert_eq!(
+        columns(&crd),
+        [
+            "Config Name",
+            "Generation",
+            "Ready",
+            "Reason",
+            "Actual Replicas",
+            "Desired Replicas"
+        ]
+    );
+    let verbs: Vec<String> = documents("sluice.yaml")
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .flat_map(|d| round_trip::<ClusterRole>(d).rules.unwrap_or_default())
+        .filter(|r| r.resources.iter().flatten().any(|x| x == "revisions"))
+        .flat_map(|r| r.verbs)
+        .collect();
+    for verb in ["list", "create", "delete"] {
+        assert!(
+            verbs.iter().any(|v| v == verb),
+            "revisions {verb}: {verbs:?}"
+        );
+    }
 }

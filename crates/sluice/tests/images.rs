@@ -319,6 +319,7 @@ fn helloworld(app_image: &str) -> RevisionSpec {
         initial_scale: 1,
         report: false,
         annotations: BTreeMap::new(),
+        template: None,
     }
 }
 

@@ -1125,3 +1125,163 @@ async fn refused(c: &Cluster) {
     assert_eq!(ready_condition(c, "bad").await.0, "False");
     assert!(c.deployment("bad-00001-deployment").await.is_null());
 }
+
+#[test]
+fn kube_e2e_a_new_revision_that_never_becomes_ready_leaves_the_old_one_serving() {
+    run(async {
+        let c = Cluster::start("neverready").await;
+        never_ready(&c).await;
+        c.shutdown().await;
+    });
+}
+
+async fn never_ready(c: &Cluster) {
+    c.apply(&hello_service("rollout", "v1", "", "")).await;
+    c.ready("rollout", 1).await;
+    let host = "rollout.default.example.com";
+    // v2's app listens nowhere: its pod never becomes ready.
+    let v2 = hello_service("rollout", "v2", "", "").replace(
+        "        - image: gcr.io/knative-samples/helloworld-go\n",
+        "        - image: gcr.io/knative-samples/helloworld-go\n          command: [\"sh\", \"-c\", \"sleep 600\"]\n",
+    );
+    c.apply(&v2).await;
+    let limit = c.patience(Duration::from_secs(20));
+    c.until("v2's deployment", limit, async || {
+        (!c.deployment("rollout-00002-deployment").await.is_null()).then(String::new)
+    })
+    .await;
+    c.until("generation 2 observed", limit, async || {
+        let s = c.ksvc("rollout").await;
+        (s["status"]["observedGeneration"] == 2).then(String::new)
+    })
+    .await;
+    // For several seconds with v2's pod up and not ready, every answer is v1's.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let reply = c.get_through_gateway(host).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello v1!\n".to_owned())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = c.ksvc("rollout").await["status"].clone();
+    assert_eq!(status["latestCreatedRevisionName"], "rollout-00002");
+    assert_eq!(status["latestReadyRevisionName"], "rollout-00001");
+    assert_eq!(
+        status["traffic"],
+        json!([{"revisionName": "rollout-00001", "percent": 100, "latestRevision": true}])
+    );
+    let ready = ready_condition(c, "rollout").await;
+    assert_ne!(ready.0, "True", "{ready:?}");
+
+    // A fixed v3 takes the traffic once ready.
+    c.apply(&hello_service("rollout", "v3", "", "")).await;
+    c.ready("rollout", 3).await;
+    let reply = c.get_through_gateway(host).await;
+    assert_eq!(reply.text(), "Hello v3!\n");
+    let status = c.ksvc("rollout").await["status"].clone();
+    assert_eq!(status["latestReadyRevisionName"], "rollout-00003");
+    assert_eq!(status["traffic"][0]["revisionName"], "rollout-00003");
+}
+
+#[test]
+fn kube_e2e_a_restarted_control_plane_serves_the_latest_revision_and_keeps_the_split() {
+    run(async {
+        let mut c = Cluster::start("restart").await;
+        if c.local.is_none() {
+            println!("not run on a real cluster: it restarts the control plane's process");
+            c.shutdown().await;
+            return;
+        }
+        restart(&mut c).await;
+        c.shutdown().await;
+    });
+}
+
+/// Answers through the gateway for `host`, `n` of them, by body.
+async fn answers(c: &Cluster, host: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = c.get_through_gateway(host).await;
+        assert_eq!(r.status, 200);
+        out.push(r.text());
+    }
+    out
+}
+
+async fn restart(c: &mut Cluster) {
+    let host = "restart.default.example.com";
+    c.apply(&hello_service("restart", "v1", "", "")).await;
+    c.ready("restart", 1).await;
+    c.apply(&hello_service("restart", "v2", "", "")).await;
+    c.ready("restart", 2).await;
+    assert!(answers(c, host, 4).await.iter().all(|a| a == "Hello v2!\n"));
+    // v3 is v2's template split 50/50 with v1: no new revision.
+    let split = format!(
+        "{}  traffic:\n    - revisionName: restart-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n",
+        hello_service("restart", "v2", "", "")
+    );
+    c.apply(&split).await;
+    c.ready("restart", 3).await;
+    let before = answers(c, host, 10).await;
+    assert_eq!(
+        before.iter().filter(|a| *a == "Hello v1!\n").count(),
+        5,
+        "{before:?}"
+    );
+
+    // The control plane's process is killed and started again (a crash, an upgrade).
+    let log = c.local_mut().logs.join("control-1.log");
+    let synced = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("are listed")
+            .count()
+    };
+    assert_eq!(synced(&log), 1);
+    let control = c.local_mut().control;
+    c.local_mut().remove("control-1").await;
+    c.local_mut().spawn_control("control-1", control);
+    c.until(
+        "the restarted control plane synced",
+        Duration::from_secs(20),
+        async || (synced(&log) == 2).then(String::new),
+    )
+    .await;
+    // Its feeds reach the gateway and activator, and a status is written if it changed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let status = c.ksvc("restart").await["status"].clone();
+    assert_eq!(status["latestCreatedRevisionName"], "restart-00002");
+    assert_eq!(status["latestReadyRevisionName"], "restart-00002");
+    assert_eq!(status["observedGeneration"], 3);
+    assert!(c.deployment("restart-00003-deployment").await.is_null());
+    let after = answers(c, host, 10).await;
+    assert_eq!(
+        (
+            after.iter().filter(|a| *a == "Hello v1!\n").count(),
+            after.iter().filter(|a| *a == "Hello v2!\n").count()
+        ),
+        (5, 5),
+        "the split holds after the restart: {after:?}"
+    );
+
+    // The next template is named after the last revision.
+    c.apply(&hello_service("restart", "v4", "", "")).await;
+    c.ready("restart", 4).await;
+    let status = c.ksvc("restart").await["status"].clone();
+    assert_eq!(status["latestCreatedRevisionName"], "restart-00003");
+    assert!(answers(c, host, 4).await.iter().all(|a| a == "Hello v4!\n"));
+    let revisions = c
+        .get("/apis/serving.knative.dev/v1/namespaces/default/revisions")
+        .await
+        .expect("the revisions");
+    let names: Vec<&str> = revisions["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["restart-00001", "restart-00002", "restart-00003"]);
+}

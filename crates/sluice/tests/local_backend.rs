@@ -31,6 +31,7 @@ fn spec() -> RevisionSpec {
         initial_scale: 1,
         report: false,
         annotations: Default::default(),
+        template: None,
     }
 }
 

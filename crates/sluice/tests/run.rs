@@ -484,3 +484,88 @@ async fn e2e_a_standalone_gateway_follows_the_platforms_control_plane_over_grpc(
     let _ = running.await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_new_revision_that_never_becomes_ready_leaves_the_old_one_serving() {
+    let p = start_with_ready_timeout(Duration::from_secs(2)).await;
+    let gw = p.addresses().gateway;
+    apply(&p, FAST_CONFIG).await;
+    let v1 = example("helloworld-go.yaml");
+    apply(&p, &v1).await;
+    wait_for(
+        &p,
+        "helloworld-go-00001",
+        Duration::from_secs(30),
+        "ready",
+        |r| r.ready >= 1,
+    )
+    .await;
+    let host = "helloworld-go.default.example.com";
+
+    // v2 listens nowhere: its pods never become ready.
+    let v2 = v1.replace(
+        "        - image: gcr.io/knative-samples/helloworld-go\n",
+        "        - image: gcr.io/knative-samples/helloworld-go\n          command: [\"sh\", \"-c\", \"echo no port for you; sleep 600\"]\n",
+    );
+    assert_ne!(v1, v2);
+    let summary = apply(&p, &v2).await;
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.contains("traffic helloworld-go-00002 100% (latest, once ready)")),
+        "{summary:?}"
+    );
+    // Every request on the way is answered by v1, until and after v2 is reported failed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = answer(gw, host).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello Knative!\n".to_owned())
+        );
+        if revision(&p.status(), "helloworld-go-00002").error.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2's failure never reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = p.status();
+    let error = revision(&status, "helloworld-go-00002")
+        .error
+        .expect("v2's reason");
+    assert!(error.contains("no port for you"), "{error}");
+    let s = &status.services[0];
+    assert_eq!(
+        s.traffic
+            .iter()
+            .map(|t| (t.revision.as_str(), t.percent))
+            .collect::<Vec<_>>(),
+        [("helloworld-go-00001", 100)],
+        "the status shows what is served"
+    );
+    for _ in 0..5 {
+        assert_eq!(answer(gw, host).await.text(), "Hello Knative!\n");
+    }
+
+    // A fixed v3 takes the traffic once ready.
+    apply(&p, &v1.replace("value: \"Knative\"", "value: \"v3\"")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = answer(gw, host).await.text();
+        if text == "Hello v3!\n" {
+            break;
+        }
+        assert_eq!(text, "Hello Knative!\n", "v1 until v3 is ready");
+        assert!(Instant::now() < deadline, "v3 never took the traffic");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.shutdown().await;
+}
+
+/// `GET /` for `host`; no answer in 10 s fails the test (a request held for a revision
+/// that never becomes ready would wait for the revision's timeout).
+async fn answer(gw: SocketAddr, host: &str) -> client::Reply {
+    tokio::time::timeout(Duration::from_secs(10), get(gw, host, "/"))
+        .await
+        .unwrap_or_else(|_| panic!("{host}: no answer in 10 s"))
+}

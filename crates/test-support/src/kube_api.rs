@@ -119,6 +119,15 @@ const KINDS: &[Kind] = &[
     Kind {
         group: "serving.knative.dev",
         version: "v1",
+        plural: "revisions",
+        kind: "Revision",
+        namespaced: true,
+        status: true,
+        scale: false,
+    },
+    Kind {
+        group: "serving.knative.dev",
+        version: "v1",
         plural: "services",
         kind: "Service",
         namespaced: true,

@@ -21,6 +21,7 @@ fn spec(name: &str, cc: u32) -> RevisionSpec {
         initial_scale: 1,
         report: false,
         annotations: BTreeMap::new(),
+        template: None,
     }
 }
 
@@ -36,6 +37,46 @@ fn decision(name: &str, mode: v1::Mode, replicas: i32) -> v1::Decision {
         replicas,
         ..v1::Decision::default()
     }
+}
+
+fn target(revision: Option<&str>, percent: u32) -> TargetSpec {
+    TargetSpec {
+        revision: revision.map(str::to_owned),
+        percent,
+        tag: String::new(),
+    }
+}
+
+fn service(revisions: &[&str], traffic: Vec<TargetSpec>) -> ServiceSpec {
+    ServiceSpec {
+        namespace: "default".into(),
+        name: "hello".into(),
+        revisions: revisions.iter().map(|r| (*r).to_owned()).collect(),
+        traffic,
+    }
+}
+
+/// Each revision's reachability, as published.
+fn reachability(out: &[Action]) -> Vec<(String, bool)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Endpoints(e) => Some((e.revision.clone(), e.unreachable)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The service route published, as (revision, percent) pairs.
+fn served(out: &[Action]) -> Option<Vec<(String, u32)>> {
+    out.iter().find_map(|a| match a {
+        Action::Route(Route::Service(s)) => Some(
+            s.traffic
+                .iter()
+                .map(|t| (t.revision.clone(), t.percent))
+                .collect(),
+        ),
+        _ => None,
+    })
 }
 
 fn revision_route(actions: &[Action]) -> Option<&v1::RevisionRoute> {
@@ -120,25 +161,16 @@ fn ready_pods_reach_routes_and_endpoints_sorted() {
 fn traffic_must_name_known_revisions() {
     let mut r = Reconciler::new();
     r.add_revision(spec("hello-00001", 0)).expect("added");
-    let target = |rev: &str, percent| v1::TrafficTarget {
-        revision: rev.into(),
-        percent,
-        tag: String::new(),
-    };
-    let bad = ServiceSpec {
-        namespace: "default".into(),
-        name: "hello".into(),
-        traffic: vec![target("hello-00001", 50), target("hello-00002", 50)],
-    };
+    let target = |rev: &str, percent| target(Some(rev), percent);
+    let bad = service(
+        &["hello-00001"],
+        vec![target("hello-00001", 50), target("hello-00002", 50)],
+    );
     assert!(matches!(
         r.set_service(bad),
         Err(Refused::UnknownRevision { revision, .. }) if revision == "hello-00002"
     ));
-    let good = ServiceSpec {
-        namespace: "default".into(),
-        name: "hello".into(),
-        traffic: vec![target("hello-00001", 100)],
-    };
+    let good = service(&["hello-00001"], vec![target("hello-00001", 100)]);
     let out = r.set_service(good).expect("set");
     assert!(matches!(&out[0], Action::Route(Route::Service(s)) if s.traffic.len() == 1));
     let out = r.remove_service("default", "hello");
@@ -170,22 +202,11 @@ fn a_revision_no_route_names_is_unreachable_and_unknown_counts_as_reachable() {
         "its service's traffic is not known yet"
     );
     r.add_revision(spec("hello-00002", 0)).expect("added");
-    let to = |rev: &str| ServiceSpec {
-        namespace: "default".into(),
-        name: "hello".into(),
-        traffic: vec![v1::TrafficTarget {
-            revision: rev.into(),
-            percent: 100,
-            tag: String::new(),
-        }],
-    };
-    let reachability = |out: &[Action]| -> Vec<(String, bool)> {
-        out.iter()
-            .filter_map(|a| match a {
-                Action::Endpoints(e) => Some((e.revision.clone(), e.unreachable)),
-                _ => None,
-            })
-            .collect()
+    let to = |rev: &str| {
+        service(
+            &["hello-00001", "hello-00002"],
+            vec![target(Some(rev), 100)],
+        )
     };
     let out = r.set_service(to("hello-00001")).expect("set");
     assert_eq!(
@@ -198,4 +219,90 @@ fn a_revision_no_route_names_is_unreachable_and_unknown_counts_as_reachable() {
         reachability(&out),
         [("hello-00001".into(), true), ("hello-00002".into(), false)]
     );
+}
+
+#[test]
+fn the_latest_revision_takes_traffic_only_once_ready_and_never_goes_back() {
+    let mut r = Reconciler::new();
+    let pod: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+    let latest = || vec![target(None, 100)];
+    // A first revision takes its traffic at once (held in the activator until ready).
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    let out = r
+        .set_service(service(&["hello-00001"], latest()))
+        .expect("set");
+    assert_eq!(served(&out), Some(vec![("hello-00001".into(), 100)]));
+    assert!(!r.is_ready(&key("hello-00001")));
+    r.ready(&key("hello-00001"), vec![pod]);
+    assert!(r.is_ready(&key("hello-00001")));
+
+    // A second: the traffic stays until it has a ready pod; meanwhile it is pending, not
+    // unreachable (the autoscaler keeps its initial scale).
+    r.add_revision(spec("hello-00002", 0)).expect("added");
+    let out = r
+        .set_service(service(&["hello-00001", "hello-00002"], latest()))
+        .expect("set");
+    assert_eq!(served(&out), Some(vec![("hello-00001".into(), 100)]));
+    assert_eq!(
+        reachability(&out),
+        [("hello-00001".into(), false), ("hello-00002".into(), false)]
+    );
+    assert_eq!(
+        r.traffic("default", "hello"),
+        Some(
+            &[v1::TrafficTarget {
+                revision: "hello-00001".into(),
+                percent: 100,
+                tag: String::new()
+            }][..]
+        )
+    );
+    // Its first ready pod moves the traffic, and the old revision becomes unreachable.
+    let out = r.ready(&key("hello-00002"), vec![pod]);
+    assert_eq!(served(&out), Some(vec![("hello-00002".into(), 100)]));
+    assert!(reachability(&out).contains(&("hello-00001".into(), true)));
+    // At zero pods it stays ready: the traffic stays.
+    let out = r.ready(&key("hello-00002"), Vec::new());
+    assert_eq!(served(&out), None, "no new route");
+    assert!(r.is_ready(&key("hello-00002")));
+
+    // A third that never becomes ready leaves the traffic on the second; a split that
+    // names a revision beside the latest resolves both.
+    r.add_revision(spec("hello-00003", 0)).expect("added");
+    let all = ["hello-00001", "hello-00002", "hello-00003"];
+    let out = r
+        .set_service(service(
+            &all,
+            vec![target(Some("hello-00001"), 20), target(None, 80)],
+        ))
+        .expect("set");
+    assert_eq!(
+        served(&out),
+        Some(vec![("hello-00001".into(), 20), ("hello-00002".into(), 80)])
+    );
+    assert!(reachability(&out).contains(&("hello-00003".into(), false)));
+}
+
+#[test]
+fn a_revision_ready_before_a_restart_keeps_its_traffic_and_one_made_at_zero_is_ready() {
+    let mut r = Reconciler::new();
+    // A restarted control plane learns from the status that 00001 was ready, before it
+    // plans the revisions; 00002 (never ready) does not take the traffic.
+    assert!(r.was_ready(key("hello-00001")).is_empty());
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    r.add_revision(spec("hello-00002", 0)).expect("added");
+    let both = ["hello-00001", "hello-00002"];
+    let out = r
+        .set_service(service(&both, vec![target(None, 100)]))
+        .expect("set");
+    assert_eq!(served(&out), Some(vec![("hello-00001".into(), 100)]));
+    // Learnt after the revision: the traffic moves.
+    let out = r.was_ready(key("hello-00002"));
+    assert_eq!(served(&out), Some(vec![("hello-00002".into(), 100)]));
+
+    // A revision made to start at zero pods is ready at once, as in Knative.
+    let mut at_zero = spec("hello-00003", 0);
+    at_zero.initial_scale = 0;
+    r.add_revision(at_zero).expect("added");
+    assert!(r.is_ready(&key("hello-00003")));
 }

@@ -15,6 +15,7 @@ const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const DEPLOYMENT: &str =
     "/apis/apps/v1/namespaces/default/deployments/autoscale-go-00001-deployment";
 const SERVICES: &str = "/api/v1/namespaces/default/services";
+const REVISIONS: &str = "/apis/serving.knative.dev/v1/namespaces/default/revisions";
 
 fn start() -> (Arc<KubeBackend>, ApiServer) {
     let (client, api) = ApiServer::new();
@@ -163,6 +164,9 @@ async fn a_revision_of_a_deleted_service_is_not_created_and_says_why() {
         200,
         &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
     );
+    api.expect(Method::DELETE, &format!("{REVISIONS}/autoscale-go-00001"))
+        .await
+        .fail(404, "NotFound");
     api.expect_none(Duration::from_millis(100)).await;
     // The delete succeeded, so the create's error is cleared with it.
     assert_eq!(backend.last_error(&key()), None);
@@ -260,6 +264,9 @@ async fn a_refused_create_holds_up_only_its_own_revision_and_backs_off() {
     api.expect(Method::DELETE, &format!("{SERVICES}/bad-00001-private"))
         .await
         .fail(404, "NotFound");
+    api.expect(Method::DELETE, &format!("{REVISIONS}/bad-00001"))
+        .await
+        .fail(404, "NotFound");
     api.expect_none(Duration::from_secs(120)).await;
     assert_eq!(backend.last_error(&bad), None);
 }
@@ -292,4 +299,50 @@ async fn a_container_kubernetes_cannot_run_is_reported_not_retried() {
     api.expect_none(Duration::from_millis(200)).await;
     let error = backend.last_error(&key()).expect("an error");
     assert!(error.contains("give an image"), "{error}");
+}
+
+#[tokio::test]
+async fn a_revision_with_its_template_is_kept_as_a_revision_object_first() {
+    let (backend, mut api) = start();
+    let mut spec = revision(json!({"image": "example.com/app"}));
+    spec.template = Some(json!({
+        "metadata": {
+            "labels": {"team": "a", "serving.knative.dev/configurationGeneration": "1"},
+            "annotations": {"autoscaling.knative.dev/target": "10"}
+        },
+        "spec": {"containerConcurrency": 10, "containers": [{"image": "example.com/app"}]}
+    }));
+    backend.create(&spec);
+    api.expect(Method::GET, KSVC).await.respond(200, &ksvc());
+    let call = api.expect(Method::POST, REVISIONS).await;
+    let body = &call.body;
+    assert_eq!(
+        (
+            &body["apiVersion"],
+            &body["kind"],
+            &body["metadata"]["name"]
+        ),
+        (
+            &json!("serving.knative.dev/v1"),
+            &json!("Revision"),
+            &json!("autoscale-go-00001")
+        )
+    );
+    let labels = &body["metadata"]["labels"];
+    assert_eq!(labels["team"], "a", "the template's labels");
+    assert_eq!(labels["serving.knative.dev/configurationGeneration"], "1");
+    assert_eq!(labels["serving.knative.dev/configuration"], "autoscale-go");
+    assert_eq!(labels["serving.knative.dev/service"], "autoscale-go");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "sluice");
+    assert_eq!(
+        body["metadata"]["annotations"]["autoscaling.knative.dev/target"],
+        "10"
+    );
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(body["spec"]["containerConcurrency"], 10);
+    call.echo(201);
+    api.expect(Method::POST, DEPLOYMENTS).await.echo(201);
+    api.expect(Method::POST, SERVICES).await.echo(201);
+    api.expect_none(Duration::from_millis(100)).await;
+    assert_eq!(backend.last_error(&key()), None);
 }

@@ -26,6 +26,7 @@ pub(crate) fn revision(container: serde_json::Value) -> RevisionSpec {
             "autoscaling.knative.dev/target".to_owned(),
             "10".to_owned(),
         )]),
+        template: None,
     }
 }
 

@@ -16,6 +16,7 @@ fn facts() -> Facts {
             percent: 100,
             tag: None,
             ready: false,
+            latest: true,
         }],
         ..Facts::default()
     }
@@ -114,5 +115,13 @@ fn a_failing_latest_revision_is_named_while_the_older_one_serves() {
     );
     assert!(c.message.contains("autoscale-go-00002") && c.message.contains("image pull failed"));
     assert_eq!(condition(&s, "Ready").status, "False");
-    assert_eq!(s.traffic[0].latest_revision, Some(false));
+    // The latest revision's traffic is served by the latest ready one, as Knative shows
+    // it: `latestRevision: true` on a target naming 00001.
+    assert_eq!(
+        (
+            s.traffic[0].revision_name.as_str(),
+            s.traffic[0].latest_revision
+        ),
+        ("autoscale-go-00001", Some(true))
+    );
 }

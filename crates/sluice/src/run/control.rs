@@ -261,6 +261,15 @@ impl ControlServer {
                     .instrument(tracing::info_span!("config")),
             ));
             let _ = config_done.await;
+            match super::kube::restore_revisions(client.clone(), &desired).await {
+                Ok(n) => tracing::info!(revisions = n, "the cluster's Revisions planned again"),
+                Err(e) => {
+                    for t in &followers {
+                        t.abort();
+                    }
+                    return Err(e);
+                }
+            }
             let (services_listed, services_done) = tokio::sync::oneshot::channel();
             followers.push(tokio::spawn(
                 super::kube::follow_services(client, Arc::clone(&desired), services_listed)

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use sluice_autoscaler::scaler::RevisionKey;
 use sluice_autoscaler::service::Autoscaler;
-use sluice_control::{ControlPlane, RevisionSpec, ServiceSpec};
+use sluice_control::{ControlPlane, RevisionSpec, ServiceSpec, TargetSpec};
 use sluice_core::respond;
 use sluice_proto::v1;
 
@@ -24,7 +24,7 @@ use super::images::ImageMap;
 use super::manifest::Manifests;
 use super::platform::{DecisionReason, RevisionStatus, ServiceStatus, Status};
 use super::problem::{Problem, lines};
-use super::world::{Local, World};
+use super::world::{Kept, Local, World};
 
 /// Largest manifest `sluice apply` may send.
 const MAX_APPLY_BYTES: usize = 4 << 20;
@@ -89,33 +89,18 @@ impl Desired {
             }
             self.control.set_autoscaler_config(&next.config_data);
         }
-        for (namespace, _, name) in &changes.new_revisions {
-            let (_, rev) = next
-                .revision(namespace, name)
-                .expect("a planned revision is in the next world");
-            let key = RevisionKey::new(namespace, name);
-            // The activator learns the revision before any route names it.
-            let spec = RevisionSpec {
-                pod: rev.pod.clone(),
-                initial_scale: rev.initial_scale,
-                report: rev.mpa,
-                annotations: rev.annotations.clone(),
-            };
-            if let Err(e) = self.control.add_revision(spec) {
-                // The world planned a new name: a bug if it happens.
-                tracing::error!(revision = %key, %e, "the control plane refused a planned revision");
-            }
-        }
+        self.add_revisions(&next, &changes.new_revisions);
         for (namespace, name) in &changes.traffic {
             let s = &next.services[&(namespace.clone(), name.clone())];
             let spec = ServiceSpec {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
+                revisions: s.revisions.iter().map(|r| r.name.clone()).collect(),
                 traffic: s
                     .traffic
                     .iter()
-                    .map(|t| v1::TrafficTarget {
-                        revision: t.revision.clone(),
+                    .map(|t| TargetSpec {
+                        revision: (!t.latest).then(|| t.revision.clone()),
                         percent: t.percent,
                         tag: t.tag.clone().unwrap_or_default(),
                     })
@@ -129,6 +114,46 @@ impl Desired {
         let mut summary = changes.summary;
         summary.extend(m.ignored.iter().cloned());
         Ok(summary)
+    }
+
+    /// Hands the world's new revisions to the control plane: the activator learns each
+    /// before any route names it.
+    fn add_revisions(&self, next: &World, new: &[(String, String, String)]) {
+        for (namespace, _, name) in new {
+            let (_, rev) = next
+                .revision(namespace, name)
+                .expect("a planned revision is in the next world");
+            let key = RevisionKey::new(namespace, name);
+            let spec = RevisionSpec {
+                pod: rev.pod.clone(),
+                initial_scale: rev.initial_scale,
+                report: rev.mpa,
+                annotations: rev.annotations.clone(),
+                template: self.cluster.then(|| kept_template(rev)),
+            };
+            if let Err(e) = self.control.add_revision(spec) {
+                // The world planned a new name: a bug if it happens.
+                tracing::error!(revision = %key, %e, "the control plane refused a planned revision");
+            }
+        }
+    }
+
+    /// Plans again the revisions kept from before a restart ([`World::restore`]), before
+    /// any service is applied, so that the service's next revision is named after the
+    /// last one and a split naming an old one still finds it. Returns why a kept one
+    /// could not be planned (it is left out).
+    pub async fn restore(&self, kept: Vec<Kept>) -> Vec<Problem> {
+        let _turn = self.apply_lock.lock().await;
+        let current = self.world.lock().clone();
+        let local = if self.cluster {
+            Local::cluster(&self.images)
+        } else {
+            Local::resolve(&Manifests::default(), &self.images)
+        };
+        let (next, added, problems) = current.restore(kept, &local);
+        self.add_revisions(&next, &added);
+        *self.world.lock() = next;
+        problems
     }
 
     /// Takes a service and its revisions out (deleted on Kubernetes). Returns whether it
@@ -170,7 +195,7 @@ impl Desired {
                     name: s.name.clone(),
                     namespace: s.namespace.clone(),
                     url: sluice_gateway::routes::service_url(&self.domain, &s.namespace, &s.name),
-                    traffic: s.traffic.clone(),
+                    traffic: self.traffic(s),
                     revisions: s
                         .revisions
                         .iter()
@@ -210,6 +235,22 @@ impl Desired {
             services,
             components: Vec::new(),
         }
+    }
+
+    /// The service's traffic as served: a target of the latest revision names the latest
+    /// ready one (the control plane's), the others as written.
+    pub fn traffic(&self, s: &super::world::ServiceState) -> Vec<super::world::Traffic> {
+        let Some(served) = self.control.traffic(&s.namespace, &s.name) else {
+            return s.traffic.clone();
+        };
+        s.traffic
+            .iter()
+            .zip(served)
+            .map(|(written, served)| super::world::Traffic {
+                revision: served.revision,
+                ..written.clone()
+            })
+            .collect()
     }
 
     /// Parses and applies manifests sent to the admin port; kept in the state directory
@@ -256,6 +297,35 @@ impl Desired {
                 .map_err(|e| format!("{}: {}", path.display(), lines(&e).join("; ")))?;
         }
         Ok(files.len())
+    }
+}
+
+/// The revision as its `Revision` object keeps it: its template's labels and annotations,
+/// the generation it was made at, and its spec.
+fn kept_template(rev: &super::world::Revision) -> serde_json::Value {
+    let t = &rev.template;
+    let mut labels = t.metadata.labels.clone();
+    labels.insert(
+        sluice_kube::resources::CONFIGURATION_GENERATION_LABEL.to_owned(),
+        rev.generation.to_string(),
+    );
+    let mut kept = serde_json::json!({
+        "metadata": {"labels": labels, "annotations": t.metadata.annotations},
+        "spec": t.spec,
+    });
+    drop_nulls(&mut kept);
+    kept
+}
+
+/// Fields left unset are left out, not written `null` (which a CRD's schema refuses).
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 

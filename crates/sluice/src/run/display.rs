@@ -167,6 +167,7 @@ mod tests {
                     revision: "hello-00001".into(),
                     percent: 100,
                     tag: None,
+                    latest: true,
                 }],
                 revisions: vec![RevisionStatus {
                     name: "hello-00001".into(),

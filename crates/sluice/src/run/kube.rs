@@ -3,7 +3,7 @@
 //! and each Service's status is written back as Knative writes it; `config-autoscaler` is
 //! read from `knative-serving`, as Knative reads it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +30,6 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Objects {
     services: HashMap<(String, String), Seen>,
-    /// Revisions that have had a ready pod (Knative's revision `Ready`, which stays true
-    /// at zero pods).
-    ever_ready: HashSet<RevisionKey>,
 }
 
 #[derive(Debug, Default)]
@@ -87,8 +84,10 @@ pub async fn follow_services(
                 let Some(listed) = listed.take() else {
                     continue;
                 };
-                let known: Vec<(String, String)> =
+                // Those restored from their Revisions but gone too.
+                let mut known: BTreeSet<(String, String)> =
                     objects.lock().services.keys().cloned().collect();
+                known.extend(desired.world.lock().services.keys().cloned());
                 for (ns, name) in known.into_iter().filter(|k| !listed.contains(k)) {
                     remove(&desired, &objects, &ns, &name).await;
                 }
@@ -108,6 +107,71 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Plans again the revisions an earlier control plane made (its `Revision` objects),
+/// before any Service is followed: a Service's template as it was at its latest revision
+/// then makes no new one, the next is named after the last, and a split naming an old
+/// revision finds it. A Revision that cannot be read or planned is left out, with a
+/// warning.
+pub async fn restore_revisions(client: Client, desired: &Desired) -> Result<usize, String> {
+    use sluice_kube::resources::{
+        CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, MANAGED_BY_LABEL, MANAGER,
+        REVISION_LABEL, SERVICE_LABEL, knative_revision,
+    };
+    let api: Api<DynamicObject> = Api::all_with(client, &knative_revision());
+    let params = kube::api::ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let list = api
+        .list(&params)
+        .await
+        .map_err(|e| format!("listing Revisions: {e}"))?;
+    let mut kept = Vec::new();
+    for o in list.items {
+        let (ns, name) = id(&o);
+        let mut labels = o.metadata.labels.clone().unwrap_or_default();
+        let service = labels.get(SERVICE_LABEL).cloned();
+        let generation = labels
+            .get(CONFIGURATION_GENERATION_LABEL)
+            .and_then(|g| g.parse::<u32>().ok());
+        let (Some(service), Some(generation)) = (service, generation) else {
+            tracing::warn!(revision = %name, namespace = %ns, "a Revision without its service or generation label: left out");
+            continue;
+        };
+        for ours in [
+            SERVICE_LABEL,
+            CONFIGURATION_LABEL,
+            REVISION_LABEL,
+            CONFIGURATION_GENERATION_LABEL,
+            MANAGED_BY_LABEL,
+        ] {
+            labels.remove(ours);
+        }
+        let template = serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": o.metadata.annotations.clone().unwrap_or_default(),
+            },
+            "spec": o.data.get("spec").cloned().unwrap_or_default(),
+        });
+        match serde_json::from_value(template) {
+            Ok(template) => kept.push(super::world::Kept {
+                namespace: ns,
+                service,
+                name,
+                generation,
+                template,
+            }),
+            Err(e) => {
+                tracing::warn!(revision = %name, namespace = %ns, "a Revision whose spec cannot be read ({e}): left out");
+            }
+        }
+    }
+    let count = kept.len();
+    for p in desired.restore(kept).await {
+        tracing::warn!("a kept revision cannot be planned again, left out: {p}");
+    }
+    Ok(count)
 }
 
 /// Follows `knative-serving/config-autoscaler` (where Knative keeps it) until the task is
@@ -176,14 +240,16 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
         .data
         .get("status")
         .and_then(|s| serde_json::from_value(s.clone()).ok());
+    if let Some(ready) = status
+        .as_ref()
+        .and_then(|s| s.latest_ready_revision_name.clone())
+    {
+        // Ready under an earlier control plane: the latest revision's traffic stays on
+        // it, not on a newer one that has yet to prove itself.
+        desired.control.was_ready(RevisionKey::new(&ns, ready));
+    }
     {
         let mut objs = objects.lock();
-        if let Some(ready) = status
-            .as_ref()
-            .and_then(|s| s.latest_ready_revision_name.clone())
-        {
-            objs.ever_ready.insert(RevisionKey::new(&ns, ready));
-        }
         let seen = objs.services.entry((ns.clone(), name.clone())).or_default();
         if seen.planned == Some(generation) {
             // A status write (ours) or a metadata change: the spec is as planned.
@@ -242,7 +308,7 @@ async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mute
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let changed = statuses(&desired, &mut objects.lock());
+        let changed = statuses(&desired, &objects.lock());
         for ((ns, name), status) in changed {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &ns, &knative_service());
@@ -270,26 +336,17 @@ async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mute
 }
 
 /// The statuses that differ from those last read or written.
-fn statuses(desired: &Desired, objects: &mut Objects) -> Vec<((String, String), ServiceStatus)> {
+fn statuses(desired: &Desired, objects: &Objects) -> Vec<((String, String), ServiceStatus)> {
     let world = desired.world.lock().clone();
     let backend = desired.control.backend();
-    for s in world.services.values() {
-        for r in &s.revisions {
-            let key = RevisionKey::new(&s.namespace, &r.name);
-            if !backend.ready(&key).is_empty() {
-                objects.ever_ready.insert(key);
-            }
-        }
-    }
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut out = Vec::new();
-    let ever_ready = &objects.ever_ready;
     for ((ns, name), seen) in &objects.services {
         let Some(generation) = seen.observed else {
             continue;
         };
         let state = world.services.get(&(ns.clone(), name.clone()));
-        let ready = |rev: &str| ever_ready.contains(&RevisionKey::new(ns, rev));
+        let ready = |rev: &str| desired.control.is_ready(&RevisionKey::new(ns, rev));
         let latest_created = state
             .and_then(|s| s.revisions.last())
             .map(|r| r.name.clone());
@@ -313,13 +370,15 @@ fn statuses(desired: &Desired, objects: &mut Objects) -> Vec<((String, String), 
             latest_created,
             traffic: state
                 .map(|s| {
-                    s.traffic
-                        .iter()
+                    desired
+                        .traffic(s)
+                        .into_iter()
                         .map(|t| TrafficFact {
-                            revision: t.revision.clone(),
-                            percent: t.percent,
-                            tag: t.tag.clone(),
                             ready: ready(&t.revision),
+                            revision: t.revision,
+                            percent: t.percent,
+                            tag: t.tag,
+                            latest: t.latest,
                         })
                         .collect()
                 })

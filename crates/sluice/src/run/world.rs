@@ -64,19 +64,37 @@ pub struct Revision {
     pub mpa: bool,
     /// Pods it starts with, as Knative creates a revision's Deployment.
     pub initial_scale: u32,
+    /// Its service's generation (of its template) it was made at: `NAME-0000N` is N.
+    pub generation: u32,
+}
+
+/// A revision found kept where its pods run (a `Revision` object on Kubernetes), to plan
+/// again as it was made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kept {
+    pub namespace: String,
+    pub service: String,
+    pub name: String,
+    pub generation: u32,
+    pub template: RevisionTemplate,
 }
 
 /// How to run one pod of a revision: the control plane's spec.
 pub use sluice_control::PodSpec;
 
-/// One resolved traffic target: a revision's name (not `latestRevision`), its percent and
-/// its tag. The manifest's shape (`manifest::TrafficTarget`) is what users write; the
-/// wire's (`v1::TrafficTarget`, empty tag for none) is what the control plane serves.
+/// One checked traffic target: a revision's name, its percent and its tag. A target of
+/// the latest revision (`latest`) names the latest *created* here; the control plane
+/// serves it to the latest *ready* one. The manifest's shape (`manifest::TrafficTarget`)
+/// is what users write; the wire's (`v1::TrafficTarget`, empty tag for none) is what the
+/// control plane serves.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
     pub revision: String,
     pub percent: u32,
     pub tag: Option<String>,
+    /// Written as the latest revision (`latestRevision: true`, or no `traffic`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub latest: bool,
 }
 
 /// What an apply changed.
@@ -84,7 +102,7 @@ pub struct Traffic {
 pub struct Changes {
     /// New revisions, as (namespace, service, revision).
     pub new_revisions: Vec<(String, String, String)>,
-    /// Services whose traffic changed (new ones included).
+    /// Services whose traffic changed or that have a new revision (new ones included).
     pub traffic: Vec<(String, String)>,
     pub config: bool,
     /// One line per change, for the user.
@@ -155,12 +173,23 @@ impl World {
             let at = format!("service {namespace}/{name}");
             let key = (namespace, name);
             let traffic = &next.services[&key].traffic;
-            if self.services.get(&key).map(|o| &o.traffic) != Some(traffic) {
+            let moved = self.services.get(&key).map(|o| &o.traffic) != Some(traffic);
+            if moved {
                 let split: Vec<String> = traffic
                     .iter()
-                    .map(|t| format!("{} {}%", t.revision, t.percent))
+                    .map(|t| {
+                        let once = if t.latest {
+                            " (latest, once ready)"
+                        } else {
+                            ""
+                        };
+                        format!("{} {}%{once}", t.revision, t.percent)
+                    })
                     .collect();
                 lines.push(format!("{at}: traffic {}", split.join(", ")));
+            }
+            if moved || !lines.is_empty() {
+                // A new revision is one more the latest revision's traffic may take.
                 changes.traffic.push(key);
             }
             if lines.is_empty() {
@@ -190,6 +219,57 @@ impl World {
         } else {
             Err(errors)
         }
+    }
+
+    /// The world with the revisions kept from before (a restart), planned again as they
+    /// were made, oldest first, and each service's generation from them; the services'
+    /// traffic comes with their next apply. Returns the next world, the revisions it
+    /// added, and why any kept one could not be planned (it is left out).
+    pub fn restore(
+        &self,
+        mut kept: Vec<Kept>,
+        local: &Local<'_>,
+    ) -> (World, Vec<(String, String, String)>, Vec<Problem>) {
+        kept.sort_by_key(|k| k.generation);
+        let mut next = self.clone();
+        let mut added = Vec::new();
+        let mut problems = Vec::new();
+        for k in kept {
+            let key = (k.namespace.clone(), k.service.clone());
+            let mut state = next.services.get(&key).map_or_else(
+                || ServiceState {
+                    namespace: k.namespace.clone(),
+                    name: k.service.clone(),
+                    revisions: Vec::new(),
+                    traffic: Vec::new(),
+                    traffic_spec: None,
+                    generation: 0,
+                },
+                |s| (**s).clone(),
+            );
+            if state.revisions.iter().any(|r| r.name == k.name) {
+                continue;
+            }
+            let at = format!("revision {}/{}", k.namespace, k.name);
+            match plan_revision(
+                &k.namespace,
+                &k.service,
+                &k.name,
+                &k.template,
+                local,
+                &next.config,
+            ) {
+                Ok(mut rev) => {
+                    rev.generation = k.generation;
+                    state.generation = state.generation.max(k.generation);
+                    state.revisions.push(rev);
+                    added.push((k.namespace, k.service, k.name));
+                    next.services.insert(key, Arc::new(state));
+                }
+                Err(e) => problems.extend(e.into_iter().map(|p| p.within(&at))),
+            }
+        }
+        (next, added, problems)
     }
 
     /// Takes the service out (deleted on Kubernetes): its state, if it was there.
@@ -280,7 +360,8 @@ fn plan_service(
             None => format!("{name}-{generation:05}"),
         };
         match plan_revision(namespace, name, &rev_name, template, local, config) {
-            Ok(rev) => {
+            Ok(mut rev) => {
+                rev.generation = generation;
                 state.revisions.push(rev);
                 state.generation = generation;
                 new_revision = Some(rev_name);
@@ -429,6 +510,7 @@ fn plan_revision(
         annotations,
         mpa,
         initial_scale,
+        generation: 0,
         pod: PodSpec {
             namespace: namespace.to_owned(),
             service: service.to_owned(),
@@ -457,6 +539,7 @@ fn resolve_traffic(
             revision: latest.name.clone(),
             percent: 100,
             tag: None,
+            latest: true,
         }]);
     };
     let mut errors = Vec::new();
@@ -514,6 +597,7 @@ fn resolve_traffic(
             revision,
             percent,
             tag: t.tag.clone(),
+            latest: t.revision_name.is_none(),
         });
     }
     let total: u32 = spec.iter().map(|t| t.percent.unwrap_or(0)).sum();

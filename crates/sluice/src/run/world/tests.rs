@@ -43,7 +43,8 @@ fn a_template_change_makes_the_next_revision_and_an_unchanged_one_does_not() {
         [Traffic {
             revision: "hello-00001".into(),
             percent: 100,
-            tag: None
+            tag: None,
+            latest: true,
         }]
     );
     assert_eq!(s.revisions[0].pod.argv, [SAMPLE_APP]);
@@ -84,7 +85,7 @@ fn a_service_given_twice_reports_its_final_traffic_against_the_world_before() {
         [
             "service default/hello: revision hello-v1 created",
             "service default/hello: revision hello-v2 created",
-            "service default/hello: traffic hello-v1 50%, hello-v2 50%",
+            "service default/hello: traffic hello-v1 50%, hello-v2 50% (latest, once ready)",
         ],
         "the first document's 100% to hello-v1 was a step, not the result"
     );
@@ -128,12 +129,14 @@ fn a_split_with_tags_resolves_names_and_latest() {
             Traffic {
                 revision: "hello-00001".into(),
                 percent: 50,
-                tag: Some("blue".into())
+                tag: Some("blue".into()),
+                latest: false,
             },
             Traffic {
                 revision: "hello-00002".into(),
                 percent: 50,
-                tag: Some("green".into())
+                tag: Some("green".into()),
+                latest: true,
             }
         ]
     );
