@@ -225,17 +225,18 @@ impl Reconciler {
     /// keeps `latestReadyRevisionName`; while none is, the newest made (a first revision
     /// takes its traffic at once, held in the activator until its first pod is ready).
     fn latest_ready(&self, spec: &ServiceSpec) -> Option<String> {
-        let ready = |name: &&String| {
-            self.revisions
-                .get(&RevisionKey::new(&spec.namespace, name.as_str()))
-                .is_some_and(|r| r.ready_once)
+        let known = || {
+            spec.revisions.iter().rev().filter_map(|name| {
+                let rev = self
+                    .revisions
+                    .get(&RevisionKey::new(&spec.namespace, name.as_str()))?;
+                Some((name, rev))
+            })
         };
-        spec.revisions
-            .iter()
-            .rev()
-            .find(ready)
-            .or(spec.revisions.last())
-            .cloned()
+        known()
+            .find(|(_, rev)| rev.ready_once)
+            .or_else(|| known().next())
+            .map(|(name, _)| name.clone())
     }
 
     /// The service's traffic as served now.

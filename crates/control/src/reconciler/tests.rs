@@ -306,3 +306,21 @@ fn a_revision_ready_before_a_restart_keeps_its_traffic_and_one_made_at_zero_is_r
     r.add_revision(at_zero).expect("added");
     assert!(r.is_ready(&key("hello-00003")));
 }
+
+#[test]
+fn with_no_revision_ready_the_latest_goes_to_the_newest_that_still_exists() {
+    let mut r = Reconciler::new();
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    r.add_revision(spec("hello-00002", 0)).expect("added");
+    let both = ["hello-00001", "hello-00002"];
+    let out = r
+        .set_service(service(&both, vec![target(None, 100)]))
+        .expect("set");
+    assert_eq!(served(&out), Some(vec![("hello-00002".into(), 100)]));
+    let out = r.remove_revision(&key("hello-00002"));
+    assert_eq!(
+        served(&out),
+        Some(vec![("hello-00001".into(), 100)]),
+        "never a route to a removed revision"
+    );
+}
