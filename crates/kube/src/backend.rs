@@ -61,6 +61,9 @@ struct Shared {
     listed: tokio::sync::watch::Sender<bool>,
     /// Why the revision's last operation failed, until one succeeds.
     errors: Mutex<HashMap<RevisionKey, String>>,
+    /// Every revision this backend runs, with the replicas last set: what a Deployment
+    /// deleted by someone else is made again from.
+    running: Mutex<HashMap<RevisionKey, (RevisionSpec, Option<u32>)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +190,61 @@ impl KubeBackend {
         }
     }
 
+    /// Follows the Deployments of every revision, in every namespace, for as long as the
+    /// task runs: one deleted while its revision runs (by hand, or missed while the watch
+    /// was down) is made again, at the replicas last set. Edits are not put back yet.
+    pub async fn follow_deployments(self: Arc<Self>, client: Client) {
+        let api: Api<Deployment> = Api::all(client);
+        let config = watcher::Config::default().labels(REVISION_LABEL);
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut listed: Option<std::collections::HashSet<RevisionKey>> = None;
+        while let Some(event) = events.next().await {
+            let gone: Vec<RevisionKey> = match event {
+                Ok(watcher::Event::Delete(d)) => revision_of(&d).into_iter().collect(),
+                Ok(watcher::Event::Init) => {
+                    listed = Some(std::collections::HashSet::new());
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(d)) => {
+                    if let (Some(l), Some(key)) = (&mut listed, revision_of(&d)) {
+                        l.insert(key);
+                    }
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let Some(listed) = listed.take() else {
+                        continue;
+                    };
+                    self.shared
+                        .running
+                        .lock()
+                        .keys()
+                        .filter(|k| !listed.contains(*k))
+                        .cloned()
+                        .collect()
+                }
+                Ok(watcher::Event::Apply(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching Deployments");
+                    continue;
+                }
+            };
+            for key in gone {
+                let Some((spec, replicas)) = self.shared.running.lock().get(&key).cloned() else {
+                    continue;
+                };
+                tracing::warn!(
+                    revision = %key.name, namespace = %key.namespace,
+                    "its deployment is gone while the revision runs: made again"
+                );
+                self.queue(Op::Create(Box::new(spec)));
+                if let Some(replicas) = replicas {
+                    self.queue(Op::Scale(key, replicas));
+                }
+            }
+        }
+    }
+
     /// Waits until [`KubeBackend::follow_endpoints`] has listed the EndpointSlices once,
     /// so that ready pods read before then are not taken for none.
     pub async fn listed(&self) {
@@ -202,14 +260,22 @@ impl KubeBackend {
 
 impl Backend for KubeBackend {
     fn create(&self, spec: &RevisionSpec) {
+        self.shared
+            .running
+            .lock()
+            .insert(spec.key(), (spec.clone(), None));
         self.queue(Op::Create(Box::new(spec.clone())));
     }
 
     fn delete(&self, revision: &RevisionKey) {
+        self.shared.running.lock().remove(revision);
         self.queue(Op::Delete(revision.clone()));
     }
 
     fn scale(&self, revision: &RevisionKey, replicas: u32) {
+        if let Some((_, r)) = self.shared.running.lock().get_mut(revision) {
+            *r = Some(replicas);
+        }
         self.queue(Op::Scale(revision.clone(), replicas));
     }
 
@@ -553,6 +619,12 @@ fn failure(doing: String, e: kube::Error) -> Failure {
         }
         _ => Failure::Retry(format!("{doing}: {e}")),
     }
+}
+
+/// The revision a Deployment of Sluice's runs.
+fn revision_of(d: &Deployment) -> Option<RevisionKey> {
+    let name = d.metadata.labels.as_ref()?.get(REVISION_LABEL)?;
+    Some(RevisionKey::new(d.metadata.namespace.as_deref()?, name))
 }
 
 /// A delete that found nothing succeeded.

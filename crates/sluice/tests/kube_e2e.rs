@@ -1285,3 +1285,32 @@ async fn restart(c: &mut Cluster) {
         .collect();
     assert_eq!(names, ["restart-00001", "restart-00002", "restart-00003"]);
 }
+
+#[test]
+fn kube_e2e_a_deleted_deployment_comes_back_and_serves() {
+    run(async {
+        let c = Cluster::start("drift").await;
+        c.apply(&hello_service("drift", "drift", "", "")).await;
+        c.ready("drift", 1).await;
+        let path = format!("{DEPLOYMENTS}/drift-00001-deployment");
+        let uid = c.deployment("drift-00001-deployment").await["metadata"]["uid"].clone();
+        assert!(c.delete(&path).await);
+        let limit = c.patience(Duration::from_secs(20));
+        c.until("the deployment made again", limit, async || {
+            let d = c.deployment("drift-00001-deployment").await;
+            (!d.is_null() && d["metadata"]["uid"] != uid).then(String::new)
+        })
+        .await;
+        let d = c.deployment("drift-00001-deployment").await;
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][1]["name"],
+            "queue-proxy"
+        );
+        let reply = c.get_through_gateway("drift.default.example.com").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello drift!\n".to_owned())
+        );
+        c.shutdown().await;
+    });
+}

@@ -169,6 +169,11 @@ impl ControlServer {
                         .follow_endpoints(client.clone())
                         .instrument(tracing::info_span!("endpoint_slices")),
                 ));
+                followers.push(tokio::spawn(
+                    Arc::clone(&backend)
+                        .follow_deployments(client.clone())
+                        .instrument(tracing::info_span!("deployments")),
+                ));
                 kube_backend = Some(Arc::clone(&backend));
                 (backend as Arc<dyn Backend>, None, None)
             }
