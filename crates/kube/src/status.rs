@@ -115,19 +115,11 @@ pub fn service_status(f: &Facts, before: Option<&ServiceStatus>, now: Timestamp)
             ..routes
         },
     ];
-    for c in &mut conditions {
-        let kept = before
-            .into_iter()
-            .flat_map(|b| &b.conditions)
-            .find(|b| {
-                b.type_ == c.type_
-                    && b.status == c.status
-                    && b.reason == c.reason
-                    && b.message == c.message
-            })
-            .and_then(|b| b.last_transition_time.clone());
-        c.last_transition_time = Some(kept.unwrap_or_else(|| now.to_string()));
-    }
+    stamp(
+        &mut conditions,
+        before.map(|b| b.conditions.as_slice()),
+        now,
+    );
     let has_route = !f.traffic.is_empty();
     ServiceStatus {
         observed_generation: f.generation,
@@ -148,6 +140,126 @@ pub fn service_status(f: &Facts, before: Option<&ServiceStatus>, now: Timestamp)
                 latest_revision: Some(t.latest),
             })
             .collect(),
+    }
+}
+
+/// A condition whose status, reason and message are as in `before` keeps its
+/// `lastTransitionTime`; a changed one gets `now`.
+fn stamp(conditions: &mut [Condition], before: Option<&[Condition]>, now: Timestamp) {
+    for c in conditions {
+        let kept = before
+            .into_iter()
+            .flatten()
+            .find(|b| {
+                b.type_ == c.type_
+                    && b.status == c.status
+                    && b.reason == c.reason
+                    && b.message == c.message
+            })
+            .and_then(|b| b.last_transition_time.clone());
+        c.last_transition_time = Some(kept.unwrap_or_else(|| now.to_string()));
+    }
+}
+
+/// What the control plane knows of one revision, for its `Revision` object's status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RevisionFacts {
+    /// It has had a ready pod (Knative's revision `Ready` stays true at zero pods).
+    pub ready_once: bool,
+    /// Why its workload cannot be made, while it has not been ready.
+    pub failure: Option<String>,
+    /// Its ready pods now.
+    pub ready_pods: u32,
+    /// The replicas the autoscaler wants; `None` before its first decision.
+    pub desired: Option<u32>,
+}
+
+/// `status` of a `serving.knative.dev/v1` Revision (the fields Sluice writes;
+/// `kubectl get revisions` shows READY, REASON, ACTUAL and DESIRED REPLICAS from it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub actual_replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<u32>,
+}
+
+/// The revision's status now, with Knative's conditions: `ResourcesAvailable` and
+/// `ContainerHealthy` (what `Ready` is made of) and `Active` (whether pods serve it).
+pub fn revision_status(
+    f: &RevisionFacts,
+    before: Option<&RevisionStatus>,
+    now: Timestamp,
+) -> RevisionStatus {
+    let deploying = || cond("", "Unknown", "Deploying", String::new());
+    let resources = match (&f.failure, f.ready_once) {
+        (_, true) => cond("", "True", "", String::new()),
+        (Some(why), false) => cond("", "False", "RevisionFailed", why.clone()),
+        (None, false) => deploying(),
+    };
+    let healthy = if f.ready_once {
+        cond("", "True", "", String::new())
+    } else {
+        deploying()
+    };
+    let ready = [&resources, &healthy]
+        .into_iter()
+        .find(|c| c.status == "False")
+        .or_else(|| {
+            [&resources, &healthy]
+                .into_iter()
+                .find(|c| c.status == "Unknown")
+        })
+        .cloned()
+        .unwrap_or_else(|| cond("", "True", "", String::new()));
+    let active = match (f.ready_pods, f.ready_once) {
+        (1.., _) => cond("", "True", "", String::new()),
+        (0, true) => cond(
+            "",
+            "False",
+            "NoTraffic",
+            "The target is not receiving traffic.".to_owned(),
+        ),
+        (0, false) => cond(
+            "",
+            "Unknown",
+            "Queued",
+            "Requests to the target are being buffered as resources are provisioned.".to_owned(),
+        ),
+    };
+    let mut conditions = vec![
+        Condition {
+            type_: "Active".to_owned(),
+            ..active
+        },
+        Condition {
+            type_: "ContainerHealthy".to_owned(),
+            ..healthy
+        },
+        Condition {
+            type_: "Ready".to_owned(),
+            ..ready
+        },
+        Condition {
+            type_: "ResourcesAvailable".to_owned(),
+            ..resources
+        },
+    ];
+    stamp(
+        &mut conditions,
+        before.map(|b| b.conditions.as_slice()),
+        now,
+    );
+    RevisionStatus {
+        observed_generation: 1,
+        conditions,
+        actual_replicas: f.ready_pods,
+        desired_replicas: f.desired,
     }
 }
 

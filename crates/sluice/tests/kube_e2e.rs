@@ -38,6 +38,7 @@ use common::{
 
 const KSVCS: &str = "/apis/serving.knative.dev/v1/namespaces/default/services";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const REVISIONS: &str = "/apis/serving.knative.dev/v1/namespaces/default/revisions";
 const CONFIG_AUTOSCALER: &str = "/api/v1/namespaces/knative-serving/configmaps/config-autoscaler";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
 
@@ -1124,6 +1125,42 @@ async fn refused(c: &Cluster) {
     assert_eq!(reply.text(), "Hello v2!\n");
     assert_eq!(ready_condition(c, "bad").await.0, "False");
     assert!(c.deployment("bad-00001-deployment").await.is_null());
+
+    // Each revision's own object says the same, as `kubectl get revisions` shows it.
+    let revision = |name: &'static str| async move {
+        c.get(&format!("{REVISIONS}/{name}"))
+            .await
+            .unwrap_or(Value::Null)
+    };
+    let status_of = |r: &Value, t: &str| {
+        r["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == t)
+            .map(|c| (c["status"].clone(), c["reason"].clone()))
+    };
+    c.until("the revisions' statuses", limit, async || {
+        let bad = revision("bad-00001").await;
+        let good = revision("third-00002").await;
+        (status_of(&bad, "Ready") == Some((json!("False"), json!("RevisionFailed")))
+            && status_of(&good, "Ready") == Some((json!("True"), json!(null)))
+            && good["status"]["actualReplicas"] == 1)
+            .then(String::new)
+    })
+    .await;
+    let bad = revision("bad-00001").await;
+    assert_eq!(
+        bad["metadata"]["labels"]["serving.knative.dev/configurationGeneration"],
+        "1"
+    );
+    assert!(
+        bad["status"]["conditions"]
+            .to_string()
+            .contains("volumeMounts[0].name: Not found"),
+        "{}",
+        bad["status"]
+    );
 }
 
 #[test]
@@ -1273,10 +1310,7 @@ async fn restart(c: &mut Cluster) {
     let status = c.ksvc("restart").await["status"].clone();
     assert_eq!(status["latestCreatedRevisionName"], "restart-00003");
     assert!(answers(c, host, 4).await.iter().all(|a| a == "Hello v4!\n"));
-    let revisions = c
-        .get("/apis/serving.knative.dev/v1/namespaces/default/revisions")
-        .await
-        .expect("the revisions");
+    let revisions = c.get(REVISIONS).await.expect("the revisions");
     let names: Vec<&str> = revisions["items"]
         .as_array()
         .into_iter()

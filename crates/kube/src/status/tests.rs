@@ -125,3 +125,71 @@ fn a_failing_latest_revision_is_named_while_the_older_one_serves() {
         ("autoscale-go-00001", Some(true))
     );
 }
+
+fn revision_condition<'a>(s: &'a RevisionStatus, t: &str) -> (&'a str, &'a str) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .expect("condition");
+    (c.status.as_str(), c.reason.as_str())
+}
+
+#[test]
+fn a_revision_deploys_becomes_ready_and_stays_ready_at_zero() {
+    let mut f = RevisionFacts::default();
+    let s = revision_status(&f, None, at(0));
+    assert_eq!(revision_condition(&s, "Ready"), ("Unknown", "Deploying"));
+    assert_eq!(revision_condition(&s, "Active"), ("Unknown", "Queued"));
+    assert_eq!((s.actual_replicas, s.desired_replicas), (0, None));
+
+    f.ready_once = true;
+    f.ready_pods = 2;
+    f.desired = Some(3);
+    let up = revision_status(&f, Some(&s), at(5));
+    for t in ["Ready", "ContainerHealthy", "ResourcesAvailable", "Active"] {
+        assert_eq!(revision_condition(&up, t).0, "True", "{t}");
+    }
+    assert_eq!((up.actual_replicas, up.desired_replicas), (2, Some(3)));
+    let json = serde_json::to_value(&up).expect("json");
+    assert_eq!(
+        (
+            json["actualReplicas"].clone(),
+            json["desiredReplicas"].clone()
+        ),
+        (2.into(), 3.into())
+    );
+
+    f.ready_pods = 0;
+    f.desired = Some(0);
+    let zero = revision_status(&f, Some(&up), at(9));
+    assert_eq!(revision_condition(&zero, "Ready"), ("True", ""));
+    assert_eq!(revision_condition(&zero, "Active"), ("False", "NoTraffic"));
+    let ready_at = |s: &RevisionStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.last_transition_time.clone())
+    };
+    assert_eq!(ready_at(&zero), ready_at(&up), "Ready did not change");
+}
+
+#[test]
+fn a_revision_whose_workload_is_refused_is_not_ready_with_the_reason() {
+    let f = RevisionFacts {
+        failure: Some("creating deployment x: Invalid".into()),
+        ..RevisionFacts::default()
+    };
+    let s = revision_status(&f, None, at(0));
+    assert_eq!(revision_condition(&s, "Ready"), ("False", "RevisionFailed"));
+    assert_eq!(
+        revision_condition(&s, "ResourcesAvailable"),
+        ("False", "RevisionFailed")
+    );
+    let ready = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("ready");
+    assert_eq!(ready.message, "creating deployment x: Invalid");
+}

@@ -17,7 +17,10 @@ use parking_lot::Mutex;
 use sluice_core::RevisionKey;
 use sluice_kube::backend::{FIELD_MANAGER, knative_service};
 use sluice_kube::lease::LeaseConfig;
-use sluice_kube::status::{Facts, ServiceStatus, TrafficFact, service_status};
+use sluice_kube::status::{
+    Facts, RevisionFacts, RevisionStatus, ServiceStatus, TrafficFact, revision_status,
+    service_status,
+};
 
 use super::desired::Desired;
 use super::manifest::{CONFIG_AUTOSCALER, KNATIVE_NAMESPACE, Manifests};
@@ -30,6 +33,8 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Objects {
     services: HashMap<(String, String), Seen>,
+    /// Each revision's status as last written on its `Revision` object.
+    revisions: HashMap<RevisionKey, RevisionStatus>,
 }
 
 #[derive(Debug, Default)]
@@ -332,7 +337,69 @@ async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mute
                 }
             }
         }
+        let changed = revision_statuses(&desired, &mut objects.lock());
+        for (key, status) in changed {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client.clone(),
+                &key.namespace,
+                &sluice_kube::resources::knative_revision(),
+            );
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            let patch = serde_json::json!({ "status": status });
+            match api
+                .patch_status(&key.name, &params, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    objects.lock().revisions.insert(key, status);
+                }
+                // Not made yet (its writes are queued): written at a later tick.
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => {
+                    tracing::warn!(revision = %key.name, namespace = %key.namespace, error = %e, "writing status")
+                }
+            }
+        }
     }
+}
+
+/// The `Revision` statuses that differ from those last written; revisions gone are
+/// forgotten.
+fn revision_statuses(
+    desired: &Desired,
+    objects: &mut Objects,
+) -> Vec<(RevisionKey, RevisionStatus)> {
+    let world = desired.world.lock().clone();
+    let backend = desired.control.backend();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut out = Vec::new();
+    let mut live = std::collections::HashSet::new();
+    for s in world.services.values() {
+        for r in &s.revisions {
+            let key = RevisionKey::new(&s.namespace, &r.name);
+            let ready_once = desired.control.is_ready(&key);
+            let facts = RevisionFacts {
+                ready_once,
+                failure: (!ready_once).then(|| backend.last_error(&key)).flatten(),
+                ready_pods: u32::try_from(backend.ready(&key).len()).unwrap_or(u32::MAX),
+                desired: desired
+                    .control
+                    .decision(&key)
+                    .and_then(|d| u32::try_from(d.desired_scale).ok()),
+            };
+            let before = objects.revisions.get(&key);
+            let status = revision_status(&facts, before, now);
+            if before != Some(&status) {
+                out.push((key.clone(), status));
+            }
+            live.insert(key);
+        }
+    }
+    objects.revisions.retain(|k, _| live.contains(k));
+    out
 }
 
 /// The statuses that differ from those last read or written.
