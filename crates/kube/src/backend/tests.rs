@@ -15,6 +15,7 @@ const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const DEPLOYMENT: &str =
     "/apis/apps/v1/namespaces/default/deployments/autoscale-go-00001-deployment";
 const SERVICES: &str = "/api/v1/namespaces/default/services";
+const BAD_KSVC: &str = "/apis/serving.knative.dev/v1/namespaces/default/services/bad";
 const REVISIONS: &str = "/apis/serving.knative.dev/v1/namespaces/default/revisions";
 
 fn start() -> (Arc<KubeBackend>, ApiServer) {
@@ -196,12 +197,9 @@ async fn a_refused_create_holds_up_only_its_own_revision_and_backs_off() {
     let (backend, mut api) = start();
     let bad = RevisionKey::new("default", "bad-00001");
     backend.create(&revision_of("bad", "bad-00001"));
-    api.expect(
-        Method::GET,
-        "/apis/serving.knative.dev/v1/namespaces/default/services/bad",
-    )
-    .await
-    .respond(200, &ksvc());
+    api.expect(Method::GET, BAD_KSVC)
+        .await
+        .respond(200, &ksvc());
     api.expect(Method::POST, DEPLOYMENTS)
         .await
         .fail(422, "Invalid");
@@ -237,12 +235,9 @@ async fn a_refused_create_holds_up_only_its_own_revision_and_backs_off() {
 
     // The refused one is tried again after 0.2 s, then 0.4 s: backing off, not given up.
     for _ in 0..2 {
-        api.expect(
-            Method::GET,
-            "/apis/serving.knative.dev/v1/namespaces/default/services/bad",
-        )
-        .await
-        .respond(200, &ksvc());
+        api.expect(Method::GET, BAD_KSVC)
+            .await
+            .respond(200, &ksvc());
         api.expect(Method::POST, DEPLOYMENTS)
             .await
             .fail(422, "Invalid");

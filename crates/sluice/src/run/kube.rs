@@ -313,7 +313,9 @@ async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mute
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let changed = statuses(&desired, &objects.lock());
+        // One snapshot of the world for both kinds of status this tick.
+        let world = desired.world.lock().clone();
+        let changed = statuses(&desired, &world, &objects.lock());
         for ((ns, name), status) in changed {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &ns, &knative_service());
@@ -337,7 +339,7 @@ async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mute
                 }
             }
         }
-        let changed = revision_statuses(&desired, &mut objects.lock());
+        let changed = revision_statuses(&desired, &world, &mut objects.lock());
         for (key, status) in changed {
             let api: Api<DynamicObject> = Api::namespaced_with(
                 client.clone(),
@@ -370,9 +372,9 @@ async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mute
 /// forgotten.
 fn revision_statuses(
     desired: &Desired,
+    world: &super::world::World,
     objects: &mut Objects,
 ) -> Vec<(RevisionKey, RevisionStatus)> {
-    let world = desired.world.lock().clone();
     let backend = desired.control.backend();
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut out = Vec::new();
@@ -403,8 +405,11 @@ fn revision_statuses(
 }
 
 /// The statuses that differ from those last read or written.
-fn statuses(desired: &Desired, objects: &Objects) -> Vec<((String, String), ServiceStatus)> {
-    let world = desired.world.lock().clone();
+fn statuses(
+    desired: &Desired,
+    world: &super::world::World,
+    objects: &Objects,
+) -> Vec<((String, String), ServiceStatus)> {
     let backend = desired.control.backend();
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut out = Vec::new();
