@@ -13,13 +13,13 @@ use sluice_proto::v1::decision_service_client::DecisionServiceClient;
 use sluice_proto::v1::stats_service_client::StatsServiceClient;
 use sluice_proto::v1::{Source, StatReport, WatchDecisionsRequest};
 use sluice_test_support::client::get;
-use sluice_test_support::loopback_listener;
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_autoscaler");
 
-async fn free_addr() -> SocketAddr {
-    loopback_listener().await.local_addr().unwrap()
+/// A port for the child to bind, on the test's own loopback address.
+fn free_addr() -> SocketAddr {
+    sluice_test_support::free_private_addr()
 }
 
 fn write_config(name: &str, text: &str) -> PathBuf {
@@ -60,9 +60,9 @@ async fn a_bad_config_exits_64_naming_every_bad_key() {
         "--config".into(),
         config.display().to_string(),
         "--listen".into(),
-        free_addr().await.to_string(),
+        free_addr().to_string(),
         "--metrics-listen".into(),
-        free_addr().await.to_string(),
+        free_addr().to_string(),
     ])
     .wait_with_output()
     .await
@@ -76,7 +76,7 @@ async fn a_bad_config_exits_64_naming_every_bad_key() {
 
 #[tokio::test]
 async fn serves_stats_and_decisions_and_stops_on_sigterm_with_a_watch_open() {
-    let (grpc, metrics) = (free_addr().await, free_addr().await);
+    let (grpc, metrics) = (free_addr(), free_addr());
     let config = write_config(
         "config-autoscaler.yaml",
         "stable-window: \"6s\"\ncontainer-concurrency-target-default: \"10\"\n",

@@ -8,18 +8,19 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use sluice_test_support::client::{count_body, generated_body, get, get_with, http1_streaming};
-use sluice_test_support::{load, loopback_listener, start_app};
+use sluice_test_support::{load, loopback_listener, private_loopback_ip, start_app};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_queue-proxy");
 
-async fn free_port() -> u16 {
-    loopback_listener().await.local_addr().unwrap().port()
+/// A port for the queue-proxy to bind on the test's own loopback address.
+fn free_port() -> u16 {
+    sluice_test_support::free_private_addr().port()
 }
 
 /// Knative's env for a pod in front of `user_port`, on free loopback ports.
 async fn knative_env(user_port: u16, cc: usize) -> (Vec<(&'static str, String)>, SocketAddr) {
-    let serving = free_port().await;
+    let serving = free_port();
     let env = vec![
         ("SERVING_NAMESPACE", "default".into()),
         ("SERVING_CONFIGURATION", "hello".into()),
@@ -30,13 +31,13 @@ async fn knative_env(user_port: u16, cc: usize) -> (Vec<(&'static str, String)>,
         ("USER_PORT", user_port.to_string()),
         ("CONTAINER_CONCURRENCY", cc.to_string()),
         ("REVISION_TIMEOUT_SECONDS", "300".into()),
-        ("SLUICE_ADMIN_PORT", free_port().await.to_string()),
-        ("SLUICE_METRICS_PORT", free_port().await.to_string()),
-        ("SLUICE_USER_METRICS_PORT", free_port().await.to_string()),
-        ("SLUICE_BIND_ADDRESS", "127.0.0.1".into()),
+        ("SLUICE_ADMIN_PORT", free_port().to_string()),
+        ("SLUICE_METRICS_PORT", free_port().to_string()),
+        ("SLUICE_USER_METRICS_PORT", free_port().to_string()),
+        ("SLUICE_BIND_ADDRESS", private_loopback_ip().to_string()),
         ("SLUICE_DRAIN_QUIET_PERIOD", "300ms".into()),
     ];
-    (env, SocketAddr::from(([127, 0, 0, 1], serving)))
+    (env, SocketAddr::from((private_loopback_ip(), serving)))
 }
 
 fn spawn(env: &[(&str, String)]) -> Child {

@@ -22,8 +22,7 @@ mod common;
 const HOST: &str = "helloworld-go.default.example.com";
 
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    sluice_test_support::free_private_addr()
 }
 
 fn options(

@@ -42,10 +42,11 @@ const REVISIONS: &str = "/apis/serving.knative.dev/v1/namespaces/default/revisio
 const CONFIG_AUTOSCALER: &str = "/api/v1/namespaces/knative-serving/configmaps/config-autoscaler";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
 
+/// A port for a component to bind, on the test's own loopback address (see
+/// [`sluice_test_support::private_loopback_ip`]: on 127.0.0.1 an outgoing connection
+/// could take it first).
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    sluice_test_support::free_private_addr()
 }
 
 fn exe() -> String {
@@ -400,14 +401,18 @@ impl Cluster {
         last
     }
 
-    /// `GET /` for `host` through the gateway; no answer in 20 s fails the test, with
-    /// every component's last lines.
+    /// `GET /` for `host` through the gateway; an error or no answer in 20 s fails the
+    /// test, with every component's last lines.
     async fn get_through_gateway(&self, host: &str) -> client::Reply {
         let url = format!("http://{}/", self.gateway);
-        let headers = [("host", host)];
+        let req = http::Request::get(&url)
+            .header("host", host)
+            .body(Default::default())
+            .expect("request");
         let limit = self.patience(Duration::from_secs(20));
-        match tokio::time::timeout(limit, client::get_with(&url, &headers)).await {
-            Ok(reply) => reply,
+        match tokio::time::timeout(limit, client::send(&client::http1(), req)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => panic!("{host}: GET {url}: {e}\n{}", self.logs()),
             Err(_) => panic!("{host}: no answer in {limit:?}\n{}", self.logs()),
         }
     }

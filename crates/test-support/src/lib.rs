@@ -16,7 +16,8 @@ pub mod relay;
 pub mod stats_sink;
 pub mod websocket;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sluice_queue_proxy::config::Args;
@@ -24,6 +25,36 @@ use sluice_queue_proxy::{Config, QueueProxy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// A loopback address of this process's own (in 127.240.0.0/12, away from the fake
+/// kubelet's pods on 127.16–239.x.x), picked at random once: two test processes
+/// rarely meet on one, and when they do, each still binds ports the kernel handed out.
+///
+/// A port picked by binding `:0` and letting go is passed to a child process, which binds
+/// it a moment later. On 127.0.0.1 that port can meanwhile become the source port of
+/// any of the machine's outgoing loopback connections (`hey`'s fifty, for one), and the
+/// child's bind fails with `EADDRINUSE` for as long as that connection lives — seen in
+/// CI as a gateway that refused connections. Outgoing loopback connections take their
+/// source ports on 127.0.0.1 only, so ports on an address of the test's own cannot be
+/// taken that way.
+pub fn private_loopback_ip() -> Ipv4Addr {
+    static IP: OnceLock<Ipv4Addr> = OnceLock::new();
+    *IP.get_or_init(|| {
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        let [_, b, c, d] = seed.to_be_bytes();
+        Ipv4Addr::new(127, 240 | (b & 0x0f), c, d.clamp(1, 254))
+    })
+}
+
+/// A free port on [`private_loopback_ip`], for a child process to bind.
+pub fn free_private_addr() -> SocketAddr {
+    std::net::TcpListener::bind((private_loopback_ip(), 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port on the test's own loopback address")
+}
 
 /// A listener on a free loopback port.
 pub async fn loopback_listener() -> TcpListener {
