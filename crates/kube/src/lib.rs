@@ -3,6 +3,7 @@
 //! - [`resources`]: a revision as a Deployment (app + injected queue-proxy) and a private
 //!   Service, pure functions of its spec.
 //! - [`endpoints`]: ready pods from the EndpointSlices of those Services.
+//! - [`pods`]: why a revision's pods do not come up, from its Pod objects.
 //! - [`backend`]: the control plane's [`sluice_control::Backend`] over them.
 //! - [`status`]: a Knative `Service`'s status, as Knative writes it.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
@@ -10,6 +11,7 @@
 pub mod backend;
 pub mod endpoints;
 pub mod lease;
+pub mod pods;
 pub mod resources;
 pub mod status;
 

@@ -265,6 +265,10 @@ fn user_container(spec: &RevisionSpec) -> Result<(Container, u16), ResourceError
     if c.name.is_empty() {
         c.name = USER_CONTAINER.to_owned();
     }
+    // Knative's default: a crash's last log lines become its termination message, which
+    // the Revision's status shows.
+    c.termination_message_policy
+        .get_or_insert_with(|| "FallbackToLogsOnError".to_owned());
     c.ports = Some(vec![ContainerPort {
         name: Some("user-port".to_owned()),
         container_port: i32::from(port),

@@ -5,6 +5,8 @@
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::pods::PodFailure;
+
 /// What the control plane knows of one Service.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Facts {
@@ -172,6 +174,9 @@ pub struct RevisionFacts {
     pub ready_pods: u32,
     /// The replicas the autoscaler wants; `None` before its first decision.
     pub desired: Option<u32>,
+    /// Why its first failing pod does not run (read while no pod is ready, as Knative
+    /// reads pods while a Deployment has no available replica).
+    pub pod_failure: Option<PodFailure>,
 }
 
 /// `status` of a `serving.knative.dev/v1` Revision (the fields Sluice writes;
@@ -197,15 +202,28 @@ pub fn revision_status(
     now: Timestamp,
 ) -> RevisionStatus {
     let deploying = || cond("", "Unknown", "Deploying", String::new());
-    let resources = match (&f.failure, f.ready_once) {
-        (_, true) => cond("", "True", "", String::new()),
-        (Some(why), false) => cond("", "False", "RevisionFailed", why.clone()),
-        (None, false) => deploying(),
+    let pods = f
+        .pod_failure
+        .as_ref()
+        .filter(|_| f.ready_pods == 0)
+        .map(PodFailure::condition);
+    let failed = |type_: &str| {
+        pods.as_ref()
+            .filter(|(t, _, _)| *t == type_)
+            .map(|(_, reason, message)| cond("", "False", reason, message.clone()))
     };
-    let healthy = if f.ready_once {
-        cond("", "True", "", String::new())
-    } else {
-        deploying()
+    let resources = match (&f.failure, f.ready_once) {
+        (Some(why), false) => cond("", "False", "RevisionFailed", why.clone()),
+        _ => match failed("ResourcesAvailable") {
+            Some(c) => c,
+            None if f.ready_once => cond("", "True", "", String::new()),
+            None => deploying(),
+        },
+    };
+    let healthy = match failed("ContainerHealthy") {
+        Some(c) => c,
+        None if f.ready_once => cond("", "True", "", String::new()),
+        None => deploying(),
     };
     let ready = [&resources, &healthy]
         .into_iter()

@@ -273,3 +273,18 @@ fn the_revision_crd_shows_knatives_columns_and_the_control_plane_may_write_revis
         );
     }
 }
+
+#[test]
+fn the_control_plane_may_list_and_watch_pods_and_nothing_more_of_them() {
+    let verbs: Vec<String> = documents("sluice.yaml")
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "sluice-control")
+        .flat_map(|d| round_trip::<ClusterRole>(d).rules.unwrap_or_default())
+        .filter(|r| {
+            r.api_groups.iter().flatten().any(String::is_empty)
+                && r.resources.iter().flatten().any(|x| x == "pods")
+        })
+        .flat_map(|r| r.verbs)
+        .collect();
+    assert_eq!(verbs, ["list", "watch"]);
+}

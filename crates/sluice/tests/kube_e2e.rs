@@ -1169,6 +1169,109 @@ async fn refused(c: &Cluster) {
 }
 
 #[test]
+fn kube_e2e_an_image_that_cannot_be_pulled_and_an_app_that_exits_say_why_on_revision_and_service() {
+    run(async {
+        let c = Cluster::start("podfailures").await;
+        pod_failures(&c).await;
+        c.shutdown().await;
+    });
+}
+
+/// The `(status, reason, message)` of condition `t` of `obj`'s status.
+fn condition_of(obj: &Value, t: &str) -> (String, String, String) {
+    let c = obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == t)
+        .cloned()
+        .unwrap_or_default();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    (s("status"), s("reason"), s("message"))
+}
+
+async fn pod_failures(c: &Cluster) {
+    const IMAGE: &str = "registry.example.com/team/missing:1.0";
+    let pull = hello_service("pull", "pull", "", "").replace(
+        "        - image: gcr.io/knative-samples/helloworld-go\n",
+        &format!("        - image: {IMAGE}\n"),
+    );
+    let crash = hello_service("crash", "crash", "", "").replace(
+        "        - image: gcr.io/knative-samples/helloworld-go\n",
+        "        - image: gcr.io/knative-samples/helloworld-go
+          command: [\"sh\", \"-c\", \"echo 'config: cannot open /etc/app/config.yaml' >&2; exit 1\"]\n",
+    );
+    c.apply(&pull).await;
+    c.apply(&crash).await;
+    let limit = c.patience(Duration::from_secs(30));
+    let revision = |name: &'static str| async move {
+        c.get(&format!("{REVISIONS}/{name}"))
+            .await
+            .unwrap_or(Value::Null)
+    };
+
+    // The image: the Revision's resources are not available, in the kubelet's words, and
+    // the Service says which revision failed and why.
+    let pulling = format!("Back-off pulling image {IMAGE:?}");
+    c.until("pull-00001's ImagePullBackOff", limit, async || {
+        let r = revision("pull-00001").await;
+        (condition_of(&r, "ResourcesAvailable")
+            == ("False".into(), "ImagePullBackOff".into(), pulling.clone()))
+            .then(String::new)
+    })
+    .await;
+    let r = revision("pull-00001").await;
+    assert_eq!(
+        condition_of(&r, "Ready"),
+        ("False".into(), "ImagePullBackOff".into(), pulling.clone())
+    );
+    c.until("pull's RevisionFailed", limit, async || {
+        let s = c.ksvc("pull").await;
+        (condition_of(&s, "Ready")
+            == (
+                "False".into(),
+                "RevisionFailed".into(),
+                format!("Revision \"pull-00001\" failed with message: {pulling}."),
+            ))
+            .then(String::new)
+    })
+    .await;
+
+    // The app that exits 1: its container is unhealthy with the exit code, and the last
+    // of its log (Knative's FallbackToLogsOnError) is the message.
+    let exited = "Container failed with: config: cannot open /etc/app/config.yaml";
+    c.until("crash-00001's ExitCode1", limit, async || {
+        let r = revision("crash-00001").await;
+        (condition_of(&r, "ContainerHealthy")
+            == ("False".into(), "ExitCode1".into(), exited.to_owned()))
+            .then(String::new)
+    })
+    .await;
+    c.until("crash's RevisionFailed", limit, async || {
+        let s = c.ksvc("crash").await;
+        let (status, reason, message) = condition_of(&s, "ConfigurationsReady");
+        (status == "False"
+            && reason == "RevisionFailed"
+            && message == format!("Revision \"crash-00001\" failed with message: {exited}."))
+        .then(String::new)
+    })
+    .await;
+    // As `kubectl get pods` shows it: restarted, its last exit kept.
+    let pods = c
+        .get("/api/v1/namespaces/default/pods?labelSelector=serving.knative.dev%2Frevision%3Dcrash-00001")
+        .await
+        .expect("pods");
+    let user = &pods["items"][0]["status"]["containerStatuses"][0];
+    assert_eq!(user["name"], "user-container", "{pods}");
+    assert_eq!(user["lastState"]["terminated"]["exitCode"], 1, "{user}");
+    assert!(user["restartCount"].as_u64() >= Some(1), "{user}");
+    assert_eq!(
+        pods["items"][0]["metadata"]["ownerReferences"][0]["name"],
+        "crash-00001-deployment"
+    );
+}
+
+#[test]
 fn kube_e2e_a_new_revision_that_never_becomes_ready_leaves_the_old_one_serving() {
     run(async {
         let c = Cluster::start("neverready").await;

@@ -10,9 +10,17 @@
 //! - pods share one network namespace: the queue-proxy binds the pod's address
 //!   (`SLUICE_BIND_ADDRESS`), and the app's port is moved to a free one on 127.0.0.1
 //!   (`PORT`, `USER_PORT` and the readiness probe's port are rewritten to it);
-//! - images are not pulled: each runs a local command ([`KubeletConfig::images`]);
-//! - no Pod objects, ReplicaSets, resources, restarts of crashed containers (a pod whose
-//!   process exits is replaced), or init containers.
+//! - images are not pulled: each runs a local command ([`KubeletConfig::images`]); an
+//!   image with none is reported as a failed pull (`ErrImagePull`, then
+//!   `ImagePullBackOff`), as a registry without it would be;
+//! - Pod objects are written with their container states (running, waiting with
+//!   Kubernetes' reasons, the last termination with its exit code and, under
+//!   `FallbackToLogsOnError`, the last lines of its log), owned by their Deployment
+//!   (there are no ReplicaSets); a pod that starts terminating is deleted from the API
+//!   at once (no `deletionTimestamp` while it drains);
+//! - a container that exits is started again after Kubernetes' crash back-off (10 s,
+//!   doubling to 5 minutes; `CrashLoopBackOff` meanwhile), the pod kept;
+//! - no resources, scheduling, or init containers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -64,22 +72,192 @@ struct State {
     /// What was last published, to write only changes.
     slices: HashMap<(String, String), Value>,
     statuses: HashMap<(String, String), Value>,
+    /// Pod objects as last written, by (namespace, pod name).
+    pod_objects: HashMap<(String, String), Value>,
     /// Pods started in all, for tests.
     started: u64,
 }
 
 struct Pod {
     name: String,
+    namespace: String,
+    /// Its Deployment's name and uid (the Pod object's owner).
+    owner: (String, Option<String>),
     ip: Ipv4Addr,
+    /// The app's port here (pods share the host's network).
+    user_port: u16,
     labels: BTreeMap<String, String>,
-    app: Child,
-    queue: Child,
+    app: Ctr,
+    queue: Ctr,
     ready: bool,
     /// Draining: out of rotation, its processes stopping.
     terminating: bool,
     grace: Duration,
     /// When a terminating pod's processes are killed if still running.
     kill_at: Option<tokio::time::Instant>,
+}
+
+/// One container: its process while it runs, and what the kubelet says of it.
+struct Ctr {
+    spec: Container,
+    /// Env the kubelet adds here (the pod's address for the queue-proxy).
+    extra: Vec<(String, String)>,
+    child: Option<Child>,
+    restarts: u32,
+    /// Its last exit: code and termination message.
+    last_exit: Option<(i32, String)>,
+    /// Why it is not running now: reason and message.
+    waiting: Option<(String, String)>,
+    /// When a container that exited is started again.
+    restart_at: Option<tokio::time::Instant>,
+}
+
+/// Kubernetes' crash back-off: 10 s after the first exit, doubling, at most 5 minutes.
+fn crash_backoff(restarts: u32) -> Duration {
+    let doublings = restarts.saturating_sub(1).min(5);
+    (Duration::from_secs(10) * 2u32.pow(doublings)).min(Duration::from_secs(300))
+}
+
+impl Ctr {
+    fn new(spec: &Container, extra: Vec<(String, String)>) -> Self {
+        Self {
+            spec: spec.clone(),
+            extra,
+            child: None,
+            restarts: 0,
+            last_exit: None,
+            waiting: None,
+            restart_at: None,
+        }
+    }
+
+    /// Starts the process if it is not running and its back-off has passed.
+    fn run(&mut self, pod: &str, ip: Ipv4Addr, user_port: u16, config: &KubeletConfig) {
+        let now = tokio::time::Instant::now();
+        if self.child.is_some() || self.restart_at.is_some_and(|at| at > now) {
+            return;
+        }
+        let image = self.spec.image.clone().unwrap_or_default();
+        let Some(argv) = entrypoint(&self.spec, config) else {
+            self.waiting = Some(if self.waiting.is_none() {
+                (
+                    "ErrImagePull".to_owned(),
+                    format!("failed to pull image {image:?}: not found"),
+                )
+            } else {
+                (
+                    "ImagePullBackOff".to_owned(),
+                    format!("Back-off pulling image {image:?}"),
+                )
+            });
+            return;
+        };
+        match spawn(&self.spec, &argv, pod, ip, user_port, config, &self.extra) {
+            Ok(child) => {
+                self.child = Some(child);
+                self.waiting = None;
+                self.restart_at = None;
+            }
+            // As a runtime that cannot start the command: exit 128, `StartError`.
+            Err(e) => self.exited(pod, 128, e),
+        }
+    }
+
+    /// Notes an exit of its process, if it ended.
+    fn reap(&mut self, pod: &str, config: &KubeletConfig) {
+        let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) else {
+            return;
+        };
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        self.child = None;
+        let fallback =
+            self.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        let message = match (&config.log_dir, fallback && code != 0) {
+            (Some(dir), true) => log_tail(&dir.join(format!("{pod}-{}.log", self.spec.name))),
+            _ => String::new(),
+        };
+        self.exited(pod, code, message);
+    }
+
+    fn exited(&mut self, pod: &str, code: i32, message: String) {
+        self.restarts += 1;
+        self.last_exit = Some((code, message));
+        let delay = crash_backoff(self.restarts);
+        self.restart_at = Some(tokio::time::Instant::now() + delay);
+        self.waiting = Some((
+            "CrashLoopBackOff".to_owned(),
+            format!(
+                "back-off {}s restarting failed container={} pod={pod}",
+                delay.as_secs(),
+                self.spec.name
+            ),
+        ));
+    }
+
+    fn ended(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    fn kill(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.start_kill();
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Its `containerStatuses[]` entry.
+    fn status(&self, ready: bool) -> Value {
+        let state = match (&self.child, &self.waiting) {
+            (Some(_), _) => json!({"running": {}}),
+            (None, Some((reason, message))) => {
+                json!({"waiting": {"reason": reason, "message": message}})
+            }
+            (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+        };
+        let last = match &self.last_exit {
+            Some((code, message)) => json!({"terminated": {
+                "exitCode": code,
+                "reason": if *code == 0 { "Completed" } else { "Error" },
+                "message": message,
+            }}),
+            None => json!({}),
+        };
+        json!({
+            "name": self.spec.name,
+            "image": self.spec.image,
+            "imageID": "",
+            "ready": ready && self.child.is_some(),
+            "started": self.child.is_some(),
+            "restartCount": self.restarts,
+            "state": state,
+            "lastState": last,
+        })
+    }
+}
+
+/// The last of a log as Kubernetes keeps it for a termination message: at most 80 lines
+/// and 2,048 bytes.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(80).collect();
+    let mut tail = lines.into_iter().rev().collect::<Vec<_>>().join("\n");
+    while tail.len() > 2048 {
+        let cut = tail
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|i| tail.len() - i <= 2048)
+            .unwrap_or(tail.len());
+        tail = tail[cut..].to_owned();
+    }
+    tail
 }
 
 impl Kubelet {
@@ -147,11 +325,11 @@ impl Kubelet {
             .into_values()
             .flatten()
             .collect();
-        for mut p in pods {
-            let _ = p.queue.start_kill();
-            let _ = p.app.start_kill();
-            let _ = p.queue.wait().await;
-            let _ = p.app.wait().await;
+        for p in pods {
+            for mut child in [p.queue.child, p.app.child].into_iter().flatten() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
         }
     }
 }
@@ -204,12 +382,13 @@ async fn reconcile(state: &Mutex<State>, deployments: &[Arc<Deployment>], config
         let keys: Vec<(String, String)> = st.pods.keys().cloned().collect();
         for key in keys {
             let pods = st.pods.get_mut(&key).expect("listed");
-            // A pod whose process ended is gone (the Deployment starts another).
-            pods.retain_mut(|p| {
-                let exited = matches!(p.app.try_wait(), Ok(Some(_)))
-                    || matches!(p.queue.try_wait(), Ok(Some(_)));
-                !exited || p.terminating
-            });
+            // Containers that exited are started again after their back-off.
+            for p in pods.iter_mut().filter(|p| !p.terminating) {
+                for c in [&mut p.app, &mut p.queue] {
+                    c.reap(&p.name, config);
+                    c.run(&p.name, p.ip, p.user_port, config);
+                }
+            }
             let keep = wanted
                 .get(&key)
                 .and_then(|d| d.spec.as_ref()?.replicas)
@@ -223,15 +402,15 @@ async fn reconcile(state: &Mutex<State>, deployments: &[Arc<Deployment>], config
                 p.terminating = true;
                 p.ready = false;
                 p.kill_at = Some(tokio::time::Instant::now() + p.grace);
-                stopping.push((p.ip, p.grace, p.app.id(), p.queue.id()));
+                stopping.push((p.ip, p.grace, p.app.pid(), p.queue.pid()));
             }
             // What the grace period did not end is killed.
             for p in pods.iter_mut() {
                 if p.kill_at
                     .is_some_and(|at| at <= tokio::time::Instant::now())
                 {
-                    let _ = p.app.start_kill();
-                    let _ = p.queue.start_kill();
+                    p.app.kill();
+                    p.queue.kill();
                 }
             }
         }
@@ -265,11 +444,7 @@ async fn reconcile(state: &Mutex<State>, deployments: &[Arc<Deployment>], config
     // Pods whose processes have both ended are removed.
     let mut st = state.lock();
     for pods in st.pods.values_mut() {
-        pods.retain_mut(|p| {
-            !(p.terminating
-                && matches!(p.app.try_wait(), Ok(Some(_)))
-                && matches!(p.queue.try_wait(), Ok(Some(_))))
-        });
+        pods.retain_mut(|p| !(p.terminating && p.app.ended() && p.queue.ended()));
     }
     st.pods.retain(|_, pods| !pods.is_empty());
 }
@@ -314,27 +489,25 @@ fn start_pod(
         ));
     };
     let user_port = free_port();
-    let app_child = spawn(
+    let mut app = Ctr::new(
         app,
-        name,
-        ip,
-        user_port,
-        config,
-        &[("SAMPLE_APP_BIND", "127.0.0.1")],
-    )?;
-    let mut extra: Vec<(&str, &str)> = vec![];
-    let ip_s = ip.to_string();
-    extra.push(("SLUICE_BIND_ADDRESS", &ip_s));
-    for (k, v) in &config.queue_proxy_env {
-        extra.push((k, v));
+        vec![("SAMPLE_APP_BIND".to_owned(), "127.0.0.1".to_owned())],
+    );
+    let mut extra = vec![("SLUICE_BIND_ADDRESS".to_owned(), ip.to_string())];
+    extra.extend(config.queue_proxy_env.iter().cloned());
+    let mut queue = Ctr::new(queue, extra);
+    for c in [&mut app, &mut queue] {
+        c.run(name, ip, user_port, config);
     }
-    let queue_child = spawn(queue, name, ip, user_port, config, &extra)?;
     Ok(Pod {
         name: name.to_owned(),
+        namespace: d.namespace().unwrap_or_default(),
+        owner: (d.name_any(), d.metadata.uid.clone()),
         ip,
+        user_port,
         labels,
-        app: app_child,
-        queue: queue_child,
+        app,
+        queue,
         ready: false,
         terminating: false,
         grace: Duration::from_secs(
@@ -376,27 +549,32 @@ pub fn container_env(
     env
 }
 
-/// One container as a process: its image's local command, its env with the downward API
+/// What runs for the container: its image's local command, which its `command` replaces
+/// as in Kubernetes; `None` if the image has none here (it cannot be "pulled").
+fn entrypoint(c: &Container, config: &KubeletConfig) -> Option<Vec<String>> {
+    let image = c.image.as_deref().unwrap_or_default();
+    let local = config
+        .images
+        .iter()
+        .find(|(prefix, _)| image.starts_with(prefix.as_str()))
+        .map(|(_, argv)| argv.clone())?;
+    match c.command.as_deref() {
+        Some(command) if !command.is_empty() => Some(command.to_vec()),
+        _ => Some(local),
+    }
+}
+
+/// One container as a process: `entrypoint` and its args, its env with the downward API
 /// resolved, and the app's port moved to `user_port`.
 fn spawn(
     c: &Container,
+    entrypoint: &[String],
     pod: &str,
     ip: Ipv4Addr,
     user_port: u16,
     config: &KubeletConfig,
-    extra: &[(&str, &str)],
+    extra: &[(String, String)],
 ) -> Result<Child, String> {
-    let image = c.image.as_deref().unwrap_or_default();
-    // A container's command replaces its image's entrypoint, as in Kubernetes.
-    let entrypoint = match c.command.as_deref() {
-        Some(command) if !command.is_empty() => command.to_vec(),
-        _ => config
-            .images
-            .iter()
-            .find(|(prefix, _)| image.starts_with(prefix.as_str()))
-            .map(|(_, argv)| argv.clone())
-            .ok_or_else(|| format!("no local command for image {image}"))?,
-    };
     let mut cmd = Command::new(&entrypoint[0]);
     cmd.args(&entrypoint[1..]).args(c.args.iter().flatten());
     cmd.env_clear()
@@ -474,6 +652,109 @@ async fn probe(state: &Mutex<State>) {
     }
 }
 
+/// The Pod object of a pod that is not terminating.
+fn pod_object(p: &Pod) -> Value {
+    let running = p.app.child.is_some() || p.queue.child.is_some();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": p.name,
+            "namespace": p.namespace,
+            "labels": p.labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": p.owner.0,
+                "uid": p.owner.1.clone().unwrap_or_default(),
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {"nodeName": "fake-node", "containers": [p.app.spec, p.queue.spec]},
+        "status": {
+            "phase": if running { "Running" } else { "Pending" },
+            "podIP": p.ip.to_string(),
+            "hostIP": "127.0.0.1",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": if p.ready { "True" } else { "False" }},
+            ],
+            "containerStatuses": [p.app.status(p.ready), p.queue.status(p.ready)],
+        },
+    })
+}
+
+enum PodWrite {
+    Create(Value),
+    Status(Value),
+    Delete,
+}
+
+/// Writes the Pod objects that changed: pods started are created, their states patched,
+/// and those terminating or gone deleted.
+async fn publish_pods(client: &Client, state: &Mutex<State>) {
+    let mut writes = Vec::new();
+    {
+        let st = state.lock();
+        let mut live = std::collections::HashSet::new();
+        for p in st.pods.values().flatten().filter(|p| !p.terminating) {
+            let key = (p.namespace.clone(), p.name.clone());
+            let obj = pod_object(p);
+            match st.pod_objects.get(&key) {
+                None => writes.push((key.clone(), PodWrite::Create(obj))),
+                Some(old) if *old != obj => writes.push((key.clone(), PodWrite::Status(obj))),
+                Some(_) => {}
+            }
+            live.insert(key);
+        }
+        for key in st.pod_objects.keys().filter(|k| !live.contains(*k)) {
+            writes.push((key.clone(), PodWrite::Delete));
+        }
+    }
+    for ((ns, name), write) in writes {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+        let done = match &write {
+            PodWrite::Create(obj) => match serde_json::from_value(json!({
+                "metadata": obj["metadata"],
+                "spec": obj["spec"],
+            })) {
+                Ok(pod) => api.create(&PostParams::default(), &pod).await.is_ok(),
+                Err(e) => {
+                    eprintln!("fake kubelet: Pod {ns}/{name}: {e}");
+                    false
+                }
+            },
+            PodWrite::Status(obj) => api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": obj["status"]})),
+                )
+                .await
+                .is_ok(),
+            PodWrite::Delete => match api.delete(&name, &Default::default()).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(s)) => s.code == 404,
+                Err(_) => false,
+            },
+        };
+        if done {
+            let mut st = state.lock();
+            match write {
+                // An API server sets a new pod's status itself: the kubelet's state is
+                // patched in at the next round, as a kubelet reports it.
+                PodWrite::Create(mut obj) => {
+                    obj["status"] = Value::Null;
+                    st.pod_objects.insert((ns, name), obj);
+                }
+                PodWrite::Status(obj) => {
+                    st.pod_objects.insert((ns, name), obj);
+                }
+                PodWrite::Delete => {
+                    st.pod_objects.remove(&(ns, name));
+                }
+            }
+        }
+    }
+}
+
 /// Writes what changed: each Deployment's status, each selecting Service's EndpointSlice.
 async fn publish(
     client: &Client,
@@ -481,6 +762,7 @@ async fn publish(
     deployments: &[Arc<Deployment>],
     services: &[Arc<Service>],
 ) {
+    publish_pods(client, state).await;
     let mut writes: Vec<(String, String, Value, bool)> = Vec::new();
     {
         let st = state.lock();

@@ -103,6 +103,11 @@ fn the_deployment_runs_the_app_beside_an_injected_queue_proxy() {
     assert_eq!(env["PORT"], "8081");
     assert_eq!(env["K_REVISION"], "autoscale-go-00001");
     assert!(user.readiness_probe.is_none(), "the queue-proxy runs it");
+    assert_eq!(
+        user.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError"),
+        "Knative's default: a crash's last log lines are its message"
+    );
     let pre_stop = user
         .lifecycle
         .as_ref()

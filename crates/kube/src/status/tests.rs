@@ -193,3 +193,83 @@ fn a_revision_whose_workload_is_refused_is_not_ready_with_the_reason() {
         .expect("ready");
     assert_eq!(ready.message, "creating deployment x: Invalid");
 }
+
+fn message<'a>(s: &'a RevisionStatus, t: &str) -> &'a str {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map_or("", |c| c.message.as_str())
+}
+
+#[test]
+fn a_crashing_app_fails_container_healthy_and_ready_until_a_pod_is_ready() {
+    let mut f = RevisionFacts {
+        pod_failure: Some(PodFailure::Exited {
+            code: 1,
+            message: "cannot open /config.yaml".into(),
+        }),
+        desired: Some(1),
+        ..RevisionFacts::default()
+    };
+    let s = revision_status(&f, None, at(0));
+    assert_eq!(
+        revision_condition(&s, "ContainerHealthy"),
+        ("False", "ExitCode1")
+    );
+    assert_eq!(revision_condition(&s, "Ready"), ("False", "ExitCode1"));
+    assert_eq!(
+        message(&s, "Ready"),
+        "Container failed with: cannot open /config.yaml"
+    );
+    assert_eq!(
+        revision_condition(&s, "ResourcesAvailable"),
+        ("Unknown", "Deploying")
+    );
+
+    // A revision that was ready and whose every pod now crashes is not ready (Knative).
+    f.ready_once = true;
+    let s = revision_status(&f, Some(&s), at(5));
+    assert_eq!(revision_condition(&s, "Ready"), ("False", "ExitCode1"));
+    assert_eq!(revision_condition(&s, "ResourcesAvailable"), ("True", ""));
+
+    // One ready pod: the failing one is not read (as Knative, with an available replica).
+    f.ready_pods = 1;
+    let s = revision_status(&f, Some(&s), at(9));
+    for t in ["Ready", "ContainerHealthy", "ResourcesAvailable", "Active"] {
+        assert_eq!(revision_condition(&s, t).0, "True", "{t}");
+    }
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_leaves_resources_unavailable_and_a_refusal_comes_first() {
+    let pull = PodFailure::Image {
+        container: "user-container".into(),
+        reason: "ImagePullBackOff".into(),
+        message: "Back-off pulling image \"example.com/nope:1\"".into(),
+    };
+    let mut f = RevisionFacts {
+        pod_failure: Some(pull),
+        ..RevisionFacts::default()
+    };
+    let s = revision_status(&f, None, at(0));
+    assert_eq!(
+        revision_condition(&s, "ResourcesAvailable"),
+        ("False", "ImagePullBackOff")
+    );
+    assert_eq!(
+        revision_condition(&s, "Ready"),
+        ("False", "ImagePullBackOff")
+    );
+    assert_eq!(
+        message(&s, "Ready"),
+        "Back-off pulling image \"example.com/nope:1\""
+    );
+    assert_eq!(
+        revision_condition(&s, "ContainerHealthy"),
+        ("Unknown", "Deploying")
+    );
+
+    f.failure = Some("scaling: Forbidden".into());
+    let s = revision_status(&f, Some(&s), at(1));
+    assert_eq!(revision_condition(&s, "Ready"), ("False", "RevisionFailed"));
+}

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::core::DynamicObject;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use parking_lot::Mutex;
 use sluice_core::RevisionKey;
 use sluice_kube::backend::{FIELD_MANAGER, knative_service};
 use sluice_kube::lease::LeaseConfig;
+use sluice_kube::pods::{PodFailure, first_failures};
 use sluice_kube::status::{
     Facts, RevisionFacts, RevisionStatus, ServiceStatus, TrafficFact, revision_status,
     service_status,
@@ -61,11 +63,14 @@ pub async fn follow_services(
 ) {
     let mut first = Some(listed);
     let objects = Arc::new(Mutex::new(Objects::default()));
-    // Ends with this task, aborted or not.
+    let (pods, follow) = follow_pods(client.clone());
+    // These end with this task, aborted or not.
+    let _pods = AbortOnDrop(tokio::spawn(follow));
     let _status = AbortOnDrop(tokio::spawn(write_statuses(
         client.clone(),
         Arc::clone(&desired),
         Arc::clone(&objects),
+        pods,
     )));
     let api: Api<DynamicObject> = Api::all_with(client, &knative_service());
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
@@ -103,6 +108,31 @@ pub async fn follow_services(
             Err(e) => tracing::warn!(error = %e, "watching Services"),
         }
     }
+}
+
+/// The revisions' Pods (those labelled with a revision), cached as the watch sees them,
+/// with only what [`first_failures`] reads kept; the future runs the watch.
+fn follow_pods(client: Client) -> (Store<Pod>, impl Future<Output = ()>) {
+    use sluice_kube::resources::REVISION_LABEL;
+    let (store, writer) = reflector::store::<Pod>();
+    let api: Api<Pod> = Api::all(client);
+    let events = watcher(api, watcher::Config::default().labels(REVISION_LABEL))
+        .default_backoff()
+        .modify(|p| {
+            // The spec, annotations and field history are not read: not kept either.
+            p.spec = None;
+            p.metadata.annotations = None;
+            p.metadata.managed_fields = None;
+        });
+    let run = async move {
+        let mut events = std::pin::pin!(reflector(writer, events));
+        while let Some(e) = events.next().await {
+            if let Err(e) = e {
+                tracing::warn!(error = %e, "watching Pods");
+            }
+        }
+    };
+    (store, run)
 }
 
 /// A task aborted when this is dropped.
@@ -308,14 +338,20 @@ async fn remove(desired: &Desired, objects: &Mutex<Objects>, ns: &str, name: &st
 }
 
 /// Computes every Service's status each [`STATUS_PERIOD`] and writes those that changed.
-async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mutex<Objects>>) {
+async fn write_statuses(
+    client: Client,
+    desired: Arc<Desired>,
+    objects: Arc<Mutex<Objects>>,
+    pods: Store<Pod>,
+) {
     let mut tick = tokio::time::interval(STATUS_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // One snapshot of the world for both kinds of status this tick.
+        // One snapshot of the world and the pods for both kinds of status this tick.
         let world = desired.world.lock().clone();
-        let changed = statuses(&desired, &world, &objects.lock());
+        let failing = first_failures(pods.state().iter().map(AsRef::as_ref));
+        let changed = statuses(&desired, &world, &objects.lock(), &failing);
         for ((ns, name), status) in changed {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &ns, &knative_service());
@@ -339,7 +375,7 @@ async fn write_statuses(client: Client, desired: Arc<Desired>, objects: Arc<Mute
                 }
             }
         }
-        let changed = revision_statuses(&desired, &world, &mut objects.lock());
+        let changed = revision_statuses(&desired, &world, &mut objects.lock(), &failing);
         for (key, status) in changed {
             let api: Api<DynamicObject> = Api::namespaced_with(
                 client.clone(),
@@ -374,6 +410,7 @@ fn revision_statuses(
     desired: &Desired,
     world: &super::world::World,
     objects: &mut Objects,
+    failing: &BTreeMap<RevisionKey, PodFailure>,
 ) -> Vec<(RevisionKey, RevisionStatus)> {
     let backend = desired.control.backend();
     let now = k8s_openapi::jiff::Timestamp::now();
@@ -391,6 +428,7 @@ fn revision_statuses(
                     .control
                     .decision(&key)
                     .and_then(|d| u32::try_from(d.desired_scale).ok()),
+                pod_failure: failing.get(&key).cloned(),
             };
             let before = objects.revisions.get(&key);
             let status = revision_status(&facts, before, now);
@@ -409,6 +447,7 @@ fn statuses(
     desired: &Desired,
     world: &super::world::World,
     objects: &Objects,
+    failing: &BTreeMap<RevisionKey, PodFailure>,
 ) -> Vec<((String, String), ServiceStatus)> {
     let backend = desired.control.backend();
     let now = k8s_openapi::jiff::Timestamp::now();
@@ -428,10 +467,19 @@ fn statuses(
             generation,
             domain: desired.domain.clone(),
             refused: seen.refused.clone(),
+            // What its Revision's `Ready` says: a refused write, else its pods' failure.
             latest_failure: latest_created
                 .as_ref()
                 .filter(|r| !ready(r))
-                .and_then(|r| backend.last_error(&RevisionKey::new(ns, r))),
+                .map(|r| RevisionKey::new(ns, r))
+                .and_then(|key| {
+                    backend.last_error(&key).or_else(|| {
+                        failing
+                            .get(&key)
+                            .filter(|_| backend.ready(&key).is_empty())
+                            .map(|f| f.condition().2)
+                    })
+                }),
             latest_ready: state.and_then(|s| {
                 s.revisions
                     .iter()
