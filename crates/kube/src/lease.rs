@@ -128,6 +128,30 @@ impl Elector {
         Step::Replace(self.record(meta, acquired, transitions, wall))
     }
 
+    /// The Lease handed back, if `lease` is this candidate's: no holder, a one-second
+    /// duration, renewed `wall` (client-go's `ReleaseOnCancel`), so that a standby takes
+    /// it at its next try rather than a whole lease duration later. `None`: another holds
+    /// it, and it is left alone.
+    pub fn release(&self, lease: &Lease, wall: Timestamp) -> Option<Lease> {
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return None;
+        }
+        let mut meta = lease.metadata.clone();
+        meta.managed_fields = None;
+        Some(Lease {
+            metadata: meta,
+            spec: Some(LeaseSpec {
+                holder_identity: None,
+                lease_duration_seconds: Some(1),
+                acquire_time: Some(MicroTime(wall)),
+                renew_time: Some(MicroTime(wall)),
+                lease_transitions: spec.lease_transitions,
+                ..LeaseSpec::default()
+            }),
+        })
+    }
+
     /// The Lease as this candidate writes it.
     fn record(
         &self,
@@ -176,6 +200,26 @@ pub async fn try_acquire_or_renew(
         // Another candidate wrote first (409 on a stale resourceVersion, or it created
         // the Lease): it leads.
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hands the Lease back if this candidate holds it ([`Elector::release`]), with the
+/// `resourceVersion` read: one taken meanwhile is not touched (409). `Ok(true)`: released.
+pub async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
+    let Some(lease) = api.get_opt(&config.name).await? else {
+        return Ok(false);
+    };
+    let Some(released) = Elector::new(config.clone()).release(&lease, Timestamp::now()) else {
+        return Ok(false);
+    };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api.replace(&config.name, &params, &released).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
         Err(e) => Err(e),
     }
 }

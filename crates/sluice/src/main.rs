@@ -95,12 +95,20 @@ fn autoscaler(
             return ExitCode::from(EXIT_USAGE);
         }
         sluice_core::telemetry::init("info");
-        if let Some(config) = config
-            && let Err(e) = sluice::run::kube::lead_blocking(api, config)
-        {
-            eprintln!("sluice autoscaler: {e}");
-            return ExitCode::FAILURE;
-        }
+        let Some(config) = config else {
+            return sluice_autoscaler::server::main(args);
+        };
+        let guard = match sluice::run::kube::lead_blocking(api, config) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("sluice autoscaler: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Served until SIGTERM; then the Lease is handed to a standby at once.
+        let code = sluice_autoscaler::server::main(args);
+        guard.release();
+        return code;
     } else if lease.kube_api.is_some() {
         eprintln!("sluice autoscaler: --kube-api needs --leader-elect");
         return ExitCode::from(EXIT_USAGE);

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -83,7 +84,9 @@ struct Local {
     activator: SocketAddr,
     /// Each component kept running (restarted 0.5 s after it exits, as Kubernetes'
     /// `restartPolicy: Always`).
-    processes: Vec<(String, tokio::task::JoinHandle<()>)>,
+    /// Each component's keeper task, and its process's pid while one runs (0: none; a
+    /// keeper whose pid is taken by [`Local::terminate`] starts it no more).
+    processes: Vec<(String, tokio::task::JoinHandle<()>, Arc<AtomicI32>)>,
     logs: PathBuf,
 }
 
@@ -306,7 +309,7 @@ impl Cluster {
             return "(on the cluster: kubectl logs -n sluice-system deploy/control, …)".to_owned();
         };
         let mut out = String::new();
-        for (name, _) in &l.processes {
+        for (name, _, _) in &l.processes {
             let text =
                 std::fs::read_to_string(l.logs.join(format!("{name}.log"))).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -439,7 +442,7 @@ impl Cluster {
             k.shutdown().await;
         }
         // A keeper's child is killed when the keeper is dropped.
-        for (_, keeper) in l.processes.drain(..) {
+        for (_, keeper, _) in l.processes.drain(..) {
             keeper.abort();
             let _ = keeper.await;
         }
@@ -453,7 +456,12 @@ impl Cluster {
 impl Local {
     /// A control plane replica: `--kubernetes` against the double, electing a leader on
     /// a 3 s Lease.
+    /// A control plane replica with a 3 s Lease.
     fn spawn_control(&mut self, name: &str, listen: SocketAddr) {
+        self.spawn_control_leasing(name, listen, 3);
+    }
+
+    fn spawn_control_leasing(&mut self, name: &str, listen: SocketAddr, lease_seconds: u64) {
         let args = [
             "control".to_owned(),
             "--kubernetes".to_owned(),
@@ -464,7 +472,7 @@ impl Local {
             "--domain=example.com".to_owned(),
             "--leader-elect".to_owned(),
             format!("--pod-name={name}"),
-            "--lease-duration=3".to_owned(),
+            format!("--lease-duration={lease_seconds}"),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.spawn(name, &args);
@@ -489,6 +497,8 @@ impl Local {
         let log_path = self.logs.join(format!("{name}.log"));
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let name_ = name.to_owned();
+        let pid = Arc::new(AtomicI32::new(0));
+        let running = Arc::clone(&pid);
         let keeper = tokio::spawn(async move {
             loop {
                 let log = std::fs::OpenOptions::new()
@@ -505,19 +515,46 @@ impl Local {
                     .kill_on_drop(true)
                     .spawn()
                     .unwrap_or_else(|e| panic!("{name_}: {e}"));
+                let id = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+                running.store(id, Ordering::SeqCst);
                 let _ = child.wait().await;
+                // Stopped for good by `terminate`: not started again.
+                if running.swap(0, Ordering::SeqCst) == -1 {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        self.processes.push((name.to_owned(), keeper));
+        self.processes.push((name.to_owned(), keeper, pid));
     }
 
     /// Stops keeping `name` running and kills it (its node is gone).
     async fn remove(&mut self, name: &str) {
-        if let Some(i) = self.processes.iter().position(|(n, _)| n == name) {
-            let (_, keeper) = self.processes.remove(i);
+        if let Some(i) = self.processes.iter().position(|(n, _, _)| n == name) {
+            let (_, keeper, _) = self.processes.remove(i);
             keeper.abort();
             let _ = keeper.await;
+        }
+    }
+
+    /// Stops `name` as Kubernetes stops a pod for a rolling update or a drain: SIGTERM,
+    /// then waits (up to 10 s) for it to exit; it is not started again.
+    async fn terminate(&mut self, name: &str) {
+        let i = self
+            .processes
+            .iter()
+            .position(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let (_, keeper, pid) = self.processes.remove(i);
+        let id = pid.swap(-1, Ordering::SeqCst);
+        assert!(id > 0, "{name} is running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(id),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        match tokio::time::timeout(Duration::from_secs(10), keeper).await {
+            Ok(_) => {}
+            Err(_) => panic!("{name} did not exit in 10 s after SIGTERM"),
         }
     }
 }
@@ -860,6 +897,133 @@ fn kube_e2e_a_killed_leader_is_replaced_by_the_standby_and_scaling_goes_on() {
 }
 
 #[test]
+fn kube_e2e_a_leader_stopped_with_sigterm_hands_its_lease_to_the_standby_at_once() {
+    run(async {
+        let mut c = Cluster::start("lease-release").await;
+        if c.local.is_none() {
+            // A rolling update of `control` on a real cluster is `kubectl rollout restart`.
+            c.shutdown().await;
+            return;
+        }
+        // Leases of 30 s: a standby that had to wait for one to expire would take over
+        // 30 s after its holder last renewed; handed back, it takes over at its next try
+        // (30 × 2/15 = 4 s apart).
+        const LONG: u64 = 30;
+        let control = c.local.as_ref().map(|l| l.control).expect("fake");
+        c.until("control-1 leads", Duration::from_secs(15), async || {
+            (c.holder("sluice-control").await.as_deref() == Some("control-1")).then(String::new)
+        })
+        .await;
+        c.local_mut().terminate("control-1").await;
+        c.until(
+            "control-1's Lease handed back",
+            Duration::from_secs(5),
+            async || c.holder("sluice-control").await.is_none().then(String::new),
+        )
+        .await;
+        c.local_mut()
+            .spawn_control_leasing("control-2", control, LONG);
+        c.until("control-2 leads", Duration::from_secs(15), async || {
+            (c.holder("sluice-control").await.as_deref() == Some("control-2")).then(String::new)
+        })
+        .await;
+        let standby = free_addr();
+        c.local_mut()
+            .spawn_control_leasing("control-3", standby, LONG);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            c.holder("sluice-control").await.as_deref(),
+            Some("control-2")
+        );
+        hand_over(
+            &mut c,
+            "sluice-control",
+            ("control-2", "control-3"),
+            standby,
+            LONG,
+        )
+        .await;
+        // It acts: a Service gets its Deployment.
+        c.apply(&hello_service("after", "after", "", "")).await;
+        c.until("after's deployment", Duration::from_secs(20), async || {
+            (!c.deployment("after-00001-deployment").await.is_null()).then(String::new)
+        })
+        .await;
+
+        // The autoscaler: the same, from a standby that binds nothing until it leads.
+        let api = c.local_mut().api.url();
+        let autoscaler = |name: &str, listen: SocketAddr| {
+            [
+                "autoscaler".to_owned(),
+                format!("--listen={listen}"),
+                format!("--metrics-listen={}", free_addr()),
+                format!("--control=http://{standby}"),
+                "--leader-elect".to_owned(),
+                format!("--kube-api={api}"),
+                format!("--pod-name={name}"),
+                format!("--lease-duration={LONG}"),
+            ]
+        };
+        let (first, second) = (free_addr(), free_addr());
+        for (name, listen) in [("autoscaler-a", first), ("autoscaler-b", second)] {
+            let args = autoscaler(name, listen);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            c.local_mut().spawn(name, &args);
+            c.until(
+                &format!("{name} is a candidate"),
+                Duration::from_secs(15),
+                async || c.holder("sluice-autoscaler").await.map(|_| String::new()),
+            )
+            .await;
+        }
+        assert_eq!(
+            c.holder("sluice-autoscaler").await.as_deref(),
+            Some("autoscaler-a")
+        );
+        assert!(
+            std::net::TcpStream::connect(second).is_err(),
+            "a standby serves nothing"
+        );
+        hand_over(
+            &mut c,
+            "sluice-autoscaler",
+            ("autoscaler-a", "autoscaler-b"),
+            second,
+            LONG,
+        )
+        .await;
+        c.shutdown().await;
+    });
+}
+
+/// SIGTERMs `from`, the holder of `lease` (of `lease_seconds`), and waits for `to` to
+/// hold it and serve at `serves`: within 12 s, and before the Lease could have expired.
+async fn hand_over(
+    c: &mut Cluster,
+    lease: &str,
+    (from, to): (&str, &str),
+    serves: SocketAddr,
+    lease_seconds: u64,
+) {
+    let stopped = Instant::now();
+    c.local_mut().terminate(from).await;
+    c.until(
+        &format!("{to} leads and serves"),
+        Duration::from_secs(12),
+        async || {
+            (c.holder(lease).await.as_deref() == Some(to)
+                && std::net::TcpStream::connect(serves).is_ok())
+            .then(String::new)
+        },
+    )
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(lease_seconds),
+        "before the Lease could have expired"
+    );
+}
+
+#[test]
 fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
     run(async {
         let mut c = Cluster::start("autoscaler-lease").await;
@@ -918,8 +1082,9 @@ fn kube_e2e_a_standby_autoscaler_binds_nothing_until_the_lease_is_free() {
 
 /// The real-cluster mode (`SLUICE_E2E_KUBECONFIG`), run here against a cluster it did not
 /// start: the fake one, reached only through a kubeconfig file and the gateway's address,
-/// as a real cluster would be. What it cannot show here: Pod objects (the fake kubelet
-/// makes none, so the pod count at zero is trivially 0) and a leader's pod deleted.
+/// as a real cluster would be. What it cannot show here: a leader's pod deleted, and
+/// terminating pods counted (the fake kubelet deletes a Pod object once its pod starts
+/// terminating; a real one stays until its processes end).
 #[test]
 fn kube_e2e_the_real_cluster_mode_runs_against_a_cluster_it_did_not_start() {
     run(async {

@@ -168,3 +168,65 @@ async fn a_leader_that_finds_the_lease_taken_stops_leading_at_once() {
     leading.changed().await.expect("changed");
     assert!(!*leading.borrow());
 }
+
+#[test]
+fn the_holder_hands_the_lease_back_and_a_standby_takes_it_at_its_next_try() {
+    let held = lease("a", 10, 4, "7");
+    let released = Elector::new(config("a"))
+        .release(&held, wall(12))
+        .expect("a holds it");
+    let spec = released.spec.as_ref().expect("spec");
+    assert_eq!(spec.holder_identity, None);
+    assert_eq!(spec.lease_duration_seconds, Some(1));
+    assert_eq!(spec.renew_time, Some(MicroTime(wall(12))));
+    assert_eq!(spec.lease_transitions, Some(4));
+    assert_eq!(released.metadata.resource_version.as_deref(), Some("7"));
+
+    // A standby that saw `a` renew just now takes it at once, not 15 s later.
+    let mut b = Elector::new(config("b"));
+    let now = Instant::now();
+    assert!(matches!(
+        b.step(Some(&held), now, wall(10)),
+        Step::Follow { .. }
+    ));
+    let step = b.step(Some(&released), now + Duration::from_secs(1), wall(13));
+    assert_eq!(holder(&step), ("b", 5, Some("7")));
+}
+
+#[test]
+fn a_lease_another_holds_is_not_released() {
+    assert_eq!(
+        Elector::new(config("a")).release(&lease("b", 10, 4, "7"), wall(12)),
+        None
+    );
+}
+
+#[tokio::test]
+async fn release_writes_the_lease_back_with_the_version_read_and_leaves_a_taken_one() {
+    let (client, mut api) = ApiServer::new();
+    let leases: Api<Lease> = Api::namespaced(client, "sluice-system");
+    let round = tokio::spawn(async move {
+        let r = release(&leases, &config("a")).await;
+        (r.map_err(|e| e.to_string()), leases)
+    });
+    let mine = serde_json::to_value(lease("a", 0, 2, "41")).expect("json");
+    api.expect(Method::GET, LEASE).await.respond(200, &mine);
+    let call = api.expect(Method::PUT, LEASE).await;
+    assert_eq!(call.body["metadata"]["resourceVersion"], "41");
+    assert_eq!(call.body["spec"].get("holderIdentity"), None);
+    assert_eq!(call.body["spec"]["leaseDurationSeconds"], 1);
+    assert_eq!(call.body["spec"]["leaseTransitions"], 2);
+    call.echo(200);
+    let (r, leases) = round.await.expect("round");
+    assert_eq!(r, Ok(true));
+
+    // Taken by another since: nothing is written.
+    let round = tokio::spawn(async move {
+        release(&leases, &config("a"))
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let theirs = serde_json::to_value(lease("b", 0, 3, "42")).expect("json");
+    api.expect(Method::GET, LEASE).await.respond(200, &theirs);
+    assert_eq!(round.await.expect("round"), Ok(false));
+}

@@ -130,6 +130,8 @@ pub struct ControlServer {
     followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The two ports, which end once `stop` turns true.
     ports: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The Lease this replica holds (`--leader-elect`), handed back at shutdown.
+    leadership: Mutex<Option<super::kube::Leadership>>,
 }
 
 impl ControlServer {
@@ -137,11 +139,12 @@ impl ControlServer {
     /// applies, adopts the node's workloads, then serves.
     pub async fn start(opts: ControlOptions) -> Result<Self, String> {
         let mut followers = Vec::new();
+        let mut leadership = None;
         let kube = match &opts.kube {
             Some(k) => {
                 let client = k.client().await?;
                 if let Some(lease) = &k.lease {
-                    followers.push(super::kube::lead(client.clone(), lease.clone()).await);
+                    leadership = Some(super::kube::lead(client.clone(), lease.clone()).await);
                 }
                 Some((client, k.inject.clone()))
             }
@@ -312,6 +315,7 @@ impl ControlServer {
             stop,
             followers: Mutex::new(followers),
             ports: Mutex::new(ports),
+            leadership: Mutex::new(leadership),
         })
     }
 
@@ -324,7 +328,8 @@ impl ControlServer {
         self.admin
     }
 
-    /// Drains and stops its own pods (a node's stay), then closes both ports.
+    /// Drains and stops its own pods (a node's stay), then closes both ports; a leader
+    /// then hands its Lease back, once it no longer acts.
     pub async fn shutdown(&self) {
         if let Some(s) = &self.supervisor {
             s.shutdown().await;
@@ -341,6 +346,10 @@ impl ControlServer {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             task.abort();
+        }
+        let leadership = self.leadership.lock().take();
+        if let Some(l) = leadership {
+            l.release().await;
         }
     }
 }

@@ -603,26 +603,113 @@ pub async fn client(api: Option<&http::Uri>) -> Result<Client, String> {
     }
 }
 
-/// Waits until this replica holds the Lease. The returned task keeps it, and ends the
-/// process the moment it is lost: a replica that no longer leads must not act, and
+/// This replica's leadership, from [`lead`]: kept (renewed) until it is released or the
+/// process ends; losing it ends the process.
+pub struct Leadership {
+    client: Client,
+    lease: LeaseConfig,
+    /// Renews the Lease.
+    campaign: tokio::task::JoinHandle<()>,
+    /// Ends the process once the Lease is lost.
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a stopping replica tries to hand its Lease back.
+const RELEASE_LIMIT: Duration = Duration::from_secs(2);
+
+impl Leadership {
+    /// Stops renewing and hands the Lease back, as a replica that stops for a rolling
+    /// update or a drain does once it no longer acts: a standby takes over at its next
+    /// try (a retry period) instead of a whole lease duration later. Best effort, for at
+    /// most [`RELEASE_LIMIT`]: if the API server does not answer, the Lease expires as
+    /// after a crash.
+    pub async fn release(self) {
+        self.keeper.abort();
+        self.campaign.abort();
+        let _ = self.campaign.await;
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client, &self.lease.namespace);
+        let name = &self.lease.name;
+        match tokio::time::timeout(
+            RELEASE_LIMIT,
+            sluice_kube::lease::release(&api, &self.lease),
+        )
+        .await
+        {
+            Ok(Ok(true)) => tracing::info!(lease = %name, "lease released"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "releasing the lease"),
+            Err(_) => {
+                tracing::warn!(lease = %name, "releasing the lease: no answer in {RELEASE_LIMIT:?}")
+            }
+        }
+    }
+}
+
+/// Waits until this replica holds the Lease; the leadership returned keeps it, and ends
+/// the process the moment it is lost: a replica that no longer leads must not act, and
 /// Kubernetes starts it again as a standby.
-pub async fn lead(client: Client, lease: LeaseConfig) -> tokio::task::JoinHandle<()> {
+pub async fn lead(client: Client, lease: LeaseConfig) -> Leadership {
     let (tx, mut leading) = tokio::sync::watch::channel(false);
     tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting to lead");
-    let campaign = tokio::spawn(sluice_kube::lease::run(client, lease, tx));
+    let campaign = tokio::spawn(sluice_kube::lease::run(client.clone(), lease.clone(), tx));
     let _ = leading.wait_for(|l| *l).await;
-    tokio::spawn(async move {
+    let keeper = tokio::spawn(async move {
         let _ = leading.wait_for(|l| !*l).await;
         tracing::error!("lost the lease: stopping, so that only the leader acts");
-        campaign.abort();
         std::process::exit(1);
-    })
+    });
+    Leadership {
+        client,
+        lease,
+        campaign,
+        keeper,
+    }
+}
+
+/// Hands a [`lead_blocking`] Lease back when dropped or [`LeaseGuard::release`]d.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    done: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl LeaseGuard {
+    /// Stops renewing and hands the Lease back ([`Leadership::release`]); returns once it
+    /// is done or [`RELEASE_LIMIT`] has passed.
+    pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        if let (Some(tx), Some(done)) = (self.release.take(), self.done.take()) {
+            let _ = tx.send(());
+            let _ = done.recv_timeout(RELEASE_LIMIT + Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.release_now();
+    }
 }
 
 /// For a component with its own runtime (the autoscaler): blocks until this replica holds
-/// the Lease, then keeps it from a thread of its own, ending the process if it is lost.
-pub fn lead_blocking(api: Option<http::Uri>, lease: LeaseConfig) -> Result<(), String> {
+/// the Lease, then keeps it from a thread of its own, ending the process if it is lost,
+/// until the guard is released.
+pub fn lead_blocking(api: Option<http::Uri>, lease: LeaseConfig) -> Result<LeaseGuard, String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("lease".to_owned())
         .spawn(move || {
@@ -644,13 +731,20 @@ pub fn lead_blocking(api: Option<http::Uri>, lease: LeaseConfig) -> Result<(), S
                         return;
                     }
                 };
-                let keeper = lead(client, lease).await;
+                let leadership = lead(client, lease).await;
                 let _ = ready_tx.send(Ok(()));
-                let _ = keeper.await;
+                // Until the guard asks (or is gone): the renewals run meanwhile.
+                let _ = tokio::task::spawn_blocking(move || release_rx.recv()).await;
+                leadership.release().await;
+                let _ = done_tx.send(());
             });
         })
         .map_err(|e| format!("lease thread: {e}"))?;
     ready_rx
         .recv()
-        .unwrap_or_else(|_| Err("the lease thread ended".to_owned()))
+        .unwrap_or_else(|_| Err("the lease thread ended".to_owned()))?;
+    Ok(LeaseGuard {
+        release: Some(release_tx),
+        done: Some(done_rx),
+    })
 }
