@@ -281,6 +281,53 @@ pub fn revision_status(
     }
 }
 
+/// An event for `kubectl describe` to show: a Warning or a Normal one, its reason (in
+/// `PascalCase`) and its note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// What a change of an object's `Ready` condition from `before` to `after` tells a user:
+/// it became ready (`ready`, the note), or it is not ready with a reason or a message it
+/// did not have (a Warning with that reason and message). `before` is `None` when it is
+/// not known (a control plane just started): becoming ready is then not news, a failure
+/// still is.
+pub fn ready_notice(
+    before: Option<&[Condition]>,
+    after: &[Condition],
+    ready: &str,
+) -> Option<Notice> {
+    let find = |cs: &[Condition]| cs.iter().find(|c| c.type_ == "Ready").cloned();
+    let now = find(after)?;
+    let was = before.and_then(find);
+    let same = |w: &Condition| {
+        w.status == now.status && w.reason == now.reason && w.message == now.message
+    };
+    if was.as_ref().is_some_and(same) {
+        return None;
+    }
+    match now.status.as_str() {
+        "True" if was.is_some() => Some(Notice {
+            warning: false,
+            reason: "Ready".to_owned(),
+            note: ready.to_owned(),
+        }),
+        "False" => Some(Notice {
+            warning: true,
+            reason: if now.reason.is_empty() {
+                "NotReady".to_owned()
+            } else {
+                now.reason.clone()
+            },
+            note: now.message.clone(),
+        }),
+        _ => None,
+    }
+}
+
 fn cond(type_: &str, status: &str, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.to_owned(),

@@ -274,17 +274,22 @@ fn the_revision_crd_shows_knatives_columns_and_the_control_plane_may_write_revis
     }
 }
 
-#[test]
-fn the_control_plane_may_list_and_watch_pods_and_nothing_more_of_them() {
-    let verbs: Vec<String> = documents("sluice.yaml")
+/// The verbs `sluice-control`'s ClusterRole grants on `resource` of API group `group`.
+fn control_verbs(group: &str, resource: &str) -> Vec<String> {
+    documents("sluice.yaml")
         .iter()
         .filter(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "sluice-control")
         .flat_map(|d| round_trip::<ClusterRole>(d).rules.unwrap_or_default())
         .filter(|r| {
-            r.api_groups.iter().flatten().any(String::is_empty)
-                && r.resources.iter().flatten().any(|x| x == "pods")
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
         })
         .flat_map(|r| r.verbs)
-        .collect();
-    assert_eq!(verbs, ["list", "watch"]);
+        .collect()
+}
+
+#[test]
+fn the_control_plane_may_read_pods_and_create_events_and_nothing_more_of_them() {
+    assert_eq!(control_verbs("", "pods"), ["list", "watch"]);
+    assert_eq!(control_verbs("events.k8s.io", "events"), ["create"]);
 }

@@ -420,6 +420,22 @@ impl Cluster {
         }
     }
 
+    /// The events regarding one of Knative's objects in `default`, oldest first (what
+    /// `kubectl describe` shows).
+    async fn events_about(&self, kind: &str, name: &str) -> Vec<Value> {
+        let list = self
+            .get("/apis/events.k8s.io/v1/namespaces/default/events")
+            .await
+            .unwrap_or(Value::Null);
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name)
+            .cloned()
+            .collect()
+    }
+
     /// The holder of one of Sluice's Leases (`sluice-control`, `sluice-autoscaler`).
     async fn holder(&self, lease: &str) -> Option<String> {
         let lease = self.get(&format!("{LEASES}/{lease}")).await?;
@@ -731,6 +747,41 @@ async fn scale(c: &Cluster) {
     .await;
     // The Service stays Ready at zero, as in Knative.
     c.ready("autoscale-go", 1).await;
+    // `kubectl describe revision` shows each rescale with the rule that set it (events are
+    // published at the status tick, so the last may come a second after the scale).
+    let rescales = async || -> Vec<String> {
+        c.events_about("Revision", "autoscale-go-00001")
+            .await
+            .iter()
+            .filter(|e| e["reason"] == "SuccessfulRescale" && e["type"] == "Normal")
+            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    c.until(
+        "the rescale to 0 told",
+        c.patience(Duration::from_secs(10)),
+        async || {
+            rescales()
+                .await
+                .iter()
+                .any(|n| n.starts_with("New size: 0;"))
+                .then(String::new)
+        },
+    )
+    .await;
+    let notes = rescales().await;
+    let sizes: Vec<&str> = notes
+        .iter()
+        .filter_map(|n| n.strip_prefix("New size: ")?.split(';').next())
+        .collect();
+    assert!(sizes.contains(&most.to_string().as_str()), "{notes:?}");
+    assert!(sizes.contains(&"0"), "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .all(|n| n.contains("; reason: ") && !n.ends_with("reason: ")),
+        "{notes:?}"
+    );
 
     // A request at zero waits in the activator for a pod, and is answered.
     let reply = c
@@ -1433,6 +1484,38 @@ async fn pod_failures(c: &Cluster) {
     assert_eq!(
         pods["items"][0]["metadata"]["ownerReferences"][0]["name"],
         "crash-00001-deployment"
+    );
+
+    // And as `kubectl describe` shows them: Warnings on the Revisions, naming the object
+    // by uid; the Services' revisions created.
+    let warning = |events: &[Value], reason: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "Warning" && e["reason"] == reason)
+            .cloned()
+            .unwrap_or_else(|| panic!("a {reason} Warning in {events:?}"))
+    };
+    let crash_events = c.events_about("Revision", "crash-00001").await;
+    let crashed = warning(&crash_events, "ExitCode1");
+    assert_eq!(crashed["note"], exited);
+    assert_eq!(
+        crashed["regarding"]["uid"],
+        revision("crash-00001").await["metadata"]["uid"]
+    );
+    assert_eq!(crashed["reportingController"], "sluice-control");
+    let pull_events = c.events_about("Revision", "pull-00001").await;
+    assert_eq!(warning(&pull_events, "ImagePullBackOff")["note"], pulling);
+    let created = c.events_about("Service", "pull").await;
+    assert!(
+        created
+            .iter()
+            .any(|e| e["reason"] == "Created" && e["note"] == "Created Revision \"pull-00001\""),
+        "{created:?}"
+    );
+    assert!(
+        warning(&created, "RevisionFailed")["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("pull-00001"))
     );
 }
 

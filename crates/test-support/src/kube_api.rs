@@ -108,6 +108,15 @@ const KINDS: &[Kind] = &[
         scale: false,
     },
     Kind {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
+        status: false,
+        scale: false,
+    },
+    Kind {
         group: "coordination.k8s.io",
         version: "v1",
         plural: "leases",

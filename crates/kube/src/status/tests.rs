@@ -273,3 +273,52 @@ fn an_image_that_cannot_be_pulled_leaves_resources_unavailable_and_a_refusal_com
     let s = revision_status(&f, Some(&s), at(1));
     assert_eq!(revision_condition(&s, "Ready"), ("False", "RevisionFailed"));
 }
+
+fn ready(status: &str, reason: &str, message: &str) -> Vec<Condition> {
+    vec![Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        last_transition_time: None,
+        reason: reason.into(),
+        message: message.into(),
+    }]
+}
+
+#[test]
+fn a_change_of_ready_is_told_once_a_failure_as_a_warning() {
+    let deploying = ready("Unknown", "Deploying", "");
+    let up = ready("True", "", "");
+    let crashed = ready("False", "ExitCode1", "Container failed with: boom");
+    let note = "Revision x is ready";
+    assert_eq!(ready_notice(None, &deploying, note), None);
+    assert_eq!(
+        ready_notice(Some(&deploying), &up, note),
+        Some(Notice {
+            warning: false,
+            reason: "Ready".into(),
+            note: note.into()
+        })
+    );
+    assert_eq!(
+        ready_notice(Some(&up), &up, note),
+        None,
+        "no change, no event"
+    );
+    // Ready when the control plane started: not news.
+    assert_eq!(ready_notice(None, &up, note), None);
+    let warned = Some(Notice {
+        warning: true,
+        reason: "ExitCode1".into(),
+        note: "Container failed with: boom".into(),
+    });
+    assert_eq!(ready_notice(Some(&up), &crashed, note), warned);
+    // A failure is told even when what came before is not known.
+    assert_eq!(ready_notice(None, &crashed, note), warned);
+    assert_eq!(ready_notice(Some(&crashed), &crashed, note), None);
+    // Still failing, for another reason: told.
+    let pulled = ready("False", "ImagePullBackOff", "Back-off pulling image");
+    assert_eq!(
+        ready_notice(Some(&crashed), &pulled, note).map(|n| n.reason),
+        Some("ImagePullBackOff".into())
+    );
+}

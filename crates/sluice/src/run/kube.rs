@@ -20,8 +20,8 @@ use sluice_kube::backend::{FIELD_MANAGER, knative_service};
 use sluice_kube::lease::LeaseConfig;
 use sluice_kube::pods::{PodFailure, first_failures};
 use sluice_kube::status::{
-    Facts, RevisionFacts, RevisionStatus, ServiceStatus, TrafficFact, revision_status,
-    service_status,
+    Facts, Notice, RevisionFacts, RevisionStatus, ServiceStatus, TrafficFact, ready_notice,
+    revision_status, service_status,
 };
 
 use super::desired::Desired;
@@ -37,6 +37,10 @@ struct Objects {
     services: HashMap<(String, String), Seen>,
     /// Each revision's status as last written on its `Revision` object.
     revisions: HashMap<RevisionKey, RevisionStatus>,
+    /// Each `Revision` object's uid, from its last status write (events name it).
+    revision_uids: HashMap<RevisionKey, String>,
+    /// The replicas each revision's autoscaler decision last set (for its events).
+    scaled: HashMap<RevisionKey, i32>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +55,8 @@ struct Seen {
     refused: Option<String>,
     /// Its status as last read or written.
     status: Option<ServiceStatus>,
+    /// The object's uid (events name it).
+    uid: Option<String>,
 }
 
 /// Follows every `Service` object until the task is aborted: applies each to `desired`,
@@ -291,6 +297,7 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
             return;
         }
         seen.planned = Some(generation);
+        seen.uid.clone_from(&o.metadata.uid);
         seen.status = seen.status.take().or(status);
     }
     // The manifest as a user would have written it: what the API server adds (uid,
@@ -344,6 +351,7 @@ async fn write_statuses(
     objects: Arc<Mutex<Objects>>,
     pods: Store<Pod>,
 ) {
+    let events = Events::new(client.clone());
     let mut tick = tokio::time::interval(STATUS_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -353,6 +361,13 @@ async fn write_statuses(
         let failing = first_failures(pods.state().iter().map(AsRef::as_ref));
         let changed = statuses(&desired, &world, &objects.lock(), &failing);
         for ((ns, name), status) in changed {
+            let (before, uid) = objects
+                .lock()
+                .services
+                .get(&(ns.clone(), name.clone()))
+                .map(|s| (s.status.clone(), s.uid.clone()))
+                .unwrap_or_default();
+            let notices = service_notices(&name, before.as_ref(), &status);
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &ns, &knative_service());
             let params = PatchParams {
@@ -365,6 +380,10 @@ async fn write_statuses(
                 .await
             {
                 Ok(_) => {
+                    let regarding = reference("Service", &ns, &name, uid);
+                    for n in notices {
+                        events.publish(&regarding, &n).await;
+                    }
                     if let Some(seen) = objects.lock().services.get_mut(&(ns, name)) {
                         seen.status = Some(status);
                     }
@@ -377,6 +396,12 @@ async fn write_statuses(
         }
         let changed = revision_statuses(&desired, &world, &mut objects.lock(), &failing);
         for (key, status) in changed {
+            let before = objects.lock().revisions.get(&key).cloned();
+            let notice = ready_notice(
+                before.as_ref().map(|b| b.conditions.as_slice()),
+                &status.conditions,
+                &format!("Revision {:?} is ready", key.name),
+            );
             let api: Api<DynamicObject> = Api::namespaced_with(
                 client.clone(),
                 &key.namespace,
@@ -391,8 +416,18 @@ async fn write_statuses(
                 .patch_status(&key.name, &params, &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {
-                    objects.lock().revisions.insert(key, status);
+                Ok(written) => {
+                    let uid = written.metadata.uid.clone();
+                    if let Some(n) = notice {
+                        let regarding =
+                            reference("Revision", &key.namespace, &key.name, uid.clone());
+                        events.publish(&regarding, &n).await;
+                    }
+                    let mut objs = objects.lock();
+                    if let Some(uid) = uid {
+                        objs.revision_uids.insert(key.clone(), uid);
+                    }
+                    objs.revisions.insert(key, status);
                 }
                 // Not made yet (its writes are queued): written at a later tick.
                 Err(kube::Error::Api(s)) if s.is_not_found() => {}
@@ -401,7 +436,136 @@ async fn write_statuses(
                 }
             }
         }
+        let rescaled = scale_notices(&desired, &world, &mut objects.lock());
+        for (regarding, n) in rescaled {
+            events.publish(&regarding, &n).await;
+        }
     }
+}
+
+/// Events regarding Sluice's objects, as `kubectl describe` shows them.
+#[derive(Clone)]
+struct Events {
+    client: Client,
+    reporter: kube::runtime::events::Reporter,
+}
+
+impl Events {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            reporter: kube::runtime::events::Reporter {
+                controller: "sluice-control".to_owned(),
+                instance: Some(hostname()),
+            },
+        }
+    }
+
+    /// Publishes one event; one the API server refuses is logged, and the status goes on.
+    async fn publish(&self, regarding: &k8s_openapi::api::core::v1::ObjectReference, n: &Notice) {
+        use kube::runtime::events::{Event, EventType, Recorder};
+        // A recorder of its own: kube-runtime's folds events of one reason into a series
+        // that keeps the first note, and each note here says something new.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let event = Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason.clone(),
+            note: Some(at_most(&n.note, 1024)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, regarding).await {
+            tracing::warn!(reason = %n.reason, error = %e, "publishing an event");
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary (an event's note is at most
+/// 1 kB).
+fn at_most(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// A reference to one of Knative's objects, for an event.
+fn reference(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    uid: Option<String>,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("serving.knative.dev/v1".to_owned()),
+        kind: Some(kind.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        uid,
+        ..Default::default()
+    }
+}
+
+/// What a Service's new status tells: a revision created, and a change of `Ready`.
+fn service_notices(
+    name: &str,
+    before: Option<&ServiceStatus>,
+    after: &ServiceStatus,
+) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let created = after.latest_created_revision_name.as_ref();
+    if created.is_some() && created != before.and_then(|b| b.latest_created_revision_name.as_ref())
+    {
+        out.extend(created.map(|r| Notice {
+            warning: false,
+            reason: "Created".to_owned(),
+            note: format!("Created Revision {r:?}"),
+        }));
+    }
+    out.extend(ready_notice(
+        before.map(|b| b.conditions.as_slice()),
+        &after.conditions,
+        &format!("Service {name:?} is ready"),
+    ));
+    out
+}
+
+/// A `SuccessfulRescale` event for each revision whose autoscaler set other replicas since
+/// the last tick, with the rule that set them (not for the first decision seen).
+fn scale_notices(
+    desired: &Desired,
+    world: &super::world::World,
+    objects: &mut Objects,
+) -> Vec<(k8s_openapi::api::core::v1::ObjectReference, Notice)> {
+    let mut out = Vec::new();
+    for s in world.services.values() {
+        for r in &s.revisions {
+            let key = RevisionKey::new(&s.namespace, &r.name);
+            let Some(d) = desired.control.decision(&key).filter(|d| d.replicas >= 0) else {
+                continue;
+            };
+            let before = objects.scaled.insert(key.clone(), d.replicas);
+            if before.is_none_or(|b| b == d.replicas) {
+                continue;
+            }
+            let why = d.reason.map(|r| r.message).unwrap_or_default();
+            let uid = objects.revision_uids.get(&key).cloned();
+            out.push((
+                reference("Revision", &key.namespace, &key.name, uid),
+                Notice {
+                    warning: false,
+                    reason: "SuccessfulRescale".to_owned(),
+                    note: format!("New size: {}; reason: {why}", d.replicas),
+                },
+            ));
+        }
+    }
+    out
 }
 
 /// The `Revision` statuses that differ from those last written; revisions gone are
@@ -439,6 +603,8 @@ fn revision_statuses(
         }
     }
     objects.revisions.retain(|k, _| live.contains(k));
+    objects.revision_uids.retain(|k, _| live.contains(k));
+    objects.scaled.retain(|k, _| live.contains(k));
     out
 }
 
