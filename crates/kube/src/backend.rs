@@ -194,19 +194,36 @@ impl KubeBackend {
     /// task runs: one deleted while its revision runs (by hand, or missed while the watch
     /// was down) is made again, at the replicas last set. Edits are not put back yet.
     pub async fn follow_deployments(self: Arc<Self>, client: Client) {
-        let api: Api<Deployment> = Api::all(client);
+        self.follow_owned(Api::<Deployment>::all(client), "deployment")
+            .await;
+    }
+
+    /// The same for the revisions' private Services: one deleted comes back, so its
+    /// EndpointSlices (the ready pods) do.
+    pub async fn follow_services(self: Arc<Self>, client: Client) {
+        self.follow_owned(Api::<Service>::all(client), "private service")
+            .await;
+    }
+
+    /// Watches objects of one kind labelled with a revision; a running revision whose
+    /// object is deleted, or missing from a relist, gets its create (which makes only
+    /// what is missing) and its last scale queued again.
+    async fn follow_owned<K>(self: Arc<Self>, api: Api<K>, what: &'static str)
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    {
         let config = watcher::Config::default().labels(REVISION_LABEL);
         let mut events = std::pin::pin!(watcher(api, config).default_backoff());
         let mut listed: Option<std::collections::HashSet<RevisionKey>> = None;
         while let Some(event) = events.next().await {
             let gone: Vec<RevisionKey> = match event {
-                Ok(watcher::Event::Delete(d)) => revision_of(&d).into_iter().collect(),
+                Ok(watcher::Event::Delete(o)) => revision_of(o.meta()).into_iter().collect(),
                 Ok(watcher::Event::Init) => {
                     listed = Some(std::collections::HashSet::new());
                     continue;
                 }
-                Ok(watcher::Event::InitApply(d)) => {
-                    if let (Some(l), Some(key)) = (&mut listed, revision_of(&d)) {
+                Ok(watcher::Event::InitApply(o)) => {
+                    if let (Some(l), Some(key)) = (&mut listed, revision_of(o.meta())) {
                         l.insert(key);
                     }
                     continue;
@@ -225,7 +242,7 @@ impl KubeBackend {
                 }
                 Ok(watcher::Event::Apply(_)) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "watching Deployments");
+                    tracing::warn!(error = %e, "watching the revisions' {what}s");
                     continue;
                 }
             };
@@ -235,7 +252,7 @@ impl KubeBackend {
                 };
                 tracing::warn!(
                     revision = %key.name, namespace = %key.namespace,
-                    "its deployment is gone while the revision runs: made again"
+                    "its {what} is gone while the revision runs: made again"
                 );
                 self.queue(Op::Create(Box::new(spec)));
                 if let Some(replicas) = replicas {
@@ -622,9 +639,11 @@ fn failure(doing: String, e: kube::Error) -> Failure {
 }
 
 /// The revision a Deployment of Sluice's runs.
-fn revision_of(d: &Deployment) -> Option<RevisionKey> {
-    let name = d.metadata.labels.as_ref()?.get(REVISION_LABEL)?;
-    Some(RevisionKey::new(d.metadata.namespace.as_deref()?, name))
+fn revision_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<RevisionKey> {
+    let name = meta.labels.as_ref()?.get(REVISION_LABEL)?;
+    Some(RevisionKey::new(meta.namespace.as_deref()?, name))
 }
 
 /// A delete that found nothing succeeded.

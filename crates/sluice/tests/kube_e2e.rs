@@ -1701,6 +1701,21 @@ fn kube_e2e_a_deleted_deployment_comes_back_and_serves() {
             (reply.status.as_u16(), reply.text()),
             (200, "Hello drift!\n".to_owned())
         );
+
+        // The private Service (whose EndpointSlices say which pods are ready) too.
+        let path = "/api/v1/namespaces/default/services/drift-00001-private";
+        let uid = c.get(path).await.expect("the private service")["metadata"]["uid"].clone();
+        assert!(c.delete(path).await);
+        c.until("the private service made again", limit, async || {
+            let s = c.get(path).await.unwrap_or(Value::Null);
+            (!s.is_null() && s["metadata"]["uid"] != uid).then(String::new)
+        })
+        .await;
+        let reply = c.get_through_gateway("drift.default.example.com").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello drift!\n".to_owned())
+        );
         c.shutdown().await;
     });
 }

@@ -177,6 +177,11 @@ impl ControlServer {
                         .follow_deployments(client.clone())
                         .instrument(tracing::info_span!("deployments")),
                 ));
+                followers.push(tokio::spawn(
+                    Arc::clone(&backend)
+                        .follow_services(client.clone())
+                        .instrument(tracing::info_span!("private_services")),
+                ));
                 kube_backend = Some(Arc::clone(&backend));
                 (backend as Arc<dyn Backend>, None, None)
             }
