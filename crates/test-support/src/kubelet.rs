@@ -248,16 +248,8 @@ impl Ctr {
 fn log_tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(80).collect();
-    let mut tail = lines.into_iter().rev().collect::<Vec<_>>().join("\n");
-    while tail.len() > 2048 {
-        let cut = tail
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|i| tail.len() - i <= 2048)
-            .unwrap_or(tail.len());
-        tail = tail[cut..].to_owned();
-    }
-    tail
+    let tail = lines.into_iter().rev().collect::<Vec<_>>().join("\n");
+    tail[tail.ceil_char_boundary(tail.len().saturating_sub(2048))..].to_owned()
 }
 
 impl Kubelet {

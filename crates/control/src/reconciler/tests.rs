@@ -283,18 +283,24 @@ fn the_latest_revision_takes_traffic_only_once_ready_and_never_goes_back() {
     assert!(reachability(&out).contains(&("hello-00003".into(), false)));
 }
 
+/// hello-00001 and hello-00002 added, and their Service sending all traffic to the latest.
+fn two_revisions_on_latest(r: &mut Reconciler) -> Vec<Action> {
+    r.add_revision(spec("hello-00001", 0)).expect("added");
+    r.add_revision(spec("hello-00002", 0)).expect("added");
+    r.set_service(service(
+        &["hello-00001", "hello-00002"],
+        vec![target(None, 100)],
+    ))
+    .expect("set")
+}
+
 #[test]
 fn a_revision_ready_before_a_restart_keeps_its_traffic_and_one_made_at_zero_is_ready() {
     let mut r = Reconciler::new();
     // A restarted control plane learns from the status that 00001 was ready, before it
     // plans the revisions; 00002 (never ready) does not take the traffic.
     assert!(r.was_ready(key("hello-00001")).is_empty());
-    r.add_revision(spec("hello-00001", 0)).expect("added");
-    r.add_revision(spec("hello-00002", 0)).expect("added");
-    let both = ["hello-00001", "hello-00002"];
-    let out = r
-        .set_service(service(&both, vec![target(None, 100)]))
-        .expect("set");
+    let out = two_revisions_on_latest(&mut r);
     assert_eq!(served(&out), Some(vec![("hello-00001".into(), 100)]));
     // Learnt after the revision: the traffic moves.
     let out = r.was_ready(key("hello-00002"));
@@ -310,12 +316,7 @@ fn a_revision_ready_before_a_restart_keeps_its_traffic_and_one_made_at_zero_is_r
 #[test]
 fn with_no_revision_ready_the_latest_goes_to_the_newest_that_still_exists() {
     let mut r = Reconciler::new();
-    r.add_revision(spec("hello-00001", 0)).expect("added");
-    r.add_revision(spec("hello-00002", 0)).expect("added");
-    let both = ["hello-00001", "hello-00002"];
-    let out = r
-        .set_service(service(&both, vec![target(None, 100)]))
-        .expect("set");
+    let out = two_revisions_on_latest(&mut r);
     assert_eq!(served(&out), Some(vec![("hello-00002".into(), 100)]));
     let out = r.remove_revision(&key("hello-00002"));
     assert_eq!(

@@ -487,11 +487,7 @@ impl Events {
 /// `s` cut to at most `max` bytes, on a character boundary (an event's note is at most
 /// 1 kB).
 fn at_most(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    s[..s.floor_char_boundary(max)].to_owned()
 }
 
 /// A reference to one of Knative's objects, for an event.
