@@ -32,6 +32,8 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 mod common;
+#[path = "kube_e2e/kubectl.rs"]
+mod kubectl;
 
 use common::{
     assert_all_200, assert_hey_all_200, background_load, example, rolled_back, seed_load,
@@ -63,6 +65,8 @@ fn fast_config() -> Value {
 struct Cluster {
     /// Every API call of the tests goes through it, in both modes.
     kube: kube::Client,
+    /// A kubeconfig naming the cluster, for `kubectl`.
+    kubeconfig: PathBuf,
     gateway: SocketAddr,
     /// The image the control plane injects as the queue-proxy.
     queue_proxy_image: String,
@@ -115,6 +119,7 @@ impl Cluster {
     /// A real cluster with Sluice installed: the tests' Services are deleted first (left
     /// by a failed run), and `config-autoscaler` gets the tests' 6 s windows until the end.
     async fn real(kubeconfig: &std::path::Path, gateway: SocketAddr) -> Self {
+        let path = kubeconfig.to_owned();
         let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)
             .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()));
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -123,6 +128,7 @@ impl Cluster {
         let kube = kube::Client::try_from(config).expect("a client");
         let mut c = Self {
             kube,
+            kubeconfig: path,
             gateway,
             queue_proxy_image: String::new(),
             slack: 4,
@@ -160,6 +166,24 @@ impl Cluster {
         std::fs::create_dir_all(logs.join("pods")).expect("log dir");
         let kube = kube::Client::try_from(kube::Config::new(api.url().parse().expect("url")))
             .expect("client");
+        // Installed as on a cluster: Knative's CRDs (discovery lists their kinds).
+        let crds = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/serving-crd.yaml"),
+        )
+        .expect("deploy/serving-crd.yaml");
+        for doc in crds.split("\n---") {
+            let crd: Value = serde_norway::from_str(doc).expect("a CRD");
+            if !crd.is_null() {
+                let path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+                assert_eq!(api.apply_object(path, crd), 201);
+            }
+        }
+        let kubeconfig = logs.join("kubeconfig.yaml");
+        std::fs::write(
+            &kubeconfig,
+            sluice_test_support::kube_api::kubeconfig(&api.url()),
+        )
+        .expect("kubeconfig");
         let sample = vec![exe(), "sample-app".to_owned()];
         let kubelet = Kubelet::start(
             kube.clone(),
@@ -182,6 +206,7 @@ impl Cluster {
             (free_addr(), free_addr(), free_addr(), free_addr());
         let mut c = Self {
             kube,
+            kubeconfig,
             gateway,
             queue_proxy_image: "sluice-queue-proxy:latest".to_owned(),
             slack: 1,

@@ -378,3 +378,192 @@ async fn a_pod_template_a_real_api_server_refuses_is_refused_422_naming_the_fiel
         json!(ok.metadata.resource_version)
     );
 }
+
+/// `GET path` with `accept`, as JSON.
+async fn raw_get(api: &KubeApi, path: &str, accept: &str) -> (u16, Value) {
+    let c = client(api).await;
+    let req = http::Request::get(path)
+        .header(http::header::ACCEPT, accept)
+        .body(Vec::new())
+        .expect("request");
+    match c.request::<Value>(req).await {
+        Ok(v) => (200, v),
+        Err(kube::Error::Api(s)) => (s.code, Value::Null),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+fn knative_crd(plural: &str, kind: &str, short: &[&str]) -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.serving.knative.dev")},
+        "spec": {
+            "group": "serving.knative.dev", "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind,
+                      "shortNames": short, "categories": ["all", "knative"]},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Ready", "type": "string",
+                     "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
+                ]}],
+        },
+    })
+}
+
+#[tokio::test]
+async fn discovery_lists_built_in_kinds_and_custom_ones_once_their_crd_is_stored() {
+    let api = KubeApi::start().await;
+    let (code, apps) = raw_get(&api, "/apis/apps/v1", "application/json").await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> = apps["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["deployments", "deployments/status", "deployments/scale"]
+    );
+    assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
+    assert_eq!(apps["resources"][2]["kind"], "Scale");
+    assert_eq!(apps["resources"][2]["group"], "autoscaling");
+
+    // No CRD, no Knative group.
+    let (_, groups) = raw_get(&api, "/apis", "application/json").await;
+    let has_knative = |groups: &Value| {
+        groups["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .any(|g| g["name"] == "serving.knative.dev")
+    };
+    assert!(!has_knative(&groups));
+    assert_eq!(
+        raw_get(&api, "/apis/serving.knative.dev/v1", "application/json")
+            .await
+            .0,
+        404
+    );
+
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    assert_eq!(
+        api.create_object(crds, knative_crd("services", "Service", &["ksvc"])),
+        201
+    );
+    let (_, groups) = raw_get(&api, "/apis", "application/json").await;
+    assert!(has_knative(&groups));
+    let (_, knative) = raw_get(&api, "/apis/serving.knative.dev/v1", "application/json").await;
+    assert_eq!(knative["resources"][0]["name"], "services");
+    assert_eq!(knative["resources"][0]["shortNames"], json!(["ksvc"]));
+    assert_eq!(
+        knative["resources"][0]["categories"],
+        json!(["all", "knative"])
+    );
+    assert_eq!(knative["resources"][1]["name"], "services/status");
+    // Only the stored CRD's kinds: no revisions yet.
+    assert_eq!(knative["resources"].as_array().map(Vec::len), Some(2));
+
+    // OpenAPI v3 names every group version, each with a PATCH per kind.
+    let (_, index) = raw_get(&api, "/openapi/v3", "application/json").await;
+    let url = index["paths"]["apis/serving.knative.dev/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("the Knative group's document");
+    let (_, doc) = raw_get(
+        &api,
+        url.split('?').next().expect("path"),
+        "application/json",
+    )
+    .await;
+    let patch = &doc["paths"]["/apis/serving.knative.dev/v1/namespaces/{namespace}/services/{name}"]
+        ["patch"];
+    assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Service");
+    assert_eq!(patch["parameters"][0]["name"], "fieldValidation");
+}
+
+#[tokio::test]
+async fn kubectls_table_from_a_crds_printer_columns_and_core_events_filtered_by_field() {
+    let api = KubeApi::start().await;
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    assert_eq!(
+        api.create_object(crds, knative_crd("services", "Service", &["ksvc"])),
+        201
+    );
+    let ksvcs = "/apis/serving.knative.dev/v1/namespaces/default/services";
+    for name in ["a", "b"] {
+        assert_eq!(
+            api.create_object(ksvcs, json!({"metadata": {"name": name}})),
+            201
+        );
+    }
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    let c = client(&api).await;
+    let req = http::Request::patch(format!("{ksvcs}/a/status"))
+        .header(http::header::CONTENT_TYPE, "application/merge-patch+json")
+        .body(serde_json::to_vec(&status).expect("json"))
+        .expect("request");
+    c.request::<Value>(req).await.expect("status");
+
+    let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let (_, table) = raw_get(&api, ksvcs, accept).await;
+    assert_eq!(table["kind"], "Table");
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(columns, ["Name", "Ready"]);
+    assert_eq!(table["rows"][0]["cells"], json!(["a", "True"]));
+    assert_eq!(table["rows"][1]["cells"], json!(["b", "<none>"]));
+    assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    // One object, and a name picked by field.
+    let (_, one) = raw_get(&api, &format!("{ksvcs}/b"), accept).await;
+    assert_eq!(one["rows"][0]["cells"][0], "b");
+    let (_, by_name) = raw_get(
+        &api,
+        &format!("{ksvcs}?fieldSelector=metadata.name%3Db"),
+        "application/json",
+    )
+    .await;
+    assert_eq!(by_name["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(by_name["items"][0]["metadata"]["name"], "b");
+
+    // An events.k8s.io event is seen through core/v1, renamed, and read-only there.
+    let event = json!({
+        "metadata": {"name": "a.1"},
+        "regarding": {"kind": "Service", "name": "a", "namespace": "default"},
+        "reason": "Created", "note": "Created Revision \"a-00001\"", "type": "Normal",
+        "action": "Create", "reportingController": "sluice-control",
+        "reportingInstance": "host", "eventTime": "2026-12-07T00:00:00.000000Z",
+    });
+    assert_eq!(
+        api.create_object("/apis/events.k8s.io/v1/namespaces/default/events", event),
+        201
+    );
+    let core = "/api/v1/namespaces/default/events";
+    let (_, about_a) = raw_get(
+        &api,
+        &format!("{core}?fieldSelector=involvedObject.name%3Da,involvedObject.kind%3DService"),
+        "application/json",
+    )
+    .await;
+    assert_eq!(about_a["kind"], "EventList");
+    assert_eq!(
+        about_a["items"][0]["message"],
+        "Created Revision \"a-00001\""
+    );
+    assert_eq!(about_a["items"][0]["reportingComponent"], "sluice-control");
+    let (_, about_b) = raw_get(
+        &api,
+        &format!("{core}?fieldSelector=involvedObject.name%3Db"),
+        "application/json",
+    )
+    .await;
+    assert_eq!(about_b["items"], json!([]));
+    assert_eq!(
+        api.create_object(core, json!({"metadata": {"name": "x"}})),
+        405
+    );
+}
