@@ -7,9 +7,11 @@
 //! - [`backend`]: the control plane's [`sluice_control::Backend`] over them.
 //! - [`status`]: a Knative `Service`'s status, as Knative writes it.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
+//! - [`leader`]: the leader's address on its component's selector-less Service.
 
 pub mod backend;
 pub mod endpoints;
+pub mod leader;
 pub mod lease;
 pub mod pods;
 pub mod resources;

@@ -293,3 +293,115 @@ fn the_control_plane_may_read_pods_and_create_events_and_nothing_more_of_them() 
     assert_eq!(control_verbs("", "pods"), ["list", "watch"]);
     assert_eq!(control_verbs("events.k8s.io", "events"), ["create"]);
 }
+
+/// The port a `--flag=0.0.0.0:PORT` argument names.
+fn flag_port(args: &[String], flag: &str) -> Option<i32> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+        .and_then(|v| v.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+}
+
+#[test]
+fn elected_components_are_ready_as_standbys_and_their_services_reach_the_leader_alone() {
+    let docs = documents("sluice.yaml");
+    for (name, account) in [
+        ("control", "sluice-control"),
+        ("autoscaler", "sluice-autoscaler"),
+    ] {
+        let doc = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+            .expect("the Deployment");
+        let d: Deployment = round_trip(doc);
+        let pod = d.spec.expect("spec").template.spec.expect("pod spec");
+        let c = &pod.containers[0];
+        let args = c.args.clone().unwrap_or_default();
+        assert!(
+            args.contains(&format!("--leader-service={name}")),
+            "{name}: {args:?}"
+        );
+        // Readiness from the health port, which standbys serve too.
+        let health = flag_port(&args, "--health-listen").expect("--health-listen");
+        let ports = c.ports.clone().unwrap_or_default();
+        let port = |n: &str| {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(n))
+                .map(|p| p.container_port)
+        };
+        assert_eq!(port("health"), Some(health), "{name}");
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .expect("an HTTP readiness probe");
+        assert_eq!(probe.path.as_deref(), Some("/readyz"), "{name}");
+        assert_eq!(
+            serde_json::to_value(&probe.port).expect("port"),
+            serde_json::json!("health"),
+            "{name}"
+        );
+        // The leader's address, from the downward API.
+        let pod_ip = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "POD_IP")
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone());
+        assert_eq!(pod_ip.as_deref(), Some("status.podIP"), "{name}");
+        // No selector: the slice the leader writes is the Service's only endpoint, on the
+        // ports it listens on.
+        let svc: Service = round_trip(
+            docs.iter()
+                .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == name)
+                .expect("the Service"),
+        );
+        let spec = svc.spec.expect("spec");
+        assert_eq!(
+            spec.selector, None,
+            "{name}: a selector would reach standbys"
+        );
+        let grpc = flag_port(&args, "--listen").expect("--listen");
+        let target =
+            serde_json::to_value(&spec.ports.unwrap_or_default()[0].target_port).expect("json");
+        assert_eq!(
+            target,
+            serde_json::json!(grpc),
+            "{name}: a number (a slice has no port names to resolve)"
+        );
+        // One replica may go at a time (a drain, a rolling update).
+        let budget: PodDisruptionBudget = round_trip(
+            docs.iter()
+                .find(|d| d["kind"] == "PodDisruptionBudget" && d["metadata"]["name"] == name)
+                .expect("the budget"),
+        );
+        let b = budget.spec.expect("spec");
+        assert_eq!(
+            (
+                b.min_available,
+                b.max_unavailable
+                    .map(|v| serde_json::to_value(v).expect("json"))
+            ),
+            (None, Some(serde_json::json!(1))),
+            "{name}"
+        );
+        // Its account may write EndpointSlices in sluice-system, and no more of them.
+        let verbs: Vec<String> = docs
+            .iter()
+            .filter(|d| d["kind"] == "RoleBinding" && d["subjects"][0]["name"] == account)
+            .filter_map(|b| {
+                docs.iter().find(|r| {
+                    r["kind"] == "Role"
+                        && r["metadata"]["name"] == b["roleRef"]["name"]
+                        && r["metadata"]["namespace"] == "sluice-system"
+                })
+            })
+            .flat_map(|r| round_trip::<Role>(r).rules.unwrap_or_default())
+            .filter(|r| r.resources.iter().flatten().any(|x| x == "endpointslices"))
+            .flat_map(|r| r.verbs)
+            .collect();
+        assert_eq!(verbs, ["get", "create", "update"], "{name}");
+    }
+}

@@ -45,7 +45,7 @@ enum Command {
     },
     /// Run the control plane alone: the applied services, their pods (local processes),
     /// and the routes and endpoints feeds the other components follow.
-    Control(sluice::run::control::ControlArgs),
+    Control(Box<sluice::run::control::ControlArgs>),
     /// Run the autoscaler: stats in and decisions out over gRPC, metrics on HTTP.
     Autoscaler {
         #[command(flatten)]
@@ -75,14 +75,15 @@ fn main() -> ExitCode {
         Command::QueueProxy(args) => sluice_queue_proxy::main(*args),
         Command::SampleApp(args) => sluice_sample_app::main(args),
         Command::Run(args) => sluice::run::cli::run(args),
-        Command::Control(args) => sluice::run::control::main(args),
+        Command::Control(args) => sluice::run::control::main(*args),
         Command::Apply(args) => sluice::run::cli::apply(args),
         Command::Status(args) => sluice::run::cli::status(args),
     }
 }
 
-/// The autoscaler, once it leads when `--leader-elect` is given: a standby binds nothing,
-/// so the autoscaler's Service reaches the leader alone.
+/// The autoscaler, once it leads when `--leader-elect` is given: a standby binds only its
+/// `--health-listen` (answering readiness), and the leader's EndpointSlice on
+/// `--leader-service` makes the autoscaler's Service reach the leader alone.
 fn autoscaler(
     args: &sluice_autoscaler::server::Args,
     lease: &sluice::run::kube::LeaseArgs,
@@ -98,7 +99,12 @@ fn autoscaler(
         let Some(config) = config else {
             return sluice_autoscaler::server::main(args);
         };
-        let guard = match sluice::run::kube::lead_blocking(api, config) {
+        let h2c = Some("kubernetes.io/h2c".to_owned());
+        let ports = vec![
+            ("grpc".to_owned(), args.listen.port(), h2c),
+            ("metrics".to_owned(), args.metrics_listen.port(), None),
+        ];
+        let guard = match sluice::run::kube::lead_blocking(api, config, ports) {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("sluice autoscaler: {e}");
@@ -111,6 +117,9 @@ fn autoscaler(
         return code;
     } else if lease.kube_api.is_some() {
         eprintln!("sluice autoscaler: --kube-api needs --leader-elect");
+        return ExitCode::from(EXIT_USAGE);
+    } else if lease.health_listen.is_some() || lease.leader_service.is_some() {
+        eprintln!("sluice autoscaler: --health-listen and --leader-service need --leader-elect");
         return ExitCode::from(EXIT_USAGE);
     }
     sluice_autoscaler::server::main(args)

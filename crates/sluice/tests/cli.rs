@@ -114,3 +114,38 @@ fn control_names_every_bad_flag_and_exits_64_before_binding() {
         assert!(stderr.contains(flag), "{flag} in {stderr}");
     }
 }
+
+#[test]
+fn an_elected_replica_refuses_a_leader_service_without_its_pod_ip_and_health_without_election() {
+    let out = Command::new(BIN)
+        .args([
+            "control",
+            "--kubernetes",
+            "--kube-api=http://127.0.0.1:1",
+            "--leader-elect",
+            "--leader-service=control",
+            "--autoscaler-address=http://127.0.0.1:1",
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+        ])
+        .env_remove("POD_IP")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--leader-service needs --pod-ip"),
+        "{stderr}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["autoscaler", "--health-listen=127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--health-listen and --leader-service need --leader-elect"),
+        "{stderr}"
+    );
+}

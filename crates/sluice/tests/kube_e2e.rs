@@ -497,12 +497,20 @@ impl Cluster {
 impl Local {
     /// A control plane replica: `--kubernetes` against the double, electing a leader on
     /// a 3 s Lease.
-    /// A control plane replica with a 3 s Lease.
     fn spawn_control(&mut self, name: &str, listen: SocketAddr) {
         self.spawn_control_leasing(name, listen, 3);
     }
 
-    fn spawn_control_leasing(&mut self, name: &str, listen: SocketAddr, lease_seconds: u64) {
+    /// A control plane replica with a Lease of `lease_seconds`, answering readiness at the
+    /// address returned, and writing the `control` Service's leader EndpointSlice when it
+    /// leads.
+    fn spawn_control_leasing(
+        &mut self,
+        name: &str,
+        listen: SocketAddr,
+        lease_seconds: u64,
+    ) -> SocketAddr {
+        let health = free_addr();
         let args = [
             "control".to_owned(),
             "--kubernetes".to_owned(),
@@ -514,9 +522,13 @@ impl Local {
             "--leader-elect".to_owned(),
             format!("--pod-name={name}"),
             format!("--lease-duration={lease_seconds}"),
+            format!("--health-listen={health}"),
+            "--leader-service=control".to_owned(),
+            format!("--pod-ip={}", listen.ip()),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.spawn(name, &args);
+        health
     }
 
     /// The activator, following the control plane and reporting to the autoscaler.
@@ -997,19 +1009,28 @@ fn kube_e2e_a_leader_stopped_with_sigterm_hands_its_lease_to_the_standby_at_once
             async || c.holder("sluice-control").await.is_none().then(String::new),
         )
         .await;
-        c.local_mut()
+        let leader_health = c
+            .local_mut()
             .spawn_control_leasing("control-2", control, LONG);
         c.until("control-2 leads", Duration::from_secs(15), async || {
             (c.holder("sluice-control").await.as_deref() == Some("control-2")).then(String::new)
         })
         .await;
         let standby = free_addr();
-        c.local_mut()
+        let standby_health = c
+            .local_mut()
             .spawn_control_leasing("control-3", standby, LONG);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
             c.holder("sluice-control").await.as_deref(),
             Some("control-2")
+        );
+        // Both Ready (a rolling update can go on); the Service reaches the leader alone.
+        assert_eq!(readyz(leader_health).await.as_deref(), Some("leader"));
+        assert_eq!(readyz(standby_health).await.as_deref(), Some("standby"));
+        assert_eq!(
+            leader_ports(&c, "control").await,
+            [("grpc".to_owned(), control.port())]
         );
         hand_over(
             &mut c,
@@ -1019,6 +1040,16 @@ fn kube_e2e_a_leader_stopped_with_sigterm_hands_its_lease_to_the_standby_at_once
             LONG,
         )
         .await;
+        assert_eq!(readyz(standby_health).await.as_deref(), Some("leader"));
+        c.until(
+            "the control Service reaches control-3",
+            Duration::from_secs(5),
+            async || {
+                (leader_ports(&c, "control").await == [("grpc".to_owned(), standby.port())])
+                    .then(String::new)
+            },
+        )
+        .await;
         // It acts: a Service gets its Deployment.
         c.apply(&hello_service("after", "after", "", "")).await;
         c.until("after's deployment", Duration::from_secs(20), async || {
@@ -1026,29 +1057,39 @@ fn kube_e2e_a_leader_stopped_with_sigterm_hands_its_lease_to_the_standby_at_once
         })
         .await;
 
-        // The autoscaler: the same, from a standby that binds nothing until it leads.
+        // The autoscaler: the same, from a standby that binds only its health port until
+        // it leads.
         let api = c.local_mut().api.url();
-        let autoscaler = |name: &str, listen: SocketAddr| {
+        let health = [free_addr(), free_addr()];
+        let metrics = [free_addr(), free_addr()];
+        let autoscaler = |i: usize, name: &str, listen: SocketAddr| {
             [
                 "autoscaler".to_owned(),
                 format!("--listen={listen}"),
-                format!("--metrics-listen={}", free_addr()),
+                format!("--metrics-listen={}", metrics[i]),
                 format!("--control=http://{standby}"),
                 "--leader-elect".to_owned(),
                 format!("--kube-api={api}"),
                 format!("--pod-name={name}"),
                 format!("--lease-duration={LONG}"),
+                format!("--health-listen={}", health[i]),
+                "--leader-service=autoscaler".to_owned(),
+                format!("--pod-ip={}", listen.ip()),
             ]
         };
         let (first, second) = (free_addr(), free_addr());
-        for (name, listen) in [("autoscaler-a", first), ("autoscaler-b", second)] {
-            let args = autoscaler(name, listen);
+        for (i, (name, listen)) in [("autoscaler-a", first), ("autoscaler-b", second)]
+            .into_iter()
+            .enumerate()
+        {
+            let args = autoscaler(i, name, listen);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             c.local_mut().spawn(name, &args);
+            // Up: answering readiness (as a standby, for the second).
             c.until(
-                &format!("{name} is a candidate"),
+                &format!("{name} is up"),
                 Duration::from_secs(15),
-                async || c.holder("sluice-autoscaler").await.map(|_| String::new()),
+                async || readyz(health[i]).await,
             )
             .await;
         }
@@ -1057,9 +1098,25 @@ fn kube_e2e_a_leader_stopped_with_sigterm_hands_its_lease_to_the_standby_at_once
             Some("autoscaler-a")
         );
         assert!(
-            std::net::TcpStream::connect(second).is_err(),
-            "a standby serves nothing"
+            std::net::TcpStream::connect(second).is_err()
+                && std::net::TcpStream::connect(metrics[1]).is_err(),
+            "a standby serves nothing but its health port"
         );
+        assert_eq!(readyz(health[1]).await.as_deref(), Some("standby"));
+        let ports = |grpc: SocketAddr, metrics: SocketAddr| {
+            vec![
+                ("grpc".to_owned(), grpc.port()),
+                ("metrics".to_owned(), metrics.port()),
+            ]
+        };
+        c.until(
+            "the autoscaler Service reaches autoscaler-a",
+            Duration::from_secs(5),
+            async || {
+                (leader_ports(&c, "autoscaler").await == ports(first, metrics[0])).then(String::new)
+            },
+        )
+        .await;
         hand_over(
             &mut c,
             "sluice-autoscaler",
@@ -1068,8 +1125,60 @@ fn kube_e2e_a_leader_stopped_with_sigterm_hands_its_lease_to_the_standby_at_once
             LONG,
         )
         .await;
+        assert_eq!(readyz(health[1]).await.as_deref(), Some("leader"));
+        c.until(
+            "the autoscaler Service reaches autoscaler-b",
+            Duration::from_secs(5),
+            async || {
+                (leader_ports(&c, "autoscaler").await == ports(second, metrics[1]))
+                    .then(String::new)
+            },
+        )
+        .await;
         c.shutdown().await;
     });
+}
+
+/// What a replica's `--health-listen` answers to `GET /readyz` (`None`: no 200).
+async fn readyz(health: SocketAddr) -> Option<String> {
+    let req = http::Request::get(format!("http://{health}/readyz"))
+        .body(Default::default())
+        .expect("request");
+    let reply = tokio::time::timeout(Duration::from_secs(2), client::send(&client::http1(), req))
+        .await
+        .ok()?
+        .ok()?;
+    (reply.status == 200).then(|| reply.text())
+}
+
+/// The ports of `service`'s leader EndpointSlice in `sluice-system`, by name (the
+/// address is the same for every replica here: the test's own loopback address).
+async fn leader_ports(c: &Cluster, service: &str) -> Vec<(String, u16)> {
+    let slice = c
+        .get(&format!(
+            "/apis/discovery.k8s.io/v1/namespaces/sluice-system/endpointslices/{service}-leader"
+        ))
+        .await
+        .unwrap_or_default();
+    assert!(
+        slice.is_null() || slice["metadata"]["labels"]["kubernetes.io/service-name"] == service,
+        "{slice}"
+    );
+    slice["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            (
+                name,
+                p["port"]
+                    .as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 /// SIGTERMs `from`, the holder of `lease` (of `lease_seconds`), and waits for `to` to

@@ -87,7 +87,7 @@ pub struct KubeOptions {
     pub api: Option<http::Uri>,
     pub inject: sluice_kube::Injection,
     /// `None`: no election (one replica).
-    pub lease: Option<sluice_kube::lease::LeaseConfig>,
+    pub lease: Option<super::kube::Election>,
 }
 
 impl KubeOptions {
@@ -140,11 +140,18 @@ impl ControlServer {
     pub async fn start(opts: ControlOptions) -> Result<Self, String> {
         let mut followers = Vec::new();
         let mut leadership = None;
+        let mut elected = None;
         let kube = match &opts.kube {
             Some(k) => {
                 let client = k.client().await?;
-                if let Some(lease) = &k.lease {
-                    leadership = Some(super::kube::lead(client.clone(), lease.clone()).await);
+                if let Some(election) = &k.lease {
+                    // Ready as a standby too; only the leader goes on from here.
+                    let (role, health) = election.serve_health().await?;
+                    followers.extend(health);
+                    leadership =
+                        Some(super::kube::lead(client.clone(), election.lease.clone()).await);
+                    let _ = role.send("leader");
+                    elected = Some((election.clone(), client.clone(), role));
                 }
                 Some((client, k.inject.clone()))
             }
@@ -313,6 +320,17 @@ impl ControlServer {
             tokio::spawn(serve_admin(admin, Arc::clone(&desired), stopped())),
         ];
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "control plane serving");
+        if let Some((election, client, role)) = elected {
+            let h2c = Some("kubernetes.io/h2c".to_owned());
+            followers.extend(
+                election
+                    .publish_when_serving(client, vec![("grpc".to_owned(), grpc_addr.port(), h2c)]),
+            );
+            // The answer stays `leader` while it serves.
+            followers.push(tokio::spawn(async move {
+                role.closed().await;
+            }));
+        }
         Ok(Self {
             supervisor,
             grpc: grpc_addr,

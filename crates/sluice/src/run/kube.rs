@@ -693,6 +693,116 @@ pub struct LeaseArgs {
     /// Seconds a leader that stopped renewing keeps the Lease.
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
+    /// With `--leader-elect`: serve `GET /readyz` (200 `standby` or `leader`) and
+    /// `/healthz` here from the start, so that every replica is Ready: a rolling update
+    /// proceeds and a disruption budget allows a drain.
+    #[arg(long)]
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// With `--leader-elect`: the selector-less Service (in `--system-namespace`) that
+    /// reaches the leader alone; the leader writes its EndpointSlice with `--pod-ip` once
+    /// it serves.
+    #[arg(long)]
+    pub leader_service: Option<String>,
+    /// This replica's pod IP (the downward API's `status.podIP`).
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+}
+
+/// A replica's part in leader election: the Lease, and what it does besides leading.
+#[derive(Clone, Debug)]
+pub struct Election {
+    pub lease: LeaseConfig,
+    /// Where every replica answers readiness ([`LeaseArgs::health_listen`]).
+    pub health: Option<std::net::SocketAddr>,
+    /// The Service the leader's address goes to, and this pod's IP.
+    pub service: Option<(String, std::net::IpAddr)>,
+}
+
+impl Election {
+    /// Serves `/readyz` and `/healthz` on [`Election::health`] (if set) until the
+    /// process ends; the sender moves the answer from `standby` to `leader`.
+    pub async fn serve_health(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::watch::Sender<&'static str>,
+            Option<tokio::task::JoinHandle<()>>,
+        ),
+        String,
+    > {
+        let (role, role_rx) = tokio::sync::watch::channel("standby");
+        let Some(addr) = self.health else {
+            return Ok((role, None));
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("--health-listen {addr}: {e}"))?;
+        let page = move |_| {
+            let role = role_rx.clone();
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let role = *role.borrow();
+                async move {
+                    let rsp: http::Response<http_body_util::Full<bytes::Bytes>> = match req
+                        .uri()
+                        .path()
+                    {
+                        "/readyz" => sluice_core::respond::text(http::StatusCode::OK, role),
+                        "/healthz" => sluice_core::respond::text(http::StatusCode::OK, "sluice"),
+                        _ => sluice_core::respond::text(
+                            http::StatusCode::NOT_FOUND,
+                            "not found: this port serves /readyz and /healthz",
+                        ),
+                    };
+                    Ok::<_, std::convert::Infallible>(rsp)
+                }
+            })
+        };
+        let task = tokio::spawn(sluice_core::serve::serve(
+            "health",
+            listener,
+            page,
+            std::future::pending(),
+            sluice_core::serve::Serving::new(Duration::from_secs(1)),
+        ));
+        Ok((role, Some(task)))
+    }
+
+    /// Once `probe` accepts connections (this leader serves), writes the leader's
+    /// EndpointSlice for [`Election::service`] with `ports` (the Service's port names,
+    /// the ports served, their `appProtocol`), retrying every 2 s until it is written.
+    pub fn publish_when_serving(
+        &self,
+        client: Client,
+        ports: Vec<(String, u16, Option<String>)>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (service, ip) = self.service.clone()?;
+        let leader = sluice_kube::leader::LeaderEndpoint {
+            namespace: self.lease.namespace.clone(),
+            service,
+            ip,
+            pod: self.lease.identity.clone(),
+            ports,
+        };
+        let probe = std::net::SocketAddr::new(ip, leader.ports.first().map_or(0, |p| p.1));
+        Some(tokio::spawn(async move {
+            while tokio::net::TcpStream::connect(probe).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let api = Api::namespaced(client, &leader.namespace);
+            loop {
+                match sluice_kube::leader::publish(&api, &leader).await {
+                    Ok(()) => {
+                        tracing::info!(service = %leader.service, ip = %leader.ip, "leading: the service reaches this replica");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %leader.service, error = %e, "writing the leader's endpoint slice");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        }))
+    }
 }
 
 impl LeaseArgs {
@@ -701,7 +811,7 @@ impl LeaseArgs {
         &self,
         lease_name: &str,
         bad: &mut Vec<String>,
-    ) -> (Option<http::Uri>, Option<LeaseConfig>) {
+    ) -> (Option<http::Uri>, Option<Election>) {
         let api = self
             .kube_api
             .as_deref()
@@ -720,18 +830,36 @@ impl LeaseArgs {
                 self.lease_duration
             ));
         }
+        if !self.leader_elect && (self.health_listen.is_some() || self.leader_service.is_some()) {
+            bad.push("--health-listen and --leader-service need --leader-elect".to_owned());
+        }
+        let service = match (&self.leader_service, self.pod_ip) {
+            (Some(name), Some(ip)) => Some((name.clone(), ip)),
+            (Some(_), None) => {
+                bad.push(
+                    "--leader-service needs --pod-ip (POD_IP, from the downward API's status.podIP)"
+                        .to_owned(),
+                );
+                None
+            }
+            (None, _) => None,
+        };
         let lease = self.leader_elect.then(|| {
             let identity = self
                 .pod_name
                 .clone()
                 .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
             let duration = Duration::from_secs(self.lease_duration);
-            LeaseConfig {
-                duration,
-                // client-go's proportions: 10 s and 2 s of 15 s.
-                renew_deadline: duration * 2 / 3,
-                retry_period: duration * 2 / 15,
-                ..LeaseConfig::new(&self.system_namespace, lease_name, &identity)
+            Election {
+                lease: LeaseConfig {
+                    duration,
+                    // client-go's proportions: 10 s and 2 s of 15 s.
+                    renew_deadline: duration * 2 / 3,
+                    retry_period: duration * 2 / 15,
+                    ..LeaseConfig::new(&self.system_namespace, lease_name, &identity)
+                },
+                health: self.health_listen,
+                service,
             }
         });
         (api, lease)
@@ -867,8 +995,14 @@ impl Drop for LeaseGuard {
 
 /// For a component with its own runtime (the autoscaler): blocks until this replica holds
 /// the Lease, then keeps it from a thread of its own, ending the process if it is lost,
-/// until the guard is released.
-pub fn lead_blocking(api: Option<http::Uri>, lease: LeaseConfig) -> Result<LeaseGuard, String> {
+/// until the guard is released. From that thread too: readiness on
+/// [`Election::health`] from the start, and the leader's EndpointSlice with `ports` (see
+/// [`Election::publish_when_serving`]) once the first of them is served.
+pub fn lead_blocking(
+    api: Option<http::Uri>,
+    election: Election,
+    ports: Vec<(String, u16, Option<String>)>,
+) -> Result<LeaseGuard, String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -893,7 +1027,16 @@ pub fn lead_blocking(api: Option<http::Uri>, lease: LeaseConfig) -> Result<Lease
                         return;
                     }
                 };
-                let leadership = lead(client, lease).await;
+                let (role, _health) = match election.serve_health().await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let leadership = lead(client.clone(), election.lease.clone()).await;
+                let _ = role.send("leader");
+                let _publish = election.publish_when_serving(client, ports);
                 let _ = ready_tx.send(Ok(()));
                 // Until the guard asks (or is gone): the renewals run meanwhile.
                 let _ = tokio::task::spawn_blocking(move || release_rx.recv()).await;
