@@ -5,9 +5,13 @@
 //!
 //! [`failure`] is a pure function of one Pod; [`first_failures`] picks, for each revision,
 //! the failure of its first failing pod (by name, so that it does not flap between pods).
+//! [`rollout_failures`] reads the revisions' Deployments as Knative's
+//! `TransformDeploymentStatus` does: a passed progress deadline or a ReplicaSet that
+//! cannot make pods (a quota, an admission webhook, Pod Security).
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use sluice_core::RevisionKey;
 
@@ -39,6 +43,10 @@ pub enum PodFailure {
     /// The user container exited (its last termination, as `CrashLoopBackOff` shows it):
     /// `ContainerHealthy` is `False`, `ExitCode{code}`, with its termination message.
     Exited { code: i32, message: String },
+    /// The Deployment's own condition: `Progressing=False` (`ProgressDeadlineExceeded`)
+    /// or `ReplicaFailure=True` (`FailedCreate`): `ResourcesAvailable` is `False` with
+    /// the Deployment controller's reason and message.
+    Rollout { reason: String, message: String },
 }
 
 impl PodFailure {
@@ -47,6 +55,7 @@ impl PodFailure {
     pub fn condition(&self) -> (&'static str, String, String) {
         match self {
             Self::Unschedulable { reason, message }
+            | Self::Rollout { reason, message }
             | Self::Image {
                 reason, message, ..
             } => ("ResourcesAvailable", reason.clone(), message.clone()),
@@ -142,6 +151,43 @@ pub fn first_failures<'a>(
         }
     }
     first.into_iter().map(|(k, (_, why))| (k, why)).collect()
+}
+
+/// Each revision's Deployment failure, if it has one: `Progressing` `False`, else
+/// `ReplicaFailure` `True` (Knative's order: its Deployment condition set puts
+/// `Progressing` first).
+pub fn rollout_failures<'a>(
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+) -> BTreeMap<RevisionKey, PodFailure> {
+    let mut out = BTreeMap::new();
+    for d in deployments {
+        let meta = &d.metadata;
+        let Some(revision) = meta.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)) else {
+            continue;
+        };
+        let conditions = d
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default();
+        let find = |type_: &str, status: &str| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+        };
+        let Some(c) = find("Progressing", "False").or_else(|| find("ReplicaFailure", "True"))
+        else {
+            continue;
+        };
+        out.insert(
+            RevisionKey::new(meta.namespace.as_deref().unwrap_or_default(), revision),
+            PodFailure::Rollout {
+                reason: c.reason.clone().unwrap_or_default(),
+                message: c.message.clone().unwrap_or_default(),
+            },
+        );
+    }
+    out
 }
 
 #[cfg(test)]

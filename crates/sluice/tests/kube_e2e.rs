@@ -1666,8 +1666,15 @@ async fn never_ready(c: &Cluster) {
     c.apply(&hello_service("rollout", "v1", "", "")).await;
     c.ready("rollout", 1).await;
     let host = "rollout.default.example.com";
-    // v2's app listens nowhere: its pod never becomes ready.
-    let v2 = hello_service("rollout", "v2", "", "").replace(
+    // v2's app listens nowhere: its pod never becomes ready, and its Deployment gives up
+    // after the 4 s progress deadline it is given.
+    let v2 = hello_service(
+        "rollout",
+        "v2",
+        "serving.knative.dev/progress-deadline: \"4s\"",
+        "",
+    )
+    .replace(
         "        - image: gcr.io/knative-samples/helloworld-go\n",
         "        - image: gcr.io/knative-samples/helloworld-go\n          command: [\"sh\", \"-c\", \"sleep 600\"]\n",
     );
@@ -1701,6 +1708,39 @@ async fn never_ready(c: &Cluster) {
     );
     let ready = ready_condition(c, "rollout").await;
     assert_ne!(ready.0, "True", "{ready:?}");
+    assert_eq!(
+        c.deployment("rollout-00002-deployment").await["spec"]["progressDeadlineSeconds"],
+        4
+    );
+    // The passed deadline is v2's reason, on the Revision and the Service, as Knative
+    // words it; v1 serves on.
+    let limit = c.patience(Duration::from_secs(15));
+    let resources = c
+        .until(
+            "v2's progress deadline on its Revision",
+            limit,
+            async || {
+                let r = c.get(&format!("{REVISIONS}/rollout-00002")).await?;
+                let cond = r["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "ResourcesAvailable" && c["status"] == "False")?
+                    .clone();
+                (cond["reason"] == "ProgressDeadlineExceeded").then(|| cond.to_string())
+            },
+        )
+        .await;
+    assert!(
+        resources.contains("has timed out progressing"),
+        "{resources}"
+    );
+    let ready = ready_condition(c, "rollout").await;
+    assert!(
+        ready.0 == "False" && ready.1.contains("has timed out progressing"),
+        "{ready:?}"
+    );
+    let reply = c.get_through_gateway(host).await;
+    assert_eq!(reply.text(), "Hello v1!\n");
 
     // A fixed v3 takes the traffic once ready.
     c.apply(&hello_service("rollout", "v3", "", "")).await;

@@ -18,6 +18,10 @@
 //!   `FallbackToLogsOnError`, the last lines of its log), owned by their Deployment
 //!   (there are no ReplicaSets); a pod that starts terminating is deleted from the API
 //!   at once (no `deletionTimestamp` while it drains);
+//! - a Deployment's status has the Deployment controller's `Available` and `Progressing`
+//!   conditions: `ProgressDeadlineExceeded` once `progressDeadlineSeconds` pass with no
+//!   progress (a new spec, another pod ready); never `ReplicaFailure` (pods are always
+//!   made here);
 //! - a container that exits is started again after Kubernetes' crash back-off (10 s,
 //!   doubling to 5 minutes; `CrashLoopBackOff` meanwhile), the pod kept;
 //! - no resources, scheduling, or init containers.
@@ -74,6 +78,9 @@ struct State {
     statuses: HashMap<(String, String), Value>,
     /// Pod objects as last written, by (namespace, pod name).
     pod_objects: HashMap<(String, String), Value>,
+    /// Each Deployment's rollout: the generation seen, the most pods ready since, and
+    /// when it last made progress (for `Progressing` and its deadline).
+    progress: HashMap<(String, String), (Option<i64>, usize, tokio::time::Instant)>,
     /// Pods started in all, for tests.
     started: u64,
 }
@@ -748,6 +755,31 @@ async fn publish_pods(client: &Client, state: &Mutex<State>) {
 }
 
 /// Writes what changed: each Deployment's status, each selecting Service's EndpointSlice.
+/// The Deployment controller's `Available` and `Progressing` conditions for a rollout
+/// with `ready` of `wanted` pods (there are no ReplicaSets here: the one it would name is
+/// `{deployment}-fake`); `stalled`: no progress within `progressDeadlineSeconds`.
+fn progress_conditions(deployment: &str, ready: usize, wanted: usize, stalled: bool) -> Value {
+    let rs = format!("{deployment}-fake");
+    let available = if ready >= wanted {
+        json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+               "message": "Deployment has minimum availability."})
+    } else {
+        json!({"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+               "message": "Deployment does not have minimum availability."})
+    };
+    let progressing = if ready >= wanted {
+        json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+               "message": format!("ReplicaSet {rs:?} has successfully progressed.")})
+    } else if stalled {
+        json!({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+               "message": format!("ReplicaSet {rs:?} has timed out progressing.")})
+    } else {
+        json!({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+               "message": format!("ReplicaSet {rs:?} is progressing.")})
+    };
+    json!([available, progressing])
+}
+
 async fn publish(
     client: &Client,
     state: &Mutex<State>,
@@ -757,23 +789,46 @@ async fn publish(
     publish_pods(client, state).await;
     let mut writes: Vec<(String, String, Value, bool)> = Vec::new();
     {
-        let st = state.lock();
+        let mut st = state.lock();
+        let now = tokio::time::Instant::now();
+        let mut seen = std::collections::HashSet::new();
         for d in deployments {
             let key = (d.namespace().unwrap_or_default(), d.name_any());
             let pods = st.pods.get(&key).map(Vec::as_slice).unwrap_or_default();
             let live = pods.iter().filter(|p| !p.terminating).count();
             let ready = pods.iter().filter(|p| p.ready).count();
+            let spec = d.spec.as_ref();
+            let wanted = spec
+                .and_then(|s| s.replicas)
+                .map_or(1, |r| usize::try_from(r).unwrap_or(0));
+            let deadline = spec
+                .and_then(|s| s.progress_deadline_seconds)
+                .map_or(600, |s| u64::try_from(s).unwrap_or(0));
+            let generation = d.metadata.generation;
+            let progress = st
+                .progress
+                .entry(key.clone())
+                .or_insert((generation, 0, now));
+            // A new spec (a template, a scale) or another pod ready is progress.
+            if progress.0 != generation || ready > progress.1 {
+                *progress = (generation, ready, now);
+            }
+            let stalled = now.duration_since(progress.2) > Duration::from_secs(deadline);
+            let conditions = progress_conditions(&key.1, ready, wanted, stalled);
+            seen.insert(key.clone());
             let status = json!({
-                "observedGeneration": d.metadata.generation,
+                "observedGeneration": generation,
                 "replicas": live,
                 "updatedReplicas": live,
                 "readyReplicas": ready,
                 "availableReplicas": ready,
+                "conditions": conditions,
             });
             if st.statuses.get(&key) != Some(&status) {
                 writes.push((key.0, key.1, status, true));
             }
         }
+        st.progress.retain(|k, _| seen.contains(k));
         for s in services {
             let Some(selector) = s.spec.as_ref().and_then(|sp| sp.selector.clone()) else {
                 continue;

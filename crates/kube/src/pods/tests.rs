@@ -181,3 +181,53 @@ fn each_revision_gets_its_first_failing_pod_by_name() {
         ])
     );
 }
+
+fn deployment_with(revision: &str, conditions: serde_json::Value) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{revision}-deployment"),
+            "namespace": "default",
+            "labels": {REVISION_LABEL: revision},
+        },
+        "status": {"conditions": conditions},
+    }))
+    .expect("a Deployment")
+}
+
+#[test]
+fn a_passed_progress_deadline_or_a_replica_failure_is_the_revisions_rollout_failure() {
+    let stuck = deployment_with(
+        "slow-00001",
+        json!([
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+             "message": "ReplicaSet \"slow-00001-deployment-5d4\" has timed out progressing."},
+        ]),
+    );
+    let refused = deployment_with(
+        "quota-00001",
+        json!([
+            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": "pods \"quota-00001-deployment-x\" is forbidden: exceeded quota: compute"},
+        ]),
+    );
+    let fine = deployment_with(
+        "fine-00001",
+        json!([
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+            {"type": "ReplicaFailure", "status": "False"},
+        ]),
+    );
+    let failures = rollout_failures([&stuck, &refused, &fine]);
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    let (t, reason, message) = failures[&RevisionKey::new("default", "slow-00001")].condition();
+    assert_eq!(
+        (t, reason.as_str()),
+        ("ResourcesAvailable", "ProgressDeadlineExceeded")
+    );
+    assert!(message.contains("has timed out progressing"), "{message}");
+    let (_, reason, message) = failures[&RevisionKey::new("default", "quota-00001")].condition();
+    assert_eq!(reason, "FailedCreate");
+    assert!(message.contains("exceeded quota"), "{message}");
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::core::DynamicObject;
@@ -18,7 +19,7 @@ use parking_lot::Mutex;
 use sluice_core::RevisionKey;
 use sluice_kube::backend::{FIELD_MANAGER, knative_service};
 use sluice_kube::lease::LeaseConfig;
-use sluice_kube::pods::{PodFailure, first_failures};
+use sluice_kube::pods::{PodFailure, first_failures, rollout_failures};
 use sluice_kube::status::{
     Facts, Notice, RevisionFacts, RevisionStatus, ServiceStatus, TrafficFact, ready_notice,
     revision_status, service_status,
@@ -69,14 +70,16 @@ pub async fn follow_services(
 ) {
     let mut first = Some(listed);
     let objects = Arc::new(Mutex::new(Objects::default()));
-    let (pods, follow) = follow_pods(client.clone());
+    let (pods, follow) = follow_status::<Pod>(client.clone(), |p| p.spec = None);
+    let (deployments, follow_d) = follow_status::<Deployment>(client.clone(), |d| d.spec = None);
     // These end with this task, aborted or not.
     let _pods = AbortOnDrop(tokio::spawn(follow));
+    let _deployments = AbortOnDrop(tokio::spawn(follow_d));
     let _status = AbortOnDrop(tokio::spawn(write_statuses(
         client.clone(),
         Arc::clone(&desired),
         Arc::clone(&objects),
-        pods,
+        (pods, deployments),
     )));
     let api: Api<DynamicObject> = Api::all_with(client, &knative_service());
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
@@ -116,25 +119,35 @@ pub async fn follow_services(
     }
 }
 
-/// The revisions' Pods (those labelled with a revision), cached as the watch sees them,
-/// with only what [`first_failures`] reads kept; the future runs the watch.
-fn follow_pods(client: Client) -> (Store<Pod>, impl Future<Output = ()>) {
+/// The revisions' objects of kind `K` (those labelled with a revision), cached as the
+/// watch sees them with only their labels and status kept (what [`first_failures`] and
+/// [`rollout_failures`] read); the future runs the watch.
+fn follow_status<K>(client: Client, strip: fn(&mut K)) -> (Store<K>, impl Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     use sluice_kube::resources::REVISION_LABEL;
-    let (store, writer) = reflector::store::<Pod>();
-    let api: Api<Pod> = Api::all(client);
+    let (store, writer) = reflector::store::<K>();
+    let api: Api<K> = Api::all(client);
     let events = watcher(api, watcher::Config::default().labels(REVISION_LABEL))
         .default_backoff()
-        .modify(|p| {
+        .modify(move |o| {
             // The spec, annotations and field history are not read: not kept either.
-            p.spec = None;
-            p.metadata.annotations = None;
-            p.metadata.managed_fields = None;
+            strip(o);
+            o.meta_mut().annotations = None;
+            o.meta_mut().managed_fields = None;
         });
     let run = async move {
         let mut events = std::pin::pin!(reflector(writer, events));
         while let Some(e) = events.next().await {
             if let Err(e) = e {
-                tracing::warn!(error = %e, "watching Pods");
+                tracing::warn!(error = %e, kind = %K::kind(&()), "watching the revisions' objects");
             }
         }
     };
@@ -349,7 +362,7 @@ async fn write_statuses(
     client: Client,
     desired: Arc<Desired>,
     objects: Arc<Mutex<Objects>>,
-    pods: Store<Pod>,
+    (pods, deployments): (Store<Pod>, Store<Deployment>),
 ) {
     let events = Events::new(client.clone());
     let mut tick = tokio::time::interval(STATUS_PERIOD);
@@ -358,7 +371,12 @@ async fn write_statuses(
         tick.tick().await;
         // One snapshot of the world and the pods for both kinds of status this tick.
         let world = desired.world.lock().clone();
-        let failing = first_failures(pods.state().iter().map(AsRef::as_ref));
+        // A pod's own failure first (Knative reads pods after the Deployment's status,
+        // overriding it), else the Deployment's.
+        let mut failing = first_failures(pods.state().iter().map(AsRef::as_ref));
+        for (key, why) in rollout_failures(deployments.state().iter().map(AsRef::as_ref)) {
+            failing.entry(key).or_insert(why);
+        }
         let changed = statuses(&desired, &world, &objects.lock(), &failing);
         for ((ns, name), status) in changed {
             let (before, uid) = objects

@@ -491,6 +491,9 @@ fn plan_revision(
         }
     }
     let annotations = t.metadata.annotations.clone();
+    if let Some(Err(e)) = sluice_kube::resources::progress_deadline(&annotations) {
+        errors.push(Problem::new("spec.template.metadata.annotations", e));
+    }
     let initial_scale = match RevisionScaling::resolve(config, &annotations, cc) {
         Ok(scaling) => scaling.initial_scale,
         Err(e) => {

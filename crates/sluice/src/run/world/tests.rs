@@ -331,3 +331,26 @@ fn a_removed_service_leaves_the_others() {
     assert!(w.revision("default", "other-00001").is_some());
     assert!(w.remove_service("default", "hello").is_none());
 }
+
+#[test]
+fn a_progress_deadline_that_is_not_a_positive_duration_is_refused_naming_the_annotation() {
+    let with = |v: &str| {
+        service(
+            &format!(
+                "metadata:\n      annotations:\n        serving.knative.dev/progress-deadline: \"{v}\""
+            ),
+            "",
+        )
+    };
+    let errors = apply(&World::default(), &with("soon"))
+        .expect_err("refused")
+        .join("\n");
+    assert!(
+        errors.contains(
+            "spec.template.metadata.annotations: serving.knative.dev/progress-deadline: \"soon\" is not a positive duration"
+        ),
+        "{errors}"
+    );
+    apply(&World::default(), &with("0s")).expect_err("zero is refused");
+    apply(&World::default(), &with("90s")).expect("valid");
+}
