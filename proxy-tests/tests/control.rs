@@ -65,6 +65,14 @@ fn serve_decision(revision: &str) -> v1::Decision {
 
 /// A gateway with no activator whose routes follow the control plane at `control`.
 async fn gateway_following(control: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    gateway_draining(control, Duration::ZERO).await
+}
+
+/// [`gateway_following`], draining for `quiet` after it is told to stop.
+async fn gateway_draining(
+    control: SocketAddr,
+    quiet: Duration,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let gw = Gateway::bind(Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         domain: "example.com".into(),
@@ -77,6 +85,7 @@ async fn gateway_following(control: SocketAddr) -> (SocketAddr, tokio::sync::one
         routes: Some(RoutesSource::Grpc(
             format!("http://{control}").parse().expect("uri"),
         )),
+        drain_quiet_period: quiet,
     })
     .await
     .expect("bind");
@@ -203,6 +212,90 @@ async fn a_gateway_follows_the_control_plane_keeps_its_routes_while_it_is_away_a
     // A change on the reopened stream: the service is removed.
     second.remove_service("default", "other");
     until_status(gw, "other", 404, "a removal on the open stream").await;
+}
+
+/// What a kubelet probe of the gateway gets: (status, body); `None`: no connection.
+async fn kubelet_probe(gw: SocketAddr) -> Option<(u16, String)> {
+    let req = http::Request::get(format!("http://{gw}/"))
+        .header("user-agent", "kube-probe/1.33")
+        .body(Default::default())
+        .expect("request");
+    let reply = client::send(&client::http1(), req).await.ok()?;
+    Some((reply.status.as_u16(), reply.text()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_is_ready_once_its_routes_arrive_and_drains_before_it_stops() {
+    let (plane, _backend) = control::start();
+    plane
+        .add_revision(spec("hello", "hello-00001"))
+        .expect("add");
+    plane
+        .set_service(all_to("hello", "hello-00001"))
+        .expect("route");
+    let (plane_addr, _server) = control::serve(&plane).await;
+    // The control plane cannot be reached yet.
+    let relay = Relay::start(plane_addr).await;
+    let source = relay.addr;
+    relay.kill().await;
+    let quiet = Duration::from_millis(600);
+    let (gw, stop) = gateway_draining(source, quiet).await;
+    let unready = kubelet_probe(gw).await.expect("serving");
+    assert_eq!(
+        unready,
+        (
+            503,
+            "gateway: no routes from the control plane yet".to_owned()
+        ),
+        "not Ready before its routes: every host would be 404"
+    );
+
+    let _relay = Relay::start_at(source, plane_addr).await;
+    for _ in 0..500 {
+        if kubelet_probe(gw).await.is_some_and(|(code, _)| code == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(kubelet_probe(gw).await, Some((200, "gateway".to_owned())));
+    until_status(gw, "hello", 503, "routed (no pod yet)").await;
+
+    // Told to stop: probes fail at once, requests are still served while they come,
+    // and the port closes once a quiet period passes with none.
+    let _ = stop.send(());
+    let mut draining = None;
+    for _ in 0..200 {
+        draining = kubelet_probe(gw).await;
+        if draining.as_ref().is_some_and(|(code, _)| *code == 503) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(draining, Some((503, "gateway: draining".to_owned())));
+    let mut last_request = tokio::time::Instant::now();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last_request = tokio::time::Instant::now();
+        assert_eq!(
+            status(gw, "hello").await,
+            503,
+            "still routed while draining"
+        );
+    }
+    let mut closed = false;
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(gw).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "the port closes after the quiet period");
+    assert!(
+        last_request.elapsed() >= quiet,
+        "closed a quiet period after the last request, not sooner: {:?}",
+        last_request.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

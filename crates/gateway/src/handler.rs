@@ -68,8 +68,12 @@ pub(crate) async fn handle(
         return Ok(respond::network_probe(headers));
     }
     if kh::classify(headers).kubelet_probe {
-        return Ok(respond::text(StatusCode::OK, "gateway"));
+        return Ok(match state.unready() {
+            Some(why) => respond::text(StatusCode::SERVICE_UNAVAILABLE, why),
+            None => respond::text(StatusCode::OK, "gateway"),
+        });
     }
+    state.drainer.touch();
     if let Err(why) = forward::check_host(&req) {
         return Ok(respond::text(StatusCode::BAD_REQUEST, why));
     }

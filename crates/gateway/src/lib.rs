@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::service::service_fn;
+use sluice_core::drain::{DrainOutcome, Drainer};
 use sluice_core::push::{Pusher, revision_stat};
 use sluice_core::serve::{
     BindError, LimitArgs, Limits, LocalConnector, Serving, Stop, Tracker, listen, local_addr,
@@ -91,6 +92,11 @@ pub struct Args {
         default_value = "0.0.0.0:9090"
     )]
     pub metrics_listen: SocketAddr,
+    /// After SIGTERM: kubelet probes fail at once (the pod leaves the load balancer), and
+    /// requests are served until this long passes with none (a Go duration); then the
+    /// port closes.
+    #[arg(long, env = "SLUICE_DRAIN_QUIET_PERIOD", default_value = "0s")]
+    pub drain_quiet_period: String,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -111,7 +117,10 @@ pub struct Config {
     /// a held request then costs no file descriptor beyond the client's own.
     pub activator_local: Option<LocalConnector>,
     /// Where routes come from; `None`: only through [`Gateway::routes`] (or a file).
+    /// Kubelet probes fail until a source's first whole table has arrived.
     pub routes: Option<RoutesSource>,
+    /// How long requests keep being served after shutdown with none coming.
+    pub drain_quiet_period: Duration,
 }
 
 /// The standalone binary's routing file.
@@ -140,6 +149,21 @@ pub(crate) struct State {
     pusher: Option<Pusher>,
     pod_name: String,
     upgrades: Arc<Tracker>,
+    drainer: Drainer,
+}
+
+impl State {
+    /// Why the kubelet should not send traffic here now, if it should not: draining, or
+    /// no whole routing table yet (every host would be 404).
+    pub(crate) fn unready(&self) -> Option<&'static str> {
+        if self.drainer.is_draining() {
+            Some("gateway: draining")
+        } else if !self.routes.synced() {
+            Some("gateway: no routes from the control plane yet")
+        } else {
+            None
+        }
+    }
 }
 
 /// A gateway with its port bound, ready to serve.
@@ -170,6 +194,16 @@ impl Config {
             bad.push("--domain must not be empty".into());
         }
         let limits = a.limits.limits(&mut bad);
+        let drain_quiet_period = match sluice_core::duration::parse(a.drain_quiet_period.trim()) {
+            Some(d) if !d.negative => d.magnitude,
+            _ => {
+                bad.push(format!(
+                    "--drain-quiet-period {:?}: give a duration such as 15s",
+                    a.drain_quiet_period
+                ));
+                Duration::ZERO
+            }
+        };
         let activator = a.activator.as_deref().and_then(|given| {
             use std::net::ToSocketAddrs;
             match given.to_socket_addrs().map(|mut addrs| addrs.next()) {
@@ -197,6 +231,7 @@ impl Config {
             limits,
             activator_local: None,
             routes: control.map(RoutesSource::Grpc),
+            drain_quiet_period,
         })
     }
 }
@@ -248,7 +283,9 @@ impl Gateway {
         self.routes.clone()
     }
 
-    /// Serves until `shutdown`, then stops accepting and lets open requests finish.
+    /// Serves until `shutdown`, then drains (kubelet probes fail; requests are served
+    /// until [`Config::drain_quiet_period`] passes with none), stops accepting and lets
+    /// open requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             config,
@@ -256,6 +293,10 @@ impl Gateway {
             serving,
             metrics,
         } = self;
+        if config.routes.is_none() {
+            // Routes are set by hand (or from a file): there is nothing to wait for.
+            routes.mark_synced();
+        }
         let follower = config.routes.map(|source| {
             tokio::spawn(
                 source::follow(source, routes.clone()).instrument(tracing::info_span!("routes")),
@@ -278,6 +319,7 @@ impl Gateway {
             pusher: config.autoscaler.map(|uri| Pusher::spawn(uri, PUSH_BUFFER)),
             pod_name: config.pod_name,
             upgrades: Arc::new(Tracker::default()),
+            drainer: Drainer::new(config.drain_quiet_period),
         });
         tracing::info!(serving = %local_addr(&serving), "gateway serving");
         let reporter = state.pusher.clone().map(|pusher| {
@@ -314,6 +356,8 @@ impl Gateway {
             Serving::new(Duration::from_secs(1)).limits(config.limits),
         ));
         shutdown.await;
+        tracing::info!(quiet_period = ?state.drainer.quiet_period(), "shutdown requested; draining");
+        while state.drainer.drain().await == DrainOutcome::Reset {}
         stop.stop();
         let _ = server.await;
         let _ = metrics_server.await;

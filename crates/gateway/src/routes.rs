@@ -92,6 +92,8 @@ struct Inner {
     revisions: Mutex<HashMap<(String, String), Arc<Rev>>>,
     services: Mutex<BTreeMap<(String, String), ServiceRoute>>,
     metrics: Arc<Metrics>,
+    /// A whole table has arrived (or none is awaited).
+    synced: std::sync::atomic::AtomicBool,
 }
 
 /// One host's targets, picked by smooth weighted round robin: a 50/50 split alternates.
@@ -149,8 +151,22 @@ impl Routes {
                 revisions: Mutex::new(HashMap::new()),
                 services: Mutex::new(BTreeMap::new()),
                 metrics: Arc::new(Metrics::new().expect("a fresh registry takes each family once")),
+                synced: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Whether a whole routing table has arrived (see [`Routes::mark_synced`]).
+    pub fn synced(&self) -> bool {
+        self.inner.synced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The table is whole: its source answered with all of it once (it stays so while
+    /// that source is away: the last table keeps routing).
+    pub fn mark_synced(&self) {
+        self.inner
+            .synced
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The gateway's metrics (served on its metrics port).

@@ -47,6 +47,10 @@ impl Follower<Route> for TableFollower {
         };
         self.0.retain(&of("service"), &of("revision"));
     }
+
+    fn synced(&mut self) {
+        self.0.mark_synced();
+    }
 }
 
 fn service_route(s: &v1::ServiceRoute) -> ServiceRoute {

@@ -33,6 +33,7 @@ async fn gateway(activator: Option<SocketAddr>, autoscaler: Option<&StatsSink>) 
         limits: Limits::default(),
         activator_local: None,
         routes: None,
+        drain_quiet_period: std::time::Duration::ZERO,
     };
     let gw = Gateway::bind(config).await.expect("bind");
     let (gateway, metrics, routes) = (gw.serving_addr(), gw.metrics_addr(), gw.routes());

@@ -405,3 +405,37 @@ fn elected_components_are_ready_as_standbys_and_their_services_reach_the_leader_
         assert_eq!(verbs, ["get", "create", "update"], "{name}");
     }
 }
+
+#[test]
+fn the_gateway_is_ready_by_its_own_answer_and_drains_on_sigterm() {
+    let docs = documents("sluice.yaml");
+    let d: Deployment = round_trip(
+        docs.iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "gateway")
+            .expect("the gateway"),
+    );
+    let pod = d.spec.expect("spec").template.spec.expect("pod spec");
+    let c = &pod.containers[0];
+    // The kubelet's probe reaches the gateway's own answer: 503 until its routes have
+    // arrived and once it drains (a TCP probe would pass at once).
+    let probe = c
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.clone())
+        .expect("an HTTP readiness probe");
+    assert_eq!(
+        serde_json::to_value(&probe.port).expect("port"),
+        serde_json::json!("http")
+    );
+    let args = c.args.clone().unwrap_or_default();
+    let quiet = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--drain-quiet-period="))
+        .expect("--drain-quiet-period");
+    let grace = pod.termination_grace_period_seconds.unwrap_or(30);
+    let quiet: i64 = quiet.trim_end_matches('s').parse().expect("seconds");
+    assert!(
+        quiet > 0 && quiet < grace,
+        "{quiet} s of quiet within {grace} s of grace"
+    );
+}

@@ -110,6 +110,7 @@ async fn the_control_plane_alone_runs_a_service_and_its_state_survives_a_restart
         routes: Some(sluice_gateway::RoutesSource::Grpc(
             format!("http://{control_addr}").parse().expect("uri"),
         )),
+        drain_quiet_period: std::time::Duration::ZERO,
     })
     .await
     .expect("gateway binds");

@@ -439,6 +439,7 @@ async fn e2e_a_standalone_gateway_follows_the_platforms_control_plane_over_grpc(
         routes: Some(sluice_gateway::RoutesSource::Grpc(
             format!("http://{}", addrs.control).parse().expect("uri"),
         )),
+        drain_quiet_period: std::time::Duration::ZERO,
     })
     .await
     .expect("gateway binds");

@@ -222,6 +222,7 @@ impl Platform {
             limits: opts.limits,
             activator_local: Some(activator_local),
             routes: Some(RoutesSource::InProcess(control.routes())),
+            drain_quiet_period: std::time::Duration::ZERO,
         })
         .await
         .map_err(|e| format!("gateway: {e}"))?;
