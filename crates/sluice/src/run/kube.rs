@@ -400,7 +400,7 @@ async fn write_statuses(
                 Ok(_) => {
                     let regarding = reference("Service", &ns, &name, uid);
                     for n in notices {
-                        events.publish(&regarding, &n).await;
+                        events.publish(&regarding, &n);
                     }
                     if let Some(seen) = objects.lock().services.get_mut(&(ns, name)) {
                         seen.status = Some(status);
@@ -439,7 +439,7 @@ async fn write_statuses(
                     if let Some(n) = notice {
                         let regarding =
                             reference("Revision", &key.namespace, &key.name, uid.clone());
-                        events.publish(&regarding, &n).await;
+                        events.publish(&regarding, &n);
                     }
                     let mut objs = objects.lock();
                     if let Some(uid) = uid {
@@ -456,49 +456,74 @@ async fn write_statuses(
         }
         let rescaled = scale_notices(&desired, &world, &mut objects.lock());
         for (regarding, n) in rescaled {
-            events.publish(&regarding, &n).await;
+            events.publish(&regarding, &n);
         }
     }
 }
 
-/// Events regarding Sluice's objects, as `kubectl describe` shows them.
+/// Events waiting to be published; past this, new ones are dropped (and logged).
+const EVENT_QUEUE: usize = 4096;
+/// Events published at once.
+const EVENT_WRITERS: usize = 8;
+
+/// Events regarding Sluice's objects, as `kubectl describe` shows them: queued, and
+/// published by a task of their own, [`EVENT_WRITERS`] at a time, so that a burst of them
+/// (a thousand Services applied at once) never holds up the status writes.
 #[derive(Clone)]
 struct Events {
-    client: Client,
-    reporter: kube::runtime::events::Reporter,
+    queue: tokio::sync::mpsc::Sender<(k8s_openapi::api::core::v1::ObjectReference, Notice)>,
 }
 
 impl Events {
+    /// Starts the publishing task; it ends once every handle is dropped.
     fn new(client: Client) -> Self {
-        Self {
-            client,
-            reporter: kube::runtime::events::Reporter {
-                controller: "sluice-control".to_owned(),
-                instance: Some(hostname()),
-            },
-        }
+        let reporter = kube::runtime::events::Reporter {
+            controller: "sluice-control".to_owned(),
+            instance: Some(hostname()),
+        };
+        let (queue, mut rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(async move {
+            futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                .for_each_concurrent(EVENT_WRITERS, |(regarding, n)| {
+                    publish_event(client.clone(), reporter.clone(), regarding, n)
+                })
+                .await;
+        });
+        Self { queue }
     }
 
-    /// Publishes one event; one the API server refuses is logged, and the status goes on.
-    async fn publish(&self, regarding: &k8s_openapi::api::core::v1::ObjectReference, n: &Notice) {
-        use kube::runtime::events::{Event, EventType, Recorder};
-        // A recorder of its own: kube-runtime's folds events of one reason into a series
-        // that keeps the first note, and each note here says something new.
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        let event = Event {
-            type_: if n.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: n.reason.clone(),
-            note: Some(at_most(&n.note, 1024)),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, regarding).await {
-            tracing::warn!(reason = %n.reason, error = %e, "publishing an event");
+    /// Queues one event (dropped, with a warning, when the queue is full).
+    fn publish(&self, regarding: &k8s_openapi::api::core::v1::ObjectReference, n: &Notice) {
+        if self.queue.try_send((regarding.clone(), n.clone())).is_err() {
+            tracing::warn!(reason = %n.reason, "event dropped: {EVENT_QUEUE} are waiting already");
         }
+    }
+}
+
+/// Publishes one event; one the API server refuses is logged, and the status goes on.
+async fn publish_event(
+    client: Client,
+    reporter: kube::runtime::events::Reporter,
+    regarding: k8s_openapi::api::core::v1::ObjectReference,
+    n: Notice,
+) {
+    use kube::runtime::events::{Event, EventType, Recorder};
+    // A recorder of its own: kube-runtime's folds events of one reason into a series
+    // that keeps the first note, and each note here says something new.
+    let recorder = Recorder::new(client, reporter);
+    let event = Event {
+        type_: if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: n.reason.clone(),
+        note: Some(at_most(&n.note, 1024)),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &regarding).await {
+        tracing::warn!(reason = %n.reason, error = %e, "publishing an event");
     }
 }
 
