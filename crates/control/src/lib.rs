@@ -1,5 +1,6 @@
 //! Sluice's control plane: one reconciler for every topology.
 //!
+//! - [`gc`]: which old revisions `config-gc` collects.
 //! - [`spec`]: the desired state (services with traffic, revisions with their pods).
 //! - [`reconciler`]: the pure part: desired state + decisions + ready pods → actions.
 //! - [`backend`]: what runs revisions; [`local`] runs them as processes on this machine,
@@ -12,6 +13,7 @@
 
 pub mod backend;
 pub mod cold_start;
+pub mod gc;
 pub mod grpc;
 pub mod local;
 pub mod node;

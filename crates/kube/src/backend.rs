@@ -24,6 +24,7 @@ use sluice_control::backend::{Backend, PodStatus};
 use sluice_core::RevisionKey;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::drift;
 use crate::endpoints::Slices;
 use crate::resources::{self, Injection, Owner, REVISION_LABEL};
 
@@ -54,7 +55,7 @@ pub struct KubeBackend {
     changed: mpsc::UnboundedSender<RevisionKey>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     slices: Mutex<Slices>,
     /// Whether the EndpointSlices have been listed once.
@@ -64,6 +65,11 @@ struct Shared {
     /// Every revision this backend runs, with the replicas last set: what a Deployment
     /// deleted by someone else is made again from.
     running: Mutex<HashMap<RevisionKey, (RevisionSpec, Option<u32>)>>,
+    /// What the revisions' pods get injected (to tell a Deployment edited by hand).
+    inject: Injection,
+    /// Each Deployment's pod template as the API server stored it once it was as Sluice
+    /// makes it: a watch event with this template needs no second look.
+    verified: Mutex<HashMap<RevisionKey, serde_json::Value>>,
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +77,9 @@ enum Op {
     Create(Box<RevisionSpec>),
     Delete(RevisionKey),
     Scale(RevisionKey, u32),
+    /// Puts the Deployment's pod template back as Sluice makes it (edited by hand, or
+    /// made by an earlier Sluice with another sidecar).
+    PutBack(Box<RevisionSpec>),
 }
 
 /// Carries out the backend's operations against the API server: in order for each
@@ -86,6 +95,7 @@ pub struct Writer {
 struct Writes {
     client: Client,
     inject: Injection,
+    shared: Arc<Shared>,
     /// Bounds the writes in flight at once, across lanes.
     permits: Arc<Semaphore>,
 }
@@ -138,11 +148,19 @@ impl KubeBackend {
         changed: mpsc::UnboundedSender<RevisionKey>,
     ) -> (Arc<Self>, Writer) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            slices: Mutex::default(),
+            listed: tokio::sync::watch::Sender::default(),
+            errors: Mutex::default(),
+            running: Mutex::default(),
+            inject: inject.clone(),
+            verified: Mutex::default(),
+        });
         let writer = Writer {
             writes: Arc::new(Writes {
                 client,
                 inject,
+                shared: Arc::clone(&shared),
                 permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             }),
             ops: rx,
@@ -192,24 +210,66 @@ impl KubeBackend {
 
     /// Follows the Deployments of every revision, in every namespace, for as long as the
     /// task runs: one deleted while its revision runs (by hand, or missed while the watch
-    /// was down) is made again, at the replicas last set. Edits are not put back yet.
+    /// was down) is made again, at the replicas last set; one whose pod template is no
+    /// longer as Sluice makes it ([`drift::covers`]: edited by hand, or made by a Sluice
+    /// with another sidecar) gets it back, its replicas kept.
     pub async fn follow_deployments(self: Arc<Self>, client: Client) {
-        self.follow_owned(Api::<Deployment>::all(client), "deployment")
-            .await;
+        let this = Arc::clone(&self);
+        self.follow_owned(Api::<Deployment>::all(client), "deployment", move |d| {
+            this.check(d);
+        })
+        .await;
     }
 
     /// The same for the revisions' private Services: one deleted comes back, so its
     /// EndpointSlices (the ready pods) do.
     pub async fn follow_services(self: Arc<Self>, client: Client) {
-        self.follow_owned(Api::<Service>::all(client), "private service")
+        self.follow_owned(Api::<Service>::all(client), "private service", |_| {})
             .await;
+    }
+
+    /// Queues a put-back for a running revision's Deployment whose pod template is not as
+    /// Sluice makes it.
+    fn check(&self, d: &Deployment) {
+        let Some(key) = revision_of(&d.metadata) else {
+            return;
+        };
+        let Some((spec, _)) = self.shared.running.lock().get(&key).cloned() else {
+            return;
+        };
+        let Some(actual) = d
+            .spec
+            .as_ref()
+            .and_then(|s| serde_json::to_value(&s.template).ok())
+        else {
+            return;
+        };
+        if self.shared.verified.lock().get(&key) == Some(&actual) {
+            return;
+        }
+        let Some(want) = template(&spec, &self.shared.inject) else {
+            return;
+        };
+        if drift::covers(&actual, &want) {
+            self.shared.verified.lock().insert(key, actual);
+            return;
+        }
+        tracing::warn!(
+            revision = %key.name, namespace = %key.namespace,
+            "its deployment's pod template is not as Sluice makes it (edited by hand?): put back"
+        );
+        self.queue(Op::PutBack(Box::new(spec)));
     }
 
     /// Watches objects of one kind labelled with a revision; a running revision whose
     /// object is deleted, or missing from a relist, gets its create (which makes only
     /// what is missing) and its last scale queued again.
-    async fn follow_owned<K>(self: Arc<Self>, api: Api<K>, what: &'static str)
-    where
+    async fn follow_owned<K>(
+        self: Arc<Self>,
+        api: Api<K>,
+        what: &'static str,
+        seen: impl Fn(&K) + Send,
+    ) where
         K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     {
         let config = watcher::Config::default().labels(REVISION_LABEL);
@@ -226,6 +286,7 @@ impl KubeBackend {
                     if let (Some(l), Some(key)) = (&mut listed, revision_of(o.meta())) {
                         l.insert(key);
                     }
+                    seen(&o);
                     continue;
                 }
                 Ok(watcher::Event::InitDone) => {
@@ -240,7 +301,10 @@ impl KubeBackend {
                         .cloned()
                         .collect()
                 }
-                Ok(watcher::Event::Apply(_)) => continue,
+                Ok(watcher::Event::Apply(o)) => {
+                    seen(&o);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "watching the revisions' {what}s");
                     continue;
@@ -286,6 +350,7 @@ impl Backend for KubeBackend {
 
     fn delete(&self, revision: &RevisionKey) {
         self.shared.running.lock().remove(revision);
+        self.shared.verified.lock().remove(revision);
         self.queue(Op::Delete(revision.clone()));
     }
 
@@ -322,7 +387,7 @@ impl std::fmt::Debug for Writer {
 impl Op {
     fn key(&self) -> RevisionKey {
         match self {
-            Op::Create(spec) => spec.key(),
+            Op::Create(spec) | Op::PutBack(spec) => spec.key(),
             Op::Delete(key) | Op::Scale(key, _) => key.clone(),
         }
     }
@@ -330,12 +395,15 @@ impl Op {
 
 impl Op {
     /// Whether `later`, for the same revision, makes this one moot: a scale is replaced by
-    /// a later scale or a delete, and a create not yet made is not made for a revision
-    /// that is deleted anyway (the delete removes whatever part of it exists).
+    /// a later scale or a delete, a put-back by a later one, and a create or put-back not
+    /// yet made is not made for a revision that is deleted anyway (the delete removes
+    /// whatever part of it exists).
     fn moot_after(&self, later: &Op) -> bool {
         matches!(
             (self, later),
-            (Op::Scale(..), Op::Scale(..) | Op::Delete(_)) | (Op::Create(_), Op::Delete(_))
+            (Op::Scale(..), Op::Scale(..) | Op::Delete(_))
+                | (Op::Create(_) | Op::PutBack(_), Op::Delete(_))
+                | (Op::PutBack(_), Op::PutBack(_))
         )
     }
 }
@@ -497,7 +565,59 @@ impl Writes {
             Op::Create(spec) => self.create(spec).await,
             Op::Delete(key) => self.delete(key).await,
             Op::Scale(key, replicas) => self.scale(key, *replicas).await,
+            Op::PutBack(spec) => self.put_back(spec).await,
         }
+    }
+
+    /// Reads the revision's Deployment and, when its pod template is not as Sluice makes
+    /// it, replaces the template (at the version read; a conflict is tried again), its
+    /// replicas and everything else kept. The template as stored is remembered, so the
+    /// watch events that follow need no second look.
+    async fn put_back(&self, spec: &RevisionSpec) -> Result<(), Failure> {
+        let key = spec.key();
+        let name = resources::deployment_name(&spec.pod.revision);
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &spec.pod.namespace);
+        let have = match api.get_opt(&name).await {
+            // Gone: the watch has it made again.
+            Ok(None) => return Ok(()),
+            Ok(Some(d)) => d,
+            Err(e) => return Err(failure(format!("reading deployment {name}"), e)),
+        };
+        let Some(want) = template(spec, &self.inject) else {
+            return Ok(());
+        };
+        let stored = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| serde_json::to_value(&s.template).ok())
+        };
+        if let Some(actual) = stored(&have).filter(|a| drift::covers(a, &want)) {
+            self.shared.verified.lock().insert(key, actual);
+            return Ok(());
+        }
+        let mut next = have;
+        let owner = Owner {
+            name: spec.pod.service.clone(),
+            uid: String::new(),
+        };
+        let made = resources::deployment(spec, &owner, &self.inject)
+            .map_err(|e| Failure::Give(format!("revision {}: {e}", spec.pod.revision)))?;
+        if let (Some(s), Some(m)) = (next.spec.as_mut(), made.spec) {
+            s.template = m.template;
+        }
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        let written = api
+            .replace(&name, &params, &next)
+            .await
+            .map_err(|e| failure(format!("putting deployment {name} back"), e))?;
+        if let Some(t) = stored(&written) {
+            self.shared.verified.lock().insert(key, t);
+        }
+        tracing::info!(revision = %spec.pod.revision, namespace = %spec.pod.namespace, "deployment put back");
+        Ok(())
     }
 
     /// Creates the revision's `Revision` object, Deployment and Service, owned by its
@@ -534,10 +654,16 @@ impl Writes {
             create_owned(&revisions, &params, &revision, &owner, "revision").await?;
         }
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        create_owned(&deployments, &params, &deployment, &owner, "deployment").await?;
+        let made = create_owned(&deployments, &params, &deployment, &owner, "deployment").await?;
         let svc = resources::service(spec, &owner);
         let svcs: Api<Service> = Api::namespaced(self.client.clone(), ns);
-        create_owned(&svcs, &params, &svc, &owner, "service").await
+        create_owned(&svcs, &params, &svc, &owner, "service").await?;
+        if !made {
+            // Adopted (a restart): made by an earlier control plane, perhaps with
+            // another sidecar, perhaps edited while none watched.
+            self.put_back(spec).await?;
+        }
+        Ok(())
     }
 
     async fn delete(&self, key: &RevisionKey) -> Result<(), Failure> {
@@ -587,25 +713,25 @@ impl Writes {
     }
 }
 
-/// Creates `obj`, owned by `owner`. One there already is taken as this revision's only if
-/// `owner` owns it (a revision never changes, so an owned one is as it would be made);
-/// any other is left alone, as Knative leaves a Deployment it does not own (`NotOwned`).
+/// Creates `obj`, owned by `owner`: whether it was made (`false`: one there already is
+/// taken as this revision's, since `owner` owns it). Any other is left alone, as Knative
+/// leaves a Deployment it does not own (`NotOwned`).
 async fn create_owned<K>(
     api: &Api<K>,
     params: &PostParams,
     obj: &K,
     owner: &Owner,
     what: &str,
-) -> Result<(), Failure>
+) -> Result<bool, Failure>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     match api.create(params, obj).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.is_already_exists() || s.code == 409 => {
             match api.get_opt(&name).await {
-                Ok(Some(there)) if owned_by(there.meta(), &owner.uid) => Ok(()),
+                Ok(Some(there)) if owned_by(there.meta(), &owner.uid) => Ok(false),
                 Ok(Some(_)) => Err(Failure::Give(format!(
                     "{what} {name} exists and is not owned by service {}: it is left as it is \
                      (NotOwned)",
@@ -636,6 +762,16 @@ fn failure(doing: String, e: kube::Error) -> Failure {
         }
         _ => Failure::Retry(format!("{doing}: {e}")),
     }
+}
+
+/// The pod template Sluice makes for the revision's Deployment, as JSON.
+fn template(spec: &RevisionSpec, inject: &Injection) -> Option<serde_json::Value> {
+    let owner = Owner {
+        name: spec.pod.service.clone(),
+        uid: String::new(),
+    };
+    let d = resources::deployment(spec, &owner, inject).ok()?;
+    serde_json::to_value(&d.spec?.template).ok()
 }
 
 /// The revision a Deployment of Sluice's runs.

@@ -77,7 +77,7 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn reference(&self) -> OwnerReference {
+    pub(crate) fn reference(&self) -> OwnerReference {
         OwnerReference {
             api_version: "serving.knative.dev/v1".to_owned(),
             kind: "Service".to_owned(),

@@ -27,6 +27,9 @@ pub struct Facts {
     /// The traffic split now served: (revision, percent, tag), with whether each revision
     /// has become ready.
     pub traffic: Vec<TrafficFact>,
+    /// Why its `Configuration` or `Route` is not as it should be (one of their name owned
+    /// by another, or a refused write): the Service's condition for that child says so.
+    pub child_problem: Option<crate::children::Problem>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -94,31 +97,21 @@ pub struct Condition {
 /// The Service's status now. A condition whose status, reason and message are as in
 /// `before` keeps its `lastTransitionTime`; a changed one gets `now`.
 pub fn service_status(f: &Facts, before: Option<&ServiceStatus>, now: Timestamp) -> ServiceStatus {
-    let configurations = configurations_ready(f);
-    let routes = routes_ready(f);
-    let ready = match (&configurations, &routes) {
-        (c, _) if c.status == "False" => c.clone(),
-        (_, r) if r.status == "False" => r.clone(),
-        (c, _) if c.status == "Unknown" => c.clone(),
-        (_, r) if r.status == "Unknown" => r.clone(),
-        _ => cond("", "True", "", String::new()),
+    let problem = |kind: &str| {
+        f.child_problem
+            .as_ref()
+            .filter(|p| p.kind == kind)
+            .map(|p| cond("", "False", &p.reason, p.message.clone()))
     };
-    let mut conditions = vec![
-        Condition {
-            type_: "ConfigurationsReady".to_owned(),
-            ..configurations
-        },
-        Condition {
-            type_: "Ready".to_owned(),
-            ..ready
-        },
-        Condition {
-            type_: "RoutesReady".to_owned(),
-            ..routes
-        },
-    ];
-    stamp(
-        &mut conditions,
+    let configurations = problem("Configuration").unwrap_or_else(|| configurations_ready(f));
+    let routes = problem("Route").unwrap_or_else(|| routes_ready(f));
+    let ready = worst(&[&configurations, &routes]);
+    let conditions = named(
+        [
+            ("ConfigurationsReady", configurations),
+            ("Ready", ready),
+            ("RoutesReady", routes),
+        ],
         before.map(|b| b.conditions.as_slice()),
         now,
     );
@@ -126,23 +119,153 @@ pub fn service_status(f: &Facts, before: Option<&ServiceStatus>, now: Timestamp)
     ServiceStatus {
         observed_generation: f.generation,
         conditions,
-        url: has_route.then(|| format!("http://{}.{}.{}", f.name, f.namespace, f.domain)),
-        address: has_route.then(|| Address {
-            url: format!("http://{}.{}.svc.cluster.local", f.name, f.namespace),
-        }),
+        url: has_route.then(|| external_url(f)),
+        address: has_route.then(|| Address { url: local_url(f) }),
         latest_created_revision_name: f.latest_created.clone(),
         latest_ready_revision_name: f.latest_ready.clone(),
-        traffic: f
-            .traffic
-            .iter()
-            .map(|t| Traffic {
-                revision_name: t.revision.clone(),
-                percent: t.percent,
-                tag: t.tag.clone(),
-                latest_revision: Some(t.latest),
-            })
-            .collect(),
+        traffic: traffic(f),
     }
+}
+
+/// `status` of a `serving.knative.dev/v1` Configuration (`kubectl get configurations`
+/// shows LATESTCREATED, LATESTREADY, READY and REASON from it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigurationStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_ready_revision_name: Option<String>,
+}
+
+/// The Configuration's status now: `Ready` once its latest created revision is its latest
+/// ready one (what the Service's `ConfigurationsReady` copies).
+pub fn configuration_status(
+    f: &Facts,
+    before: Option<&ConfigurationStatus>,
+    now: Timestamp,
+) -> ConfigurationStatus {
+    let conditions = named(
+        [("Ready", configurations_ready(f))],
+        before.map(|b| b.conditions.as_slice()),
+        now,
+    );
+    ConfigurationStatus {
+        observed_generation: f.generation,
+        conditions,
+        latest_created_revision_name: f.latest_created.clone(),
+        latest_ready_revision_name: f.latest_ready.clone(),
+    }
+}
+
+/// `status` of a `serving.knative.dev/v1` Route (`kubectl get routes` shows URL, READY
+/// and REASON from it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+    #[serde(default)]
+    pub traffic: Vec<Traffic>,
+}
+
+/// The Route's status now, with Knative's conditions: `AllTrafficAssigned` (every
+/// revision it names is ready), `IngressReady` (the gateways have the route: they are fed
+/// by this control plane, so once the traffic is assigned), `CertificateProvisioned`
+/// (true: Sluice does not provision certificates) and `Ready` made of the three.
+pub fn route_status(f: &Facts, before: Option<&RouteStatus>, now: Timestamp) -> RouteStatus {
+    let assigned = traffic_assigned(f);
+    let ingress = if assigned.status == "True" {
+        cond("", "True", "", String::new())
+    } else {
+        cond(
+            "",
+            "Unknown",
+            "IngressNotConfigured",
+            "Ingress has not yet been reconciled.".to_owned(),
+        )
+    };
+    let certificate = cond(
+        "",
+        "True",
+        "TLSNotEnabled",
+        "external-domain-tls is not enabled".to_owned(),
+    );
+    let ready = worst(&[&assigned, &ingress, &certificate]);
+    let conditions = named(
+        [
+            ("AllTrafficAssigned", assigned),
+            ("CertificateProvisioned", certificate),
+            ("IngressReady", ingress),
+            ("Ready", ready),
+        ],
+        before.map(|b| b.conditions.as_slice()),
+        now,
+    );
+    let has_route = !f.traffic.is_empty();
+    RouteStatus {
+        observed_generation: f.generation,
+        conditions,
+        url: has_route.then(|| external_url(f)),
+        address: has_route.then(|| Address { url: local_url(f) }),
+        traffic: traffic(f),
+    }
+}
+
+fn external_url(f: &Facts) -> String {
+    format!("http://{}.{}.{}", f.name, f.namespace, f.domain)
+}
+
+fn local_url(f: &Facts) -> String {
+    format!("http://{}.{}.svc.cluster.local", f.name, f.namespace)
+}
+
+fn traffic(f: &Facts) -> Vec<Traffic> {
+    f.traffic
+        .iter()
+        .map(|t| Traffic {
+            revision_name: t.revision.clone(),
+            percent: t.percent,
+            tag: t.tag.clone(),
+            latest_revision: Some(t.latest),
+        })
+        .collect()
+}
+
+/// The first `False` of `conditions`, else the first `Unknown`, else `True` (how a
+/// Knative condition set makes its `Ready`).
+fn worst(conditions: &[&Condition]) -> Condition {
+    ["False", "Unknown"]
+        .iter()
+        .find_map(|s| conditions.iter().find(|c| c.status == *s))
+        .map_or_else(|| cond("", "True", "", String::new()), |c| (*c).clone())
+}
+
+/// The conditions of `pairs`, each named by its type and stamped ([`stamp`]).
+fn named<const N: usize>(
+    pairs: [(&str, Condition); N],
+    before: Option<&[Condition]>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let mut conditions: Vec<Condition> = pairs
+        .into_iter()
+        .map(|(type_, c)| Condition {
+            type_: type_.to_owned(),
+            ..c
+        })
+        .collect();
+    stamp(&mut conditions, before, now);
+    conditions
 }
 
 /// A condition whose status, reason and message are as in `before` keeps its
@@ -250,26 +373,13 @@ pub fn revision_status(
             "Requests to the target are being buffered as resources are provisioned.".to_owned(),
         ),
     };
-    let mut conditions = vec![
-        Condition {
-            type_: "Active".to_owned(),
-            ..active
-        },
-        Condition {
-            type_: "ContainerHealthy".to_owned(),
-            ..healthy
-        },
-        Condition {
-            type_: "Ready".to_owned(),
-            ..ready
-        },
-        Condition {
-            type_: "ResourcesAvailable".to_owned(),
-            ..resources
-        },
-    ];
-    stamp(
-        &mut conditions,
+    let conditions = named(
+        [
+            ("Active", active),
+            ("ContainerHealthy", healthy),
+            ("Ready", ready),
+            ("ResourcesAvailable", resources),
+        ],
         before.map(|b| b.conditions.as_slice()),
         now,
     );
@@ -373,22 +483,62 @@ fn configurations_ready(f: &Facts) -> Condition {
     }
 }
 
-/// Knative's Route readiness: is every revision with traffic ready?
+/// Knative's Route readiness, which the Service's `RoutesReady` copies.
 fn routes_ready(f: &Facts) -> Condition {
-    match f.traffic.iter().find(|t| !t.ready) {
-        None if !f.traffic.is_empty() => cond("", "True", "", String::new()),
-        None => cond(
+    let status = route_status(f, None, Timestamp::UNIX_EPOCH);
+    let mut ready = status
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap_or_default();
+    ready.last_transition_time = None;
+    ready
+}
+
+/// Knative's `AllTrafficAssigned`: every revision the Route names is ready
+/// (`pkg/apis/serving/v1/route_lifecycle.go` has the reasons and messages).
+fn traffic_assigned(f: &Facts) -> Condition {
+    if let Some(t) = f.traffic.iter().find(|t| !t.ready) {
+        let failed = f.latest_failure.is_some() && f.latest_created.as_ref() == Some(&t.revision);
+        return if failed {
+            cond(
+                "",
+                "False",
+                "RevisionMissing",
+                format!("Revision {:?} failed to become ready.", t.revision),
+            )
+        } else {
+            cond(
+                "",
+                "Unknown",
+                "RevisionMissing",
+                format!("Revision {:?} is not yet ready.", t.revision),
+            )
+        };
+    }
+    if !f.traffic.is_empty() {
+        return cond("", "True", "", String::new());
+    }
+    if f.latest_failure.is_some() {
+        cond(
+            "",
+            "False",
+            "RevisionMissing",
+            format!(
+                "Configuration {:?} does not have any ready Revision.",
+                f.name
+            ),
+        )
+    } else {
+        cond(
             "",
             "Unknown",
             "RevisionMissing",
-            "No revision to route to yet.".to_owned(),
-        ),
-        Some(t) => cond(
-            "",
-            "Unknown",
-            "RevisionMissing",
-            format!("Revision {:?} is not ready yet.", t.revision),
-        ),
+            format!(
+                "Configuration {:?} is waiting for a Revision to become ready.",
+                f.name
+            ),
+        )
     }
 }
 

@@ -98,7 +98,10 @@ fn every_document_is_a_valid_object_of_its_kind() {
         kinds["Deployment"], 4,
         "control, autoscaler, activator, gateway"
     );
-    assert_eq!(kinds["CustomResourceDefinition"], 2);
+    assert_eq!(
+        kinds["CustomResourceDefinition"], 4,
+        "services, revisions, configurations, routes"
+    );
 }
 
 #[test]
@@ -438,4 +441,84 @@ fn the_gateway_is_ready_by_its_own_answer_and_drains_on_sigterm() {
         quiet > 0 && quiet < grace,
         "{quiet} s of quiet within {grace} s of grace"
     );
+}
+
+#[test]
+fn the_configuration_and_route_crds_show_knatives_columns_and_the_control_plane_may_write_them() {
+    let docs = documents("serving-crd.yaml");
+    let crd = |name: &str| -> CustomResourceDefinition {
+        docs.iter()
+            .map(round_trip::<CustomResourceDefinition>)
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} in serving-crd.yaml"))
+    };
+    let configurations = crd("configurations.serving.knative.dev");
+    assert_eq!(
+        configurations.spec.names.short_names,
+        Some(vec!["config".into(), "cfg".into()])
+    );
+    assert_eq!(
+        columns(&configurations),
+        ["LatestCreated", "LatestReady", "Ready", "Reason"]
+    );
+    let routes = crd("routes.serving.knative.dev");
+    assert_eq!(routes.spec.names.short_names, Some(vec!["rt".into()]));
+    assert_eq!(columns(&routes), ["URL", "Ready", "Reason"]);
+    for c in [&configurations, &routes] {
+        assert!(
+            c.spec.versions[0]
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{:?} has a status subresource",
+            c.metadata.name
+        );
+    }
+    let rules: Vec<_> = documents("sluice.yaml")
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "sluice-control")
+        .flat_map(|d| round_trip::<ClusterRole>(d).rules.unwrap_or_default())
+        .collect();
+    let verbs = |resource: &str| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|r| r.resources.iter().flatten().any(|x| x == resource))
+            .flat_map(|r| r.verbs.clone())
+            .collect()
+    };
+    for resource in ["configurations", "routes"] {
+        for verb in ["get", "create", "update"] {
+            assert!(
+                verbs(resource).iter().any(|v| v == verb),
+                "{resource} {verb}"
+            );
+        }
+        assert!(
+            verbs(&format!("{resource}/status"))
+                .iter()
+                .any(|v| v == "patch"),
+            "{resource}/status patch"
+        );
+    }
+}
+
+#[test]
+fn the_control_plane_may_put_a_deployment_back() {
+    let verbs: Vec<String> = documents("sluice.yaml")
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "sluice-control")
+        .flat_map(|d| round_trip::<ClusterRole>(d).rules.unwrap_or_default())
+        .filter(|r| {
+            r.api_groups.iter().flatten().any(|g| g == "apps")
+                && r.resources.iter().flatten().any(|x| x == "deployments")
+        })
+        .flat_map(|r| r.verbs)
+        .collect();
+    for verb in ["get", "watch", "create", "update", "delete"] {
+        assert!(
+            verbs.iter().any(|v| v == verb),
+            "deployments {verb}: {verbs:?}"
+        );
+    }
 }

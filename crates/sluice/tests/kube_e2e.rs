@@ -92,6 +92,8 @@ struct Local {
     /// keeper whose pid is taken by [`Local::terminate`] starts it no more).
     processes: Vec<(String, tokio::task::JoinHandle<()>, Arc<AtomicI32>)>,
     logs: PathBuf,
+    /// Flags every control plane started from now on gets besides the usual ones.
+    control_flags: Vec<String>,
 }
 
 /// `SLUICE_E2E_KUBECONFIG` and `SLUICE_E2E_GATEWAY`, when the scenarios run against a real
@@ -220,6 +222,7 @@ impl Cluster {
                 activator,
                 processes: Vec::new(),
                 logs,
+                control_flags: Vec::new(),
             }),
         };
         c.put_config(fast_config()).await;
@@ -526,6 +529,10 @@ impl Local {
             "--leader-service=control".to_owned(),
             format!("--pod-ip={}", listen.ip()),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(self.control_flags.iter().cloned())
+            .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.spawn(name, &args);
         health
@@ -1798,7 +1805,8 @@ async fn restart(c: &mut Cluster) {
         "{before:?}"
     );
 
-    // The control plane's process is killed and started again (a crash, an upgrade).
+    // The control plane's process is killed and started again: an upgrade, whose
+    // queue-proxy image is another.
     let log = c.local_mut().logs.join("control-1.log");
     let synced = |log: &std::path::Path| {
         std::fs::read_to_string(log)
@@ -1809,6 +1817,9 @@ async fn restart(c: &mut Cluster) {
     assert_eq!(synced(&log), 1);
     let control = c.local_mut().control;
     c.local_mut().remove("control-1").await;
+    c.local_mut()
+        .control_flags
+        .push("--queue-proxy-image=sluice-queue-proxy:upgraded".to_owned());
     c.local_mut().spawn_control("control-1", control);
     c.until(
         "the restarted control plane synced",
@@ -1824,6 +1835,17 @@ async fn restart(c: &mut Cluster) {
     assert_eq!(status["latestReadyRevisionName"], "restart-00002");
     assert_eq!(status["observedGeneration"], 3);
     assert!(c.deployment("restart-00003-deployment").await.is_null());
+    // Every revision's pods get the new sidecar (before, they kept the old one for good).
+    for rev in ["restart-00001", "restart-00002"] {
+        let limit = Duration::from_secs(20);
+        c.until(&format!("{rev}'s new sidecar"), limit, async || {
+            let d = c.deployment(&format!("{rev}-deployment")).await;
+            (d["spec"]["template"]["spec"]["containers"][1]["image"]
+                == "sluice-queue-proxy:upgraded")
+                .then(String::new)
+        })
+        .await;
+    }
     let after = answers(c, host, 10).await;
     assert_eq!(
         (
@@ -1851,7 +1873,7 @@ async fn restart(c: &mut Cluster) {
 }
 
 #[test]
-fn kube_e2e_a_deleted_deployment_comes_back_and_serves() {
+fn kube_e2e_a_deleted_deployment_comes_back_and_a_hand_edit_is_put_back() {
     run(async {
         let c = Cluster::start("drift").await;
         c.apply(&hello_service("drift", "drift", "", "")).await;
@@ -1876,6 +1898,43 @@ fn kube_e2e_a_deleted_deployment_comes_back_and_serves() {
             (200, "Hello drift!\n".to_owned())
         );
 
+        // Edited by hand (the app's image changed, the sidecar dropped with it: a merge
+        // patch replaces the list): the pod template is put back, the replicas kept.
+        let req = http::Request::patch(&path)
+            .header("content-type", "application/merge-patch+json")
+            .body(
+                serde_json::to_vec(&json!({"spec": {"template": {"spec": {"containers": [
+                    {"name": "user-container", "image": "hand-edited"}
+                ]}}}}))
+                .expect("json"),
+            )
+            .expect("request");
+        let edited: Value = c.kube.request(req).await.expect("the hand edit");
+        assert_eq!(
+            edited["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        let replicas_before = replicas(&edited);
+        c.until("the deployment put back", limit, async || {
+            let d = c.deployment("drift-00001-deployment").await;
+            let containers = &d["spec"]["template"]["spec"]["containers"];
+            (containers[0]["image"] == "gcr.io/knative-samples/helloworld-go"
+                && containers[1]["name"] == "queue-proxy")
+                .then(String::new)
+        })
+        .await;
+        assert_eq!(
+            replicas(&c.deployment("drift-00001-deployment").await),
+            replicas_before
+        );
+        let reply = c.get_through_gateway("drift.default.example.com").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello drift!\n".to_owned())
+        );
+
         // The private Service (whose EndpointSlices say which pods are ready) too.
         let path = "/api/v1/namespaces/default/services/drift-00001-private";
         let uid = c.get(path).await.expect("the private service")["metadata"]["uid"].clone();
@@ -1892,4 +1951,92 @@ fn kube_e2e_a_deleted_deployment_comes_back_and_serves() {
         );
         c.shutdown().await;
     });
+}
+
+#[test]
+fn kube_e2e_config_gc_collects_revisions_traffic_no_longer_names() {
+    run(async {
+        let c = Cluster::start("gc").await;
+        collect_garbage(&c).await;
+        c.shutdown().await;
+    });
+}
+
+/// The names of the Revision objects of `service`.
+async fn revision_names(c: &Cluster, service: &str) -> Vec<String> {
+    let list = c
+        .get(&format!(
+            "{REVISIONS}?labelSelector=serving.knative.dev/service%3D{service}"
+        ))
+        .await
+        .unwrap_or(Value::Null);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["metadata"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn collect_garbage(c: &Cluster) {
+    // Knative's "immediate" collection: every non-active revision goes.
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "config-gc", "namespace": "knative-serving"},
+        "data": {
+            "retain-since-create-time": "disabled",
+            "retain-since-last-active-time": "disabled",
+            "min-non-active-revisions": "0",
+            "max-non-active-revisions": "0",
+        },
+    });
+    c.create_or_replace("/api/v1/namespaces/knative-serving/configmaps", cm)
+        .await;
+    let host = "gc.default.example.com";
+    c.apply(&hello_service("gc", "v1", "", "")).await;
+    c.ready("gc", 1).await;
+    // v2, marked no-gc, split 50/50 with v1: both named by traffic, both kept.
+    let split = format!(
+        "{}  traffic:\n    - revisionName: gc-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n",
+        hello_service("gc", "v2", "serving.knative.dev/no-gc: \"true\"", "")
+    );
+    c.apply(&split).await;
+    c.ready("gc", 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(revision_names(c, "gc").await, ["gc-00001", "gc-00002"]);
+
+    // v3 takes all the traffic: v1 is collected with its Deployment; v2 is kept (no-gc).
+    c.apply(&hello_service("gc", "v3", "", "")).await;
+    c.ready("gc", 3).await;
+    let limit = c.patience(Duration::from_secs(20));
+    c.until("gc-00001 collected", limit, async || {
+        let names = revision_names(c, "gc").await;
+        (names == ["gc-00002", "gc-00003"]).then(String::new)
+    })
+    .await;
+    c.until("gc-00001's deployment deleted", limit, async || {
+        c.deployment("gc-00001-deployment")
+            .await
+            .is_null()
+            .then(String::new)
+    })
+    .await;
+    assert!(!c.deployment("gc-00002-deployment").await.is_null());
+    assert!(answers(c, host, 4).await.iter().all(|a| a == "Hello v3!\n"));
+    let status = c.ksvc("gc").await["status"].clone();
+    assert_eq!(status["latestCreatedRevisionName"], "gc-00003");
+    assert_eq!(status["latestReadyRevisionName"], "gc-00003");
+    c.until("the collection's event", limit, async || {
+        let events = c.events_about("Service", "gc").await;
+        events
+            .iter()
+            .any(|e| {
+                e["reason"] == "RevisionCollected"
+                    && e["note"].as_str().is_some_and(|n| {
+                        n.starts_with("Revision \"gc-00001\" deleted by config-gc: ")
+                    })
+            })
+            .then(String::new)
+    })
+    .await;
 }

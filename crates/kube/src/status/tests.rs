@@ -322,3 +322,143 @@ fn a_change_of_ready_is_told_once_a_failure_as_a_warning() {
         Some("ImagePullBackOff".into())
     );
 }
+
+fn of<'a>(cs: &'a [Condition], t: &str) -> (&'a str, &'a str, &'a str) {
+    let c = cs.iter().find(|c| c.type_ == t).expect("condition");
+    (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+}
+
+#[test]
+fn the_configuration_and_route_say_what_the_service_copies_from_them() {
+    let mut f = facts();
+    let c = configuration_status(&f, None, at(0));
+    assert_eq!(
+        of(&c.conditions, "Ready"),
+        (
+            "Unknown",
+            "RevisionMissing",
+            "Configuration \"autoscale-go\" is waiting for a Revision to become ready."
+        )
+    );
+    assert_eq!(
+        c.latest_created_revision_name.as_deref(),
+        Some("autoscale-go-00001")
+    );
+    let r = route_status(&f, None, at(0));
+    assert_eq!(
+        of(&r.conditions, "AllTrafficAssigned"),
+        (
+            "Unknown",
+            "RevisionMissing",
+            "Revision \"autoscale-go-00001\" is not yet ready."
+        )
+    );
+    assert_eq!(
+        of(&r.conditions, "IngressReady"),
+        (
+            "Unknown",
+            "IngressNotConfigured",
+            "Ingress has not yet been reconciled."
+        )
+    );
+    assert_eq!(
+        of(&r.conditions, "CertificateProvisioned"),
+        (
+            "True",
+            "TLSNotEnabled",
+            "external-domain-tls is not enabled"
+        )
+    );
+    assert_eq!(of(&r.conditions, "Ready").1, "RevisionMissing");
+    // The Service's conditions are the children's Ready.
+    let s = service_status(&f, None, at(0));
+    assert_eq!(of(&s.conditions, "RoutesReady"), of(&r.conditions, "Ready"));
+    assert_eq!(
+        of(&s.conditions, "ConfigurationsReady"),
+        of(&c.conditions, "Ready")
+    );
+
+    f.latest_ready = Some("autoscale-go-00001".into());
+    f.traffic[0].ready = true;
+    let c2 = configuration_status(&f, Some(&c), at(5));
+    assert_eq!(of(&c2.conditions, "Ready"), ("True", "", ""));
+    assert_eq!(
+        c2.latest_ready_revision_name.as_deref(),
+        Some("autoscale-go-00001")
+    );
+    let r2 = route_status(&f, Some(&r), at(5));
+    for t in ["AllTrafficAssigned", "IngressReady", "Ready"] {
+        assert_eq!(of(&r2.conditions, t), ("True", "", ""), "{t}");
+    }
+    let kept = |s: &RouteStatus, t: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .and_then(|c| c.last_transition_time.clone())
+    };
+    assert_eq!(kept(&r2, "CertificateProvisioned"), Some(at(0).to_string()));
+    assert_eq!(kept(&r2, "Ready"), Some(at(5).to_string()));
+    assert_eq!(
+        r2.url.as_deref(),
+        Some("http://autoscale-go.default.example.com")
+    );
+    let json = serde_json::to_value(&r2).expect("json");
+    assert_eq!(json["traffic"][0]["revisionName"], "autoscale-go-00001");
+    assert_eq!(
+        json["address"]["url"],
+        "http://autoscale-go.default.svc.cluster.local"
+    );
+}
+
+#[test]
+fn a_new_revision_that_fails_while_the_old_one_serves_fails_the_configuration_not_the_route() {
+    let mut f = facts();
+    f.latest_ready = Some("autoscale-go-00001".into());
+    f.traffic[0].ready = true;
+    f.latest_created = Some("autoscale-go-00002".into());
+    f.latest_failure = Some("exit code 1".into());
+    let c = configuration_status(&f, None, at(0));
+    assert_eq!(
+        of(&c.conditions, "Ready"),
+        (
+            "False",
+            "RevisionFailed",
+            "Revision \"autoscale-go-00002\" failed with message: exit code 1."
+        )
+    );
+    let r = route_status(&f, None, at(0));
+    assert_eq!(of(&r.conditions, "Ready"), ("True", "", ""));
+
+    // Pinned to the failed one: the route fails too.
+    f.traffic[0].revision = "autoscale-go-00002".into();
+    f.traffic[0].ready = false;
+    let r = route_status(&f, None, at(0));
+    assert_eq!(
+        of(&r.conditions, "AllTrafficAssigned"),
+        (
+            "False",
+            "RevisionMissing",
+            "Revision \"autoscale-go-00002\" failed to become ready."
+        )
+    );
+    assert_eq!(of(&r.conditions, "Ready").0, "False");
+}
+
+#[test]
+fn a_child_owned_by_another_fails_the_services_condition_for_it() {
+    let mut f = facts();
+    f.child_problem = Some(crate::children::Problem {
+        kind: "Route".into(),
+        reason: "NotOwned".into(),
+        message: "There is an existing Route \"autoscale-go\" that we do not own.".into(),
+    });
+    let s = service_status(&f, None, at(0));
+    let expected = (
+        "False",
+        "NotOwned",
+        "There is an existing Route \"autoscale-go\" that we do not own.",
+    );
+    assert_eq!(of(&s.conditions, "RoutesReady"), expected);
+    assert_eq!(of(&s.conditions, "Ready"), expected);
+    assert_eq!(of(&s.conditions, "ConfigurationsReady").0, "Unknown");
+}

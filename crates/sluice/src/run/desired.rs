@@ -92,21 +92,7 @@ impl Desired {
         self.add_revisions(&next, &changes.new_revisions);
         for (namespace, name) in &changes.traffic {
             let s = &next.services[&(namespace.clone(), name.clone())];
-            let spec = ServiceSpec {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                revisions: s.revisions.iter().map(|r| r.name.clone()).collect(),
-                traffic: s
-                    .traffic
-                    .iter()
-                    .map(|t| TargetSpec {
-                        revision: (!t.latest).then(|| t.revision.clone()),
-                        percent: t.percent,
-                        tag: t.tag.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            };
-            if let Err(e) = self.control.set_service(spec) {
+            if let Err(e) = self.control.set_service(service_spec(s)) {
                 tracing::error!(service = %name, %e, "the control plane refused planned traffic");
             }
         }
@@ -170,6 +156,42 @@ impl Desired {
                 .remove_revision(&RevisionKey::new(namespace, &r.name));
         }
         true
+    }
+
+    /// Takes revisions `config-gc` collected out of a service, and the control plane
+    /// deletes them (never the latest, nor one traffic names: [`World::remove_revisions`]).
+    /// The names taken out.
+    pub async fn collect(&self, namespace: &str, service: &str, names: &[String]) -> Vec<String> {
+        let _turn = self.apply_lock.lock().await;
+        let served: std::collections::BTreeSet<String> = self
+            .control
+            .traffic(namespace, service)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.revision)
+            .collect();
+        let (gone, state) = {
+            let mut world = self.world.lock();
+            let gone = world.remove_revisions(namespace, service, names, &served);
+            let state = world
+                .services
+                .get(&(namespace.to_owned(), service.to_owned()))
+                .cloned();
+            (gone, state)
+        };
+        if gone.is_empty() {
+            return gone;
+        }
+        if let Some(s) = state
+            && let Err(e) = self.control.set_service(service_spec(&s))
+        {
+            tracing::error!(service, %e, "the control plane refused a collected service's traffic");
+        }
+        for r in &gone {
+            self.control
+                .remove_revision(&RevisionKey::new(namespace, r));
+        }
+        gone
     }
 
     /// Services, revisions, traffic, pods and the autoscaler's view, now.
@@ -302,6 +324,25 @@ impl Desired {
 
 /// The revision as its `Revision` object keeps it: its template's labels and annotations,
 /// the generation it was made at, and its spec.
+/// What the control plane serves of a service: its revisions and its traffic as written
+/// (a target of the latest revision resolved by the control plane).
+fn service_spec(s: &super::world::ServiceState) -> ServiceSpec {
+    ServiceSpec {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        revisions: s.revisions.iter().map(|r| r.name.clone()).collect(),
+        traffic: s
+            .traffic
+            .iter()
+            .map(|t| TargetSpec {
+                revision: (!t.latest).then(|| t.revision.clone()),
+                percent: t.percent,
+                tag: t.tag.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
 fn kept_template(rev: &super::world::Revision) -> serde_json::Value {
     let t = &rev.template;
     let mut labels = t.metadata.labels.clone();

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,13 +16,15 @@ use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use parking_lot::Mutex;
+use sluice_control::gc::{self, CONFIG_GC, Candidate, GcConfig, NO_GC_ANNOTATION};
 use sluice_core::RevisionKey;
 use sluice_kube::backend::{FIELD_MANAGER, knative_service};
+use sluice_kube::children::{self, Parent, Tracker};
 use sluice_kube::lease::LeaseConfig;
 use sluice_kube::pods::{PodFailure, first_failures, rollout_failures};
 use sluice_kube::status::{
-    Facts, Notice, RevisionFacts, RevisionStatus, ServiceStatus, TrafficFact, ready_notice,
-    revision_status, service_status,
+    ConfigurationStatus, Facts, Notice, RevisionFacts, RevisionStatus, RouteStatus, ServiceStatus,
+    TrafficFact, configuration_status, ready_notice, revision_status, route_status, service_status,
 };
 
 use super::desired::Desired;
@@ -42,6 +44,15 @@ struct Objects {
     revision_uids: HashMap<RevisionKey, String>,
     /// The replicas each revision's autoscaler decision last set (for its events).
     scaled: HashMap<RevisionKey, i32>,
+    /// Each Service's `Configuration` and `Route`: whether the cluster has them as they
+    /// should be.
+    children: Tracker,
+    /// `config-gc` as last read (Knative's defaults until then).
+    gc: GcConfig,
+    /// Each `Revision` object's `creationTimestamp`, from its last status write.
+    revision_created: HashMap<RevisionKey, SystemTime>,
+    /// When traffic last named each revision (or when this control plane first saw it).
+    last_active: HashMap<RevisionKey, SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +67,9 @@ struct Seen {
     refused: Option<String>,
     /// Its status as last read or written.
     status: Option<ServiceStatus>,
+    /// Its `Configuration`'s and `Route`'s statuses as last written.
+    configuration: Option<ConfigurationStatus>,
+    route: Option<RouteStatus>,
     /// The object's uid (events name it).
     uid: Option<String>,
 }
@@ -75,6 +89,14 @@ pub async fn follow_services(
     // These end with this task, aborted or not.
     let _pods = AbortOnDrop(tokio::spawn(follow));
     let _deployments = AbortOnDrop(tokio::spawn(follow_d));
+    let _children = AbortOnDrop(tokio::spawn(follow_children(
+        client.clone(),
+        Arc::clone(&objects),
+    )));
+    let _gc = AbortOnDrop(tokio::spawn(follow_gc_config(
+        client.clone(),
+        Arc::clone(&objects),
+    )));
     let _status = AbortOnDrop(tokio::spawn(write_statuses(
         client.clone(),
         Arc::clone(&desired),
@@ -304,6 +326,16 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
     }
     {
         let mut objs = objects.lock();
+        if let Some(uid) = &o.metadata.uid {
+            objs.children.set(Parent {
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+                labels: o.metadata.labels.clone().unwrap_or_default(),
+                annotations: o.metadata.annotations.clone().unwrap_or_default(),
+                spec: o.data.get("spec").cloned().unwrap_or_default(),
+            });
+        }
         let seen = objs.services.entry((ns.clone(), name.clone())).or_default();
         if seen.planned == Some(generation) {
             // A status write (ours) or a metadata change: the spec is as planned.
@@ -348,13 +380,82 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
 }
 
 async fn remove(desired: &Desired, objects: &Mutex<Objects>, ns: &str, name: &str) {
-    objects
-        .lock()
-        .services
-        .remove(&(ns.to_owned(), name.to_owned()));
+    {
+        let mut objs = objects.lock();
+        objs.services.remove(&(ns.to_owned(), name.to_owned()));
+        objs.children.remove(ns, name);
+    }
     if desired.remove_service(ns, name).await {
         tracing::info!(service = %name, namespace = %ns, "deleted");
     }
+}
+
+/// Watches every Service's `Configuration` and `Route`: one deleted or edited by hand is
+/// written again at the next tick.
+async fn follow_children(client: Client, objects: Arc<Mutex<Objects>>) {
+    let watch = |resource: kube::core::ApiResource| {
+        let kind = resource.kind.clone();
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        watcher(
+            api,
+            watcher::Config::default().labels(sluice_kube::resources::SERVICE_LABEL),
+        )
+        .default_backoff()
+        .map(move |e| (kind.clone(), e))
+    };
+    let mut events = std::pin::pin!(futures_util::stream::select(
+        watch(children::knative_configuration()),
+        watch(children::knative_route()),
+    ));
+    while let Some((kind, event)) = events.next().await {
+        let (o, gone) = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
+            Ok(watcher::Event::Delete(o)) => (o, true),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, %kind, "watching the Services' children");
+                continue;
+            }
+        };
+        let (ns, name) = id(&o);
+        let seen = (!gone).then_some(&o);
+        objects.lock().children.observed(&ns, &name, &kind, seen);
+    }
+}
+
+/// Children written at once.
+const CHILD_WRITERS: usize = 8;
+
+/// Writes the `Configuration` and `Route` of every Service whose are due, [`CHILD_WRITERS`]
+/// at a time; one that fails backs off alone.
+async fn write_children(client: &Client, objects: &Mutex<Objects>) {
+    let due = objects.lock().children.due(tokio::time::Instant::now());
+    futures_util::stream::iter(due)
+        .for_each_concurrent(CHILD_WRITERS, |parent| async move {
+            let result = children::write(client, &parent).await;
+            let mut objs = objects.lock();
+            match &result {
+                Ok([c, r]) => {
+                    // One made again (deleted by hand) has its status written again.
+                    let key = (parent.namespace.clone(), parent.name.clone());
+                    if let Some(seen) = objs.services.get_mut(&key) {
+                        if *c == children::Outcome::Created {
+                            seen.configuration = None;
+                        }
+                        if *r == children::Outcome::Created {
+                            seen.route = None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service = %parent.name, namespace = %parent.namespace, "{e}");
+                }
+            }
+            let result = result.map(|_| ());
+            objs.children
+                .done(&parent, result, tokio::time::Instant::now());
+        })
+        .await;
 }
 
 /// Computes every Service's status each [`STATUS_PERIOD`] and writes those that changed.
@@ -377,40 +478,10 @@ async fn write_statuses(
         for (key, why) in rollout_failures(deployments.state().iter().map(AsRef::as_ref)) {
             failing.entry(key).or_insert(why);
         }
+        write_children(&client, &objects).await;
         let changed = statuses(&desired, &world, &objects.lock(), &failing);
         for ((ns, name), status) in changed {
-            let (before, uid) = objects
-                .lock()
-                .services
-                .get(&(ns.clone(), name.clone()))
-                .map(|s| (s.status.clone(), s.uid.clone()))
-                .unwrap_or_default();
-            let notices = service_notices(&name, before.as_ref(), &status);
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), &ns, &knative_service());
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            };
-            let patch = serde_json::json!({ "status": status });
-            match api
-                .patch_status(&name, &params, &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    let regarding = reference("Service", &ns, &name, uid);
-                    for n in notices {
-                        events.publish(&regarding, &n);
-                    }
-                    if let Some(seen) = objects.lock().services.get_mut(&(ns, name)) {
-                        seen.status = Some(status);
-                    }
-                }
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(e) => {
-                    tracing::warn!(service = %name, namespace = %ns, error = %e, "writing status")
-                }
-            }
+            write_status(&client, &objects, &events, &ns, &name, status).await;
         }
         let changed = revision_statuses(&desired, &world, &mut objects.lock(), &failing);
         for (key, status) in changed {
@@ -445,6 +516,10 @@ async fn write_statuses(
                     if let Some(uid) = uid {
                         objs.revision_uids.insert(key.clone(), uid);
                     }
+                    if let Some(created) = &written.metadata.creation_timestamp {
+                        objs.revision_created
+                            .insert(key.clone(), SystemTime::from(created.0));
+                    }
                     objs.revisions.insert(key, status);
                 }
                 // Not made yet (its writes are queued): written at a later tick.
@@ -458,6 +533,187 @@ async fn write_statuses(
         for (regarding, n) in rescaled {
             events.publish(&regarding, &n);
         }
+        collect_garbage(&desired, &world, &objects, &events).await;
+    }
+}
+
+/// Follows `knative-serving/config-gc`: one that cannot be read is logged and the one
+/// before kept; one deleted is Knative's defaults.
+async fn follow_gc_config(client: Client, objects: Arc<Mutex<Objects>>) {
+    let api: Api<ConfigMap> = Api::namespaced(client, KNATIVE_NAMESPACE);
+    let config = watcher::Config::default().fields(&format!("metadata.name={CONFIG_GC}"));
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        let data = match event {
+            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                c.data.unwrap_or_default()
+            }
+            Ok(watcher::Event::Delete(_)) => BTreeMap::new(),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching {CONFIG_GC}");
+                continue;
+            }
+        };
+        match GcConfig::from_data(&data) {
+            Ok(c) => {
+                tracing::info!(config = ?c, "{KNATIVE_NAMESPACE}/{CONFIG_GC} applied");
+                objects.lock().gc = c;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{KNATIVE_NAMESPACE}/{CONFIG_GC} refused, the current one kept: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// Collects the revisions `config-gc` says to: per Service, those traffic does not name,
+/// that are not its latest created or latest ready one nor marked `no-gc`, whose
+/// `Revision` object's creation time is known. Each collected one gets an event on its
+/// Service.
+async fn collect_garbage(
+    desired: &Desired,
+    world: &super::world::World,
+    objects: &Mutex<Objects>,
+    events: &Events,
+) {
+    let now = SystemTime::now();
+    let mut due = Vec::new();
+    {
+        let mut objs = objects.lock();
+        let objs = &mut *objs;
+        let mut live = std::collections::HashSet::new();
+        for s in world.services.values() {
+            let served: BTreeSet<String> =
+                desired.traffic(s).into_iter().map(|t| t.revision).collect();
+            let latest = s.revisions.last().map(|r| r.name.as_str());
+            let latest_ready = s
+                .revisions
+                .iter()
+                .rev()
+                .find(|r| {
+                    desired
+                        .control
+                        .is_ready(&RevisionKey::new(&s.namespace, &r.name))
+                })
+                .map(|r| r.name.as_str());
+            let mut candidates = Vec::new();
+            for r in &s.revisions {
+                let key = RevisionKey::new(&s.namespace, &r.name);
+                let in_traffic = served.contains(&r.name);
+                let last_active = objs.last_active.entry(key.clone()).or_insert(now);
+                if in_traffic {
+                    *last_active = now;
+                }
+                let last_active = *last_active;
+                live.insert(key.clone());
+                let Some(created) = objs.revision_created.get(&key).copied() else {
+                    continue;
+                };
+                let preserved = r
+                    .annotations
+                    .get(NO_GC_ANNOTATION)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                candidates.push(Candidate {
+                    name: r.name.clone(),
+                    created,
+                    last_active,
+                    active: in_traffic
+                        || preserved
+                        || Some(r.name.as_str()) == latest
+                        || Some(r.name.as_str()) == latest_ready,
+                });
+            }
+            let collected = gc::collect(&objs.gc, &candidates, now);
+            if !collected.is_empty() {
+                due.push((s.namespace.clone(), s.name.clone(), collected));
+            }
+        }
+        objs.last_active.retain(|k, _| live.contains(k));
+        objs.revision_created.retain(|k, _| live.contains(k));
+    }
+    for (ns, name, collected) in due {
+        let names: Vec<String> = collected.iter().map(|c| c.name.clone()).collect();
+        let gone = desired.collect(&ns, &name, &names).await;
+        let uid = objects
+            .lock()
+            .services
+            .get(&(ns.clone(), name.clone()))
+            .and_then(|s| s.uid.clone());
+        let regarding = reference("Service", &ns, &name, uid);
+        for c in collected.iter().filter(|c| gone.contains(&c.name)) {
+            tracing::info!(service = %name, namespace = %ns, revision = %c.name, "collected: {}", c.why);
+            events.publish(
+                &regarding,
+                &Notice {
+                    warning: false,
+                    reason: "RevisionCollected".to_owned(),
+                    note: format!("Revision {:?} deleted by {CONFIG_GC}: {}", c.name, c.why),
+                },
+            );
+        }
+    }
+}
+
+/// A status to write on the object of a Service's name of that kind.
+#[derive(Debug)]
+enum Changed {
+    Service(ServiceStatus),
+    Configuration(ConfigurationStatus),
+    Route(RouteStatus),
+}
+
+/// Writes one status, remembers it once written, and publishes what the Service's tells.
+async fn write_status(
+    client: &Client,
+    objects: &Mutex<Objects>,
+    events: &Events,
+    ns: &str,
+    name: &str,
+    status: Changed,
+) {
+    let key = (ns.to_owned(), name.to_owned());
+    let (resource, patch) = match &status {
+        Changed::Service(s) => (knative_service(), serde_json::json!({ "status": s })),
+        Changed::Configuration(s) => (
+            children::knative_configuration(),
+            serde_json::json!({ "status": s }),
+        ),
+        Changed::Route(s) => (
+            children::knative_route(),
+            serde_json::json!({ "status": s }),
+        ),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        // Gone, or not made yet: written at a later tick.
+        Err(kube::Error::Api(s)) if s.is_not_found() => return,
+        Err(e) => {
+            tracing::warn!(kind = %resource.kind, name, namespace = ns, error = %e, "writing status");
+            return;
+        }
+    }
+    let mut objs = objects.lock();
+    let Some(seen) = objs.services.get_mut(&key) else {
+        return;
+    };
+    match status {
+        Changed::Service(status) => {
+            let regarding = reference("Service", ns, name, seen.uid.clone());
+            for n in service_notices(name, seen.status.as_ref(), &status) {
+                events.publish(&regarding, &n);
+            }
+            seen.status = Some(status);
+        }
+        Changed::Configuration(status) => seen.configuration = Some(status),
+        Changed::Route(status) => seen.route = Some(status),
     }
 }
 
@@ -647,13 +903,14 @@ fn revision_statuses(
     out
 }
 
-/// The statuses that differ from those last read or written.
+/// The statuses of the Services, and of their `Configuration`s and `Route`s once those are
+/// as they should be, that differ from those last read or written.
 fn statuses(
     desired: &Desired,
     world: &super::world::World,
     objects: &Objects,
     failing: &BTreeMap<RevisionKey, PodFailure>,
-) -> Vec<((String, String), ServiceStatus)> {
+) -> Vec<((String, String), Changed)> {
     let backend = desired.control.backend();
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut out = Vec::new();
@@ -708,10 +965,23 @@ fn statuses(
                         .collect()
                 })
                 .unwrap_or_default(),
+            child_problem: objects.children.problem(ns, name),
         };
+        let key = (ns.clone(), name.clone());
         let status = service_status(&facts, seen.status.as_ref(), now);
         if seen.status.as_ref() != Some(&status) {
-            out.push(((ns.clone(), name.clone()), status));
+            out.push((key.clone(), Changed::Service(status)));
+        }
+        if !objects.children.written(ns, name) {
+            continue;
+        }
+        let status = configuration_status(&facts, seen.configuration.as_ref(), now);
+        if seen.configuration.as_ref() != Some(&status) {
+            out.push((key.clone(), Changed::Configuration(status)));
+        }
+        let status = route_status(&facts, seen.route.as_ref(), now);
+        if seen.route.as_ref() != Some(&status) {
+            out.push((key, Changed::Route(status)));
         }
     }
     out

@@ -279,6 +279,40 @@ impl World {
             .map(Arc::unwrap_or_clone)
     }
 
+    /// Takes collected revisions out of a service: never its latest, nor one its traffic
+    /// names as written or as `served` (the latest ready one). The names taken out.
+    pub fn remove_revisions(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        names: &[String],
+        served: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let Some(state) = self
+            .services
+            .get_mut(&(namespace.to_owned(), service.to_owned()))
+        else {
+            return Vec::new();
+        };
+        let latest = state.revisions.last().map(|r| r.name.clone());
+        let keep = |name: &String| {
+            Some(name) == latest.as_ref()
+                || served.contains(name)
+                || state.traffic.iter().any(|t| t.revision == *name)
+        };
+        let gone: Vec<String> = names
+            .iter()
+            .filter(|n| !keep(n) && state.revisions.iter().any(|r| r.name == **n))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            Arc::make_mut(state)
+                .revisions
+                .retain(|r| !gone.contains(&r.name));
+        }
+        gone
+    }
+
     pub fn revision(&self, namespace: &str, name: &str) -> Option<(&ServiceState, &Revision)> {
         self.services
             .values()

@@ -151,10 +151,12 @@ async fn kubectl_tour(c: &Cluster) {
             .await;
         let (_, ksvc) = row(&resources, "services");
         assert!(ksvc.contains(&"kservice,ksvc"), "{resources}");
-        assert!(
-            resources.lines().any(|l| l.starts_with("revisions")),
-            "{resources}"
-        );
+        for kind in ["revisions", "configurations", "routes"] {
+            assert!(
+                resources.lines().any(|l| l.starts_with(kind)),
+                "{kind} in {resources}"
+            );
+        }
     }
 
     // Create with the oldest (client-side apply), wait with the newest.
@@ -202,6 +204,27 @@ async fn kubectl_tour(c: &Cluster) {
                 ("GENERATION", "1"),
                 ("READY", "True"),
                 ("ACTUAL REPLICAS", "1"),
+            ],
+        );
+
+        // The Service's Configuration and Route, of its name.
+        let configurations = c.kubectl_ok(v, &["get", "configurations"]).await;
+        assert_cells(
+            &configurations,
+            "helloworld-go",
+            &[
+                ("LATESTCREATED", "helloworld-go-00001"),
+                ("LATESTREADY", "helloworld-go-00001"),
+                ("READY", "True"),
+            ],
+        );
+        let routes = c.kubectl_ok(v, &["get", "rt"]).await;
+        assert_cells(
+            &routes,
+            "helloworld-go",
+            &[
+                ("URL", "http://helloworld-go.default.example.com"),
+                ("READY", "True"),
             ],
         );
 
@@ -298,6 +321,72 @@ async fn kubectl_tour(c: &Cluster) {
     )
     .await;
 
+    let out = c.kubectl_ok(OLDEST, &["get", "cfg", "helloworld-go"]).await;
+    assert_cells(
+        &out,
+        "helloworld-go",
+        &[("LATESTREADY", "helloworld-go-00002")],
+    );
+
+    // The Route deleted by hand comes back, status and all; the Configuration edited by
+    // hand is put back.
+    let out = c
+        .kubectl_ok(NEWEST, &["delete", "route", "helloworld-go"])
+        .await;
+    assert_eq!(
+        out.trim(),
+        "route.serving.knative.dev \"helloworld-go\" deleted"
+    );
+    let route = async {
+        let deadline = Instant::now() + c.patience(Duration::from_secs(20));
+        loop {
+            let said = c
+                .kubectl(
+                    NEWEST,
+                    &[
+                        "get",
+                        "route",
+                        "helloworld-go",
+                        "-o",
+                        "jsonpath={.status.url}",
+                    ],
+                )
+                .await;
+            if said.ok && !said.out.is_empty() {
+                return said.out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the route is not back: {}",
+                said.err
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(route.await, "http://helloworld-go.default.example.com");
+    c.kubectl_ok(
+        OLDEST,
+        &[
+            "patch",
+            "configuration",
+            "helloworld-go",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"image":"hand-edited"}]}}}}"#,
+        ],
+    )
+    .await;
+    c.kubectl_ok(
+        NEWEST,
+        &[
+            "wait",
+            "--for=jsonpath={.spec.template.spec.containers[0].image}=gcr.io/knative-samples/helloworld-go",
+            "configuration/helloworld-go",
+            "--timeout=20s",
+        ],
+    )
+    .await;
+
     // `kubectl scale` goes through the scale subresource; the autoscaler's decision then
     // puts the revision's replicas back.
     let out = c
@@ -349,6 +438,8 @@ async fn kubectl_tour(c: &Cluster) {
     let said = c.kubectl(NEWEST, &["get", "revisions"]).await;
     assert!(said.ok && said.out.is_empty(), "{}{}", said.out, said.err);
     assert_eq!(said.err.trim(), "No resources found in default namespace.");
+    let said = c.kubectl(OLDEST, &["get", "configurations,routes"]).await;
+    assert!(said.ok && said.out.is_empty(), "{}{}", said.out, said.err);
     let said = c.kubectl(NEWEST, &["get", "ksvc", "helloworld-go"]).await;
     assert!(!said.ok, "{}", said.out);
     assert!(
