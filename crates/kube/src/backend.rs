@@ -67,9 +67,10 @@ struct Shared {
     running: Mutex<HashMap<RevisionKey, (RevisionSpec, Option<u32>)>>,
     /// What the revisions' pods get injected (to tell a Deployment edited by hand).
     inject: Injection,
-    /// Each Deployment's pod template as the API server stored it once it was as Sluice
-    /// makes it: a watch event with this template needs no second look.
-    verified: Mutex<HashMap<RevisionKey, serde_json::Value>>,
+    /// A digest of each Deployment's pod template as the API server stored it once it
+    /// was as Sluice makes it: a watch event with this template needs no second look (a
+    /// digest, since 2,000 templates as JSON values weighed tens of MiB).
+    verified: Mutex<HashMap<RevisionKey, u64>>,
 }
 
 #[derive(Clone, Debug)]
@@ -244,14 +245,14 @@ impl KubeBackend {
         else {
             return;
         };
-        if self.shared.verified.lock().get(&key) == Some(&actual) {
+        if self.shared.verified.lock().get(&key) == Some(&digest(&actual)) {
             return;
         }
         let Some(want) = template(&spec, &self.shared.inject) else {
             return;
         };
         if drift::covers(&actual, &want) {
-            self.shared.verified.lock().insert(key, actual);
+            self.shared.verified.lock().insert(key, digest(&actual));
             return;
         }
         tracing::warn!(
@@ -592,7 +593,7 @@ impl Writes {
                 .and_then(|s| serde_json::to_value(&s.template).ok())
         };
         if let Some(actual) = stored(&have).filter(|a| drift::covers(a, &want)) {
-            self.shared.verified.lock().insert(key, actual);
+            self.shared.verified.lock().insert(key, digest(&actual));
             return Ok(());
         }
         let mut next = have;
@@ -614,7 +615,7 @@ impl Writes {
             .await
             .map_err(|e| failure(format!("putting deployment {name} back"), e))?;
         if let Some(t) = stored(&written) {
-            self.shared.verified.lock().insert(key, t);
+            self.shared.verified.lock().insert(key, digest(&t));
         }
         tracing::info!(revision = %spec.pod.revision, namespace = %spec.pod.namespace, "deployment put back");
         Ok(())
@@ -762,6 +763,14 @@ fn failure(doing: String, e: kube::Error) -> Failure {
         }
         _ => Failure::Retry(format!("{doing}: {e}")),
     }
+}
+
+/// A digest of a JSON value (serde_json writes one value the same way every time).
+fn digest(v: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// The pod template Sluice makes for the revision's Deployment, as JSON.
