@@ -724,6 +724,15 @@ async fn hello(c: &Cluster) {
             .await
             .is_null()
     );
+    // Its Configuration keeps the template last accepted.
+    let config = c
+        .get("/apis/serving.knative.dev/v1/namespaces/default/configurations/helloworld-go")
+        .await
+        .expect("the Configuration");
+    assert_eq!(
+        config["spec"]["template"]["spec"]["containerConcurrency"], 5,
+        "{config}"
+    );
     let reply = c
         .get_through_gateway("helloworld-go.default.example.com")
         .await;

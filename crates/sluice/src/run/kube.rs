@@ -324,21 +324,28 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
         // it, not on a newer one that has yet to prove itself.
         desired.control.was_ready(RevisionKey::new(&ns, ready));
     }
+    // What its Configuration and Route are made from: a spec that was accepted (one
+    // refused leaves them as they were, as Knative's admission would have refused it).
+    let parent = o.metadata.uid.as_ref().map(|uid| Parent {
+        namespace: ns.clone(),
+        name: name.clone(),
+        uid: uid.clone(),
+        labels: o.metadata.labels.clone().unwrap_or_default(),
+        annotations: o.metadata.annotations.clone().unwrap_or_default(),
+        spec: o.data.get("spec").cloned().unwrap_or_default(),
+    });
     {
         let mut objs = objects.lock();
-        if let Some(uid) = &o.metadata.uid {
-            objs.children.set(Parent {
-                namespace: ns.clone(),
-                name: name.clone(),
-                uid: uid.clone(),
-                labels: o.metadata.labels.clone().unwrap_or_default(),
-                annotations: o.metadata.annotations.clone().unwrap_or_default(),
-                spec: o.data.get("spec").cloned().unwrap_or_default(),
-            });
-        }
+        let objs = &mut *objs;
         let seen = objs.services.entry((ns.clone(), name.clone())).or_default();
         if seen.planned == Some(generation) {
             // A status write (ours) or a metadata change: the spec is as planned.
+            if seen.observed == Some(generation)
+                && seen.refused.is_none()
+                && let Some(p) = parent
+            {
+                objs.children.set(p);
+            }
             return;
         }
         seen.planned = Some(generation);
@@ -373,7 +380,14 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
     if let Some(why) = &refused {
         tracing::warn!(service = %name, namespace = %ns, "refused: {why}");
     }
-    if let Some(seen) = objects.lock().services.get_mut(&(ns, name)) {
+    let mut objs = objects.lock();
+    let objs = &mut *objs;
+    if let Some(seen) = objs.services.get_mut(&(ns, name)) {
+        if refused.is_none()
+            && let Some(p) = parent
+        {
+            objs.children.set(p);
+        }
         seen.refused = refused;
         seen.observed = Some(generation);
     }
