@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -238,17 +238,16 @@ impl KubeBackend {
         let Some((spec, _)) = self.shared.running.lock().get(&key).cloned() else {
             return;
         };
-        let Some(actual) = d
-            .spec
-            .as_ref()
-            .and_then(|s| serde_json::to_value(&s.template).ok())
-        else {
+        let Some(actual) = stored_template(d) else {
             return;
         };
         if self.shared.verified.lock().get(&key) == Some(&digest(&actual)) {
             return;
         }
-        let Some(want) = template(&spec, &self.shared.inject) else {
+        let Some(want) = pod_template(&spec, &self.shared.inject)
+            .ok()
+            .and_then(|t| serde_json::to_value(&t).ok())
+        else {
             return;
         };
         if drift::covers(&actual, &want) {
@@ -584,27 +583,16 @@ impl Writes {
             Ok(Some(d)) => d,
             Err(e) => return Err(failure(format!("reading deployment {name}"), e)),
         };
-        let Some(want) = template(spec, &self.inject) else {
-            return Ok(());
-        };
-        let stored = |d: &Deployment| {
-            d.spec
-                .as_ref()
-                .and_then(|s| serde_json::to_value(&s.template).ok())
-        };
-        if let Some(actual) = stored(&have).filter(|a| drift::covers(a, &want)) {
+        let made = pod_template(spec, &self.inject)
+            .map_err(|e| Failure::Give(format!("revision {}: {e}", spec.pod.revision)))?;
+        let want = serde_json::to_value(&made).unwrap_or_default();
+        if let Some(actual) = stored_template(&have).filter(|a| drift::covers(a, &want)) {
             self.shared.verified.lock().insert(key, digest(&actual));
             return Ok(());
         }
         let mut next = have;
-        let owner = Owner {
-            name: spec.pod.service.clone(),
-            uid: String::new(),
-        };
-        let made = resources::deployment(spec, &owner, &self.inject)
-            .map_err(|e| Failure::Give(format!("revision {}: {e}", spec.pod.revision)))?;
-        if let (Some(s), Some(m)) = (next.spec.as_mut(), made.spec) {
-            s.template = m.template;
+        if let Some(s) = next.spec.as_mut() {
+            s.template = made;
         }
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -614,7 +602,7 @@ impl Writes {
             .replace(&name, &params, &next)
             .await
             .map_err(|e| failure(format!("putting deployment {name} back"), e))?;
-        if let Some(t) = stored(&written) {
+        if let Some(t) = stored_template(&written) {
             self.shared.verified.lock().insert(key, digest(&t));
         }
         tracing::info!(revision = %spec.pod.revision, namespace = %spec.pod.namespace, "deployment put back");
@@ -773,14 +761,23 @@ fn digest(v: &serde_json::Value) -> u64 {
     h.finish()
 }
 
-/// The pod template Sluice makes for the revision's Deployment, as JSON.
-fn template(spec: &RevisionSpec, inject: &Injection) -> Option<serde_json::Value> {
+/// The pod template Sluice makes for the revision's Deployment (the owner is not part
+/// of it).
+fn pod_template(
+    spec: &RevisionSpec,
+    inject: &Injection,
+) -> Result<PodTemplateSpec, resources::ResourceError> {
     let owner = Owner {
         name: spec.pod.service.clone(),
         uid: String::new(),
     };
-    let d = resources::deployment(spec, &owner, inject).ok()?;
-    serde_json::to_value(&d.spec?.template).ok()
+    let d = resources::deployment(spec, &owner, inject)?;
+    Ok(d.spec.map(|s| s.template).unwrap_or_default())
+}
+
+/// A Deployment's pod template as the API server stored it, as JSON.
+fn stored_template(d: &Deployment) -> Option<serde_json::Value> {
+    serde_json::to_value(&d.spec.as_ref()?.template).ok()
 }
 
 /// The revision a Deployment of Sluice's runs.

@@ -134,17 +134,6 @@ impl ChildError {
             Self::NotOwned { kind, .. } | Self::Api { kind, .. } => kind,
         }
     }
-
-    /// The API server refused it as it is (a retry cannot help until something changes).
-    pub fn refused(&self) -> bool {
-        match self {
-            Self::NotOwned { .. } => true,
-            Self::Api { source, .. } => matches!(
-                source,
-                kube::Error::Api(s) if matches!(s.code, 400 | 403 | 409 | 422)
-            ),
-        }
-    }
 }
 
 /// What [`reconcile`] did.
@@ -196,12 +185,7 @@ pub async fn reconcile(
     if !owned {
         return Err(ChildError::NotOwned { kind, name });
     }
-    let same = have.data.get("spec") == want.data.get("spec")
-        && have.metadata.labels.clone().unwrap_or_default()
-            == want.metadata.labels.clone().unwrap_or_default()
-        && have.metadata.annotations.clone().unwrap_or_default()
-            == want.metadata.annotations.clone().unwrap_or_default();
-    if same {
+    if as_made(&have, want) {
         return Ok(Outcome::Unchanged);
     }
     let mut next = want.clone();
@@ -212,6 +196,17 @@ pub async fn reconcile(
     }
     api.replace(&name, &params, &next).await.map_err(err)?;
     Ok(Outcome::Replaced)
+}
+
+/// `have` has `want`'s spec, labels and annotations (what a child is made of).
+fn as_made(have: &DynamicObject, want: &DynamicObject) -> bool {
+    let meta = |o: &DynamicObject| {
+        (
+            o.metadata.labels.clone().unwrap_or_default(),
+            o.metadata.annotations.clone().unwrap_or_default(),
+        )
+    };
+    have.data.get("spec") == want.data.get("spec") && meta(have) == meta(want)
 }
 
 /// Writes both of the Service's children: the Configuration first, then the Route. Says
@@ -251,9 +246,7 @@ struct Entry {
 
 #[derive(Debug)]
 struct Failure {
-    kind: String,
-    reason: &'static str,
-    message: String,
+    problem: Problem,
     retry_at: Instant,
     wait: Duration,
 }
@@ -317,14 +310,7 @@ impl Tracker {
             "Route" => route(&e.parent),
             _ => return,
         };
-        let same = seen.is_some_and(|have| {
-            have.data.get("spec") == want.data.get("spec")
-                && have.metadata.labels.clone().unwrap_or_default()
-                    == want.metadata.labels.clone().unwrap_or_default()
-                && have.metadata.annotations.clone().unwrap_or_default()
-                    == want.metadata.annotations.clone().unwrap_or_default()
-        });
-        if !same {
+        if !seen.is_some_and(|have| as_made(have, &want)) {
             e.written = false;
         }
     }
@@ -359,9 +345,11 @@ impl Tracker {
                     .as_ref()
                     .map_or(FIRST_BACKOFF, |f| (f.wait * 2).min(MAX_BACKOFF));
                 e.failure = Some(Failure {
-                    kind: err.kind().to_owned(),
-                    reason: err.reason(),
-                    message: err.to_string(),
+                    problem: Problem {
+                        kind: err.kind().to_owned(),
+                        reason: err.reason().to_owned(),
+                        message: err.to_string(),
+                    },
                     retry_at: now + wait,
                     wait,
                 });
@@ -380,11 +368,7 @@ impl Tracker {
     /// Why the Service's children are not as they should be, after a failed write.
     pub fn problem(&self, namespace: &str, name: &str) -> Option<Problem> {
         let e = self.entries.get(&(namespace.to_owned(), name.to_owned()))?;
-        e.failure.as_ref().map(|f| Problem {
-            kind: f.kind.clone(),
-            reason: f.reason.to_owned(),
-            message: f.message.clone(),
-        })
+        e.failure.as_ref().map(|f| f.problem.clone())
     }
 }
 

@@ -115,12 +115,12 @@ pub fn service_status(f: &Facts, before: Option<&ServiceStatus>, now: Timestamp)
         before.map(|b| b.conditions.as_slice()),
         now,
     );
-    let has_route = !f.traffic.is_empty();
+    let (url, address) = urls(f);
     ServiceStatus {
         observed_generation: f.generation,
         conditions,
-        url: has_route.then(|| external_url(f)),
-        address: has_route.then(|| Address { url: local_url(f) }),
+        url,
+        address,
         latest_created_revision_name: f.latest_created.clone(),
         latest_ready_revision_name: f.latest_ready.clone(),
         traffic: traffic(f),
@@ -184,6 +184,23 @@ pub struct RouteStatus {
 /// by this control plane, so once the traffic is assigned), `CertificateProvisioned`
 /// (true: Sluice does not provision certificates) and `Ready` made of the three.
 pub fn route_status(f: &Facts, before: Option<&RouteStatus>, now: Timestamp) -> RouteStatus {
+    let conditions = named(
+        route_conditions(f),
+        before.map(|b| b.conditions.as_slice()),
+        now,
+    );
+    let (url, address) = urls(f);
+    RouteStatus {
+        observed_generation: f.generation,
+        conditions,
+        url,
+        address,
+        traffic: traffic(f),
+    }
+}
+
+/// The Route's conditions, by type, `Ready` last.
+fn route_conditions(f: &Facts) -> [(&'static str, Condition); 4] {
     let assigned = traffic_assigned(f);
     let ingress = if assigned.status == "True" {
         cond("", "True", "", String::new())
@@ -202,24 +219,20 @@ pub fn route_status(f: &Facts, before: Option<&RouteStatus>, now: Timestamp) -> 
         "external-domain-tls is not enabled".to_owned(),
     );
     let ready = worst(&[&assigned, &ingress, &certificate]);
-    let conditions = named(
-        [
-            ("AllTrafficAssigned", assigned),
-            ("CertificateProvisioned", certificate),
-            ("IngressReady", ingress),
-            ("Ready", ready),
-        ],
-        before.map(|b| b.conditions.as_slice()),
-        now,
-    );
-    let has_route = !f.traffic.is_empty();
-    RouteStatus {
-        observed_generation: f.generation,
-        conditions,
-        url: has_route.then(|| external_url(f)),
-        address: has_route.then(|| Address { url: local_url(f) }),
-        traffic: traffic(f),
+    [
+        ("AllTrafficAssigned", assigned),
+        ("CertificateProvisioned", certificate),
+        ("IngressReady", ingress),
+        ("Ready", ready),
+    ]
+}
+
+/// The external URL and the in-cluster address, once there is a route.
+fn urls(f: &Facts) -> (Option<String>, Option<Address>) {
+    if f.traffic.is_empty() {
+        return (None, None);
     }
+    (Some(external_url(f)), Some(Address { url: local_url(f) }))
 }
 
 fn external_url(f: &Facts) -> String {
@@ -485,13 +498,7 @@ fn configurations_ready(f: &Facts) -> Condition {
 
 /// Knative's Route readiness, which the Service's `RoutesReady` copies.
 fn routes_ready(f: &Facts) -> Condition {
-    let status = route_status(f, None, Timestamp::UNIX_EPOCH);
-    let mut ready = status
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap_or_default();
-    ready.last_transition_time = None;
+    let [.., (_, ready)] = route_conditions(f);
     ready
 }
 

@@ -603,16 +603,7 @@ async fn collect_garbage(
             let served: BTreeSet<String> =
                 desired.traffic(s).into_iter().map(|t| t.revision).collect();
             let latest = s.revisions.last().map(|r| r.name.as_str());
-            let latest_ready = s
-                .revisions
-                .iter()
-                .rev()
-                .find(|r| {
-                    desired
-                        .control
-                        .is_ready(&RevisionKey::new(&s.namespace, &r.name))
-                })
-                .map(|r| r.name.as_str());
+            let latest_ready = latest_ready(desired, s);
             let mut candidates = Vec::new();
             for r in &s.revisions {
                 let key = RevisionKey::new(&s.namespace, &r.name);
@@ -669,6 +660,19 @@ async fn collect_garbage(
             );
         }
     }
+}
+
+/// The newest of the Service's revisions that has had a ready pod.
+fn latest_ready<'a>(desired: &Desired, s: &'a super::world::ServiceState) -> Option<&'a str> {
+    s.revisions
+        .iter()
+        .rev()
+        .find(|r| {
+            desired
+                .control
+                .is_ready(&RevisionKey::new(&s.namespace, &r.name))
+        })
+        .map(|r| r.name.as_str())
 }
 
 /// A status to write on the object of a Service's name of that kind.
@@ -956,13 +960,7 @@ fn statuses(
                             .map(|f| f.condition().2)
                     })
                 }),
-            latest_ready: state.and_then(|s| {
-                s.revisions
-                    .iter()
-                    .rev()
-                    .find(|r| ready(&r.name))
-                    .map(|r| r.name.clone())
-            }),
+            latest_ready: state.and_then(|s| latest_ready(desired, s).map(str::to_owned)),
             latest_created,
             traffic: state
                 .map(|s| {
