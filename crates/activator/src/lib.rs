@@ -250,9 +250,11 @@ pub fn main(args: Args) -> std::process::ExitCode {
     })
 }
 
-/// Every second, each active revision's concurrency and request count to the autoscaler.
+/// Every second, each active revision's concurrency and request count to the autoscaler,
+/// at the reporters' phase of the wall clock's second ([`sluice_core::phase`]).
 async fn report_loop(state: Arc<State>, pusher: Pusher) {
-    let mut tick = tokio::time::interval_at(Instant::now() + REPORT_INTERVAL, REPORT_INTERVAL);
+    let first = sluice_core::phase::until_wall_phase(sluice_core::phase::REPORT_PHASE);
+    let mut tick = tokio::time::interval_at(Instant::now() + first, REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -247,6 +247,7 @@ mod tests {
             Options {
                 tick: Duration::from_secs(2),
                 auto_register: false,
+                wall_clock: false,
             },
         );
         let mut follower = Config {

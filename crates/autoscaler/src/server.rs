@@ -149,6 +149,7 @@ impl Server {
         let options = Options {
             tick: TICK,
             auto_register: !args.no_auto_register && control_uri.is_none(),
+            ..Options::default()
         };
         let control = control_uri.map(|uri| (uri, Arc::new(StreamPods::default())));
         let scaler: Arc<dyn Scaler> = match (scaler, &control) {

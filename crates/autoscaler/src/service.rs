@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
+use sluice_core::phase::{self, DECIDE_PHASE};
 use sluice_proto::v1::{self, Source, StatReport};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -41,6 +42,12 @@ pub struct Options {
     /// stat (the standalone binary). Otherwise such stats are refused, as Knative drops
     /// stats for revisions it has no collection for.
     pub auto_register: bool,
+    /// Buckets at the wall clock's whole seconds and decisions at
+    /// [`DECIDE_PHASE`](sluice_core::phase::DECIDE_PHASE) into a second, so the reports
+    /// Sluice's reporters send at a fixed phase fall one per bucket, the current second's
+    /// in before the tick ([`sluice_core::phase`]). Off, the windows and ticks start when
+    /// the autoscaler does (tests on a paused clock).
+    pub wall_clock: bool,
 }
 
 impl Default for Options {
@@ -48,6 +55,7 @@ impl Default for Options {
         Self {
             tick: TICK,
             auto_register: false,
+            wall_clock: true,
         }
     }
 }
@@ -136,9 +144,15 @@ impl Autoscaler {
     /// An autoscaler with `config`; must be created inside a tokio runtime.
     pub fn new(config: AutoscalerConfig, scaler: Arc<dyn Scaler>, options: Options) -> Self {
         let (decisions, _) = broadcast::channel(DECISION_BUFFER);
+        let now = Instant::now();
+        let epoch = if options.wall_clock {
+            now.checked_sub(phase::wall_into_second()).unwrap_or(now)
+        } else {
+            now
+        };
         Self {
             inner: Arc::new(Inner {
-                epoch: Instant::now(),
+                epoch,
                 options,
                 config: RwLock::new(config),
                 revisions: RwLock::new(HashMap::new()),
@@ -487,7 +501,11 @@ impl Inner {
 /// One revision's ticks: every `tick`, at once on a poke, and at a requeue deadline.
 /// Ends when the autoscaler is gone (or is aborted when the revision is removed).
 async fn tick_loop(inner: Weak<Inner>, revision: Arc<Revision>, tick: Duration) {
-    let mut ticks = tokio::time::interval_at(Instant::now() + tick, tick);
+    let first = match inner.upgrade() {
+        Some(inner) if inner.options.wall_clock => phase::until_phase(inner.now(), DECIDE_PHASE),
+        _ => tick,
+    };
+    let mut ticks = tokio::time::interval_at(Instant::now() + first, tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut requeue: Option<Instant> = None;
     loop {

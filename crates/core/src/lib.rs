@@ -13,6 +13,7 @@ pub mod forward;
 pub mod headers;
 pub mod memory;
 pub mod metrics;
+pub mod phase;
 pub mod probe;
 pub mod process;
 pub mod proxy_body;

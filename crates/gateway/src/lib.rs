@@ -372,11 +372,12 @@ impl Gateway {
     }
 }
 
-/// Every second: the concurrency of each revision that scales on the gateway's view.
+/// Every second: the concurrency of each revision that scales on the gateway's view, at
+/// the reporters' phase of the wall clock's second ([`sluice_core::phase`]).
 async fn report_loop(state: Arc<State>, pusher: Pusher) {
-    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    let first = sluice_core::phase::until_wall_phase(sluice_core::phase::REPORT_PHASE);
+    let mut tick = tokio::time::interval_at(Instant::now() + first, REPORT_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick.tick().await;
     loop {
         tick.tick().await;
         let now = Instant::now();

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use sluice_core::phase::{REPORT_PHASE, until_wall_phase};
 use sluice_core::push::Pusher;
 use sluice_proto::Stat;
 use sluice_proto::v1::{Source, StatReport};
@@ -43,7 +44,9 @@ pub(crate) fn spawn_reporter(state: Arc<State>, push: Option<Pusher>) -> std::io
         .name("sluice-stats".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut next = state.started + REPORTING_PERIOD;
+            // At the reporters' phase of the wall clock's second (sluice_core::phase):
+            // the first period is the part of a second up to it.
+            let mut next = Instant::now() + until_wall_phase(REPORT_PHASE);
             loop {
                 let wait = next.saturating_duration_since(Instant::now());
                 match stopped.recv_timeout(wait) {

@@ -43,6 +43,7 @@ fn autoscaler(scaler: Arc<dyn Scaler>, auto_register: bool) -> Autoscaler {
         Options {
             tick: TICK,
             auto_register,
+            wall_clock: false,
         },
     )
 }
