@@ -188,6 +188,12 @@ impl ControlPlane {
         self.inner.state.lock().decision_of(key).cloned()
     }
 
+    /// The replicas last set on the revision's workload (its initial scale until the
+    /// autoscaler's first decision).
+    pub fn replicas(&self, key: &RevisionKey) -> Option<u32> {
+        self.inner.state.lock().replicas_of(key)
+    }
+
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
     }

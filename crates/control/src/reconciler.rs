@@ -368,6 +368,12 @@ impl Reconciler {
         self.revisions.get(key)?.decision.as_ref()
     }
 
+    /// The replicas last set on the revision's workload: its initial scale (or those it
+    /// was adopted at), then each decision's.
+    pub fn replicas_of(&self, key: &RevisionKey) -> Option<u32> {
+        Some(self.revisions.get(key)?.replicas)
+    }
+
     /// The revision's route and endpoints as they are now (the feeds drop repeats).
     fn publish(&self, key: &RevisionKey, out: &mut Vec<Action>) {
         let Some(rev) = self.revisions.get(key) else {

@@ -42,8 +42,8 @@ struct Objects {
     revisions: HashMap<RevisionKey, RevisionStatus>,
     /// Each `Revision` object's uid, from its last status write (events name it).
     revision_uids: HashMap<RevisionKey, String>,
-    /// The replicas each revision's autoscaler decision last set (for its events).
-    scaled: HashMap<RevisionKey, i32>,
+    /// The replicas each revision's workload was last seen set to (for its events).
+    scaled: HashMap<RevisionKey, u32>,
     /// Each Service's `Configuration` and `Route`: whether the cluster has them as they
     /// should be.
     children: Tracker,
@@ -848,8 +848,9 @@ fn service_notices(
     out
 }
 
-/// A `SuccessfulRescale` event for each revision whose autoscaler set other replicas since
-/// the last tick, with the rule that set them (not for the first decision seen).
+/// A `SuccessfulRescale` event for each revision whose replicas changed since the last
+/// tick, with the rule of the decision that set them. A revision's first tick only notes
+/// its replicas: its initial scale, or for one adopted after a restart, what it runs at.
 fn scale_notices(
     desired: &Desired,
     world: &super::world::World,
@@ -859,21 +860,26 @@ fn scale_notices(
     for s in world.services.values() {
         for r in &s.revisions {
             let key = RevisionKey::new(&s.namespace, &r.name);
-            let Some(d) = desired.control.decision(&key).filter(|d| d.replicas >= 0) else {
+            let Some(replicas) = desired.control.replicas(&key) else {
                 continue;
             };
-            let before = objects.scaled.insert(key.clone(), d.replicas);
-            if before.is_none_or(|b| b == d.replicas) {
+            let before = objects.scaled.insert(key.clone(), replicas);
+            if before.is_none_or(|b| b == replicas) {
                 continue;
             }
-            let why = d.reason.map(|r| r.message).unwrap_or_default();
+            let why = desired
+                .control
+                .decision(&key)
+                .and_then(|d| d.reason)
+                .map(|r| r.message)
+                .unwrap_or_default();
             let uid = objects.revision_uids.get(&key).cloned();
             out.push((
                 reference("Revision", &key.namespace, &key.name, uid),
                 Notice {
                     warning: false,
                     reason: "SuccessfulRescale".to_owned(),
-                    note: format!("New size: {}; reason: {why}", d.replicas),
+                    note: format!("New size: {replicas}; reason: {why}"),
                 },
             ));
         }
