@@ -52,6 +52,17 @@ fn free_addr() -> SocketAddr {
     sluice_test_support::free_private_addr()
 }
 
+/// What listens at `addr`, as `ss` sees it (for a failure's message).
+fn who_listens(addr: SocketAddr) -> String {
+    std::process::Command::new("ss")
+        .args(["-Hltnp", &format!("src = {addr}")])
+        .output()
+        .map_or_else(
+            |e| format!("(ss: {e})"),
+            |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+}
+
 fn exe() -> String {
     env!("CARGO_BIN_EXE_sluice").to_owned()
 }
@@ -968,7 +979,9 @@ fn kube_e2e_a_killed_leader_is_replaced_by_the_standby_and_scaling_goes_on() {
             );
             assert!(
                 std::net::TcpStream::connect(standby).is_err(),
-                "the standby serves nothing"
+                "the standby serves nothing, yet {standby} answers: {}\n{}",
+                who_listens(standby),
+                c.logs()
             );
 
             // The leader is killed and not restarted (its node is gone): within the 3 s

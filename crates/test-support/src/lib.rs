@@ -49,11 +49,22 @@ pub fn private_loopback_ip() -> Ipv4Addr {
     })
 }
 
-/// A free port on [`private_loopback_ip`], for a child process to bind.
+/// A free port on [`private_loopback_ip`], for a child process to bind; never one this
+/// process was handed before. The kernel may give a port let go of back to the next
+/// `bind(:0)`: two children told the same port, one fails to bind, or a check that
+/// nothing serves at an address meets the other.
 pub fn free_private_addr() -> SocketAddr {
-    std::net::TcpListener::bind((private_loopback_ip(), 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port on the test's own loopback address")
+    static HANDED_OUT: parking_lot::Mutex<Vec<u16>> = parking_lot::Mutex::new(Vec::new());
+    loop {
+        let addr = std::net::TcpListener::bind((private_loopback_ip(), 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port on the test's own loopback address");
+        let mut handed_out = HANDED_OUT.lock();
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// A listener on a free loopback port.
