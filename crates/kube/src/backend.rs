@@ -78,8 +78,9 @@ enum Op {
     Create(Box<RevisionSpec>),
     Delete(RevisionKey),
     Scale(RevisionKey, u32),
-    /// Puts the Deployment's pod template back as Sluice makes it (edited by hand, or
-    /// made by an earlier Sluice with another sidecar).
+    /// Puts the Deployment's pod template and the private Service's selector and ports
+    /// back as Sluice makes them (edited by hand, or made by an earlier Sluice with
+    /// another sidecar).
     PutBack(Box<RevisionSpec>),
 }
 
@@ -223,10 +224,40 @@ impl KubeBackend {
     }
 
     /// The same for the revisions' private Services: one deleted comes back, so its
-    /// EndpointSlices (the ready pods) do.
+    /// EndpointSlices (the ready pods) do; one whose selector or ports were edited
+    /// ([`drift::service_covers`]) gets them back.
     pub async fn follow_services(self: Arc<Self>, client: Client) {
-        self.follow_owned(Api::<Service>::all(client), "private service", |_| {})
-            .await;
+        let this = Arc::clone(&self);
+        self.follow_owned(Api::<Service>::all(client), "private service", move |s| {
+            this.check_service(s);
+        })
+        .await;
+    }
+
+    /// Queues a put-back for a running revision's private Service that no longer routes
+    /// as Sluice made it.
+    fn check_service(&self, s: &Service) {
+        let Some(key) = revision_of(&s.metadata) else {
+            return;
+        };
+        if s.metadata.name.as_deref() != Some(resources::service_name(&key.name).as_str()) {
+            return;
+        }
+        let Some((spec, _)) = self.shared.running.lock().get(&key).cloned() else {
+            return;
+        };
+        let want = resources::service_spec(&spec);
+        if s.spec
+            .as_ref()
+            .is_some_and(|actual| drift::service_covers(actual, &want))
+        {
+            return;
+        }
+        tracing::warn!(
+            revision = %key.name, namespace = %key.namespace,
+            "its private service does not select and serve as Sluice made it (edited by hand?): put back"
+        );
+        self.queue(Op::PutBack(Box::new(spec)));
     }
 
     /// Queues a put-back for a running revision's Deployment whose pod template is not as
@@ -574,6 +605,11 @@ impl Writes {
     /// replicas and everything else kept. The template as stored is remembered, so the
     /// watch events that follow need no second look.
     async fn put_back(&self, spec: &RevisionSpec) -> Result<(), Failure> {
+        self.put_back_deployment(spec).await?;
+        self.put_back_service(spec).await
+    }
+
+    async fn put_back_deployment(&self, spec: &RevisionSpec) -> Result<(), Failure> {
         let key = spec.key();
         let name = resources::deployment_name(&spec.pod.revision);
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &spec.pod.namespace);
@@ -606,6 +642,35 @@ impl Writes {
             self.shared.verified.lock().insert(key, digest(&t));
         }
         tracing::info!(revision = %spec.pod.revision, namespace = %spec.pod.namespace, "deployment put back");
+        Ok(())
+    }
+
+    /// The private Service's selector and ports as Sluice makes them; the rest (its
+    /// cluster IP, what else a hand put there) is kept.
+    async fn put_back_service(&self, spec: &RevisionSpec) -> Result<(), Failure> {
+        let name = resources::service_name(&spec.pod.revision);
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &spec.pod.namespace);
+        let mut next = match api.get_opt(&name).await {
+            // Gone: the watch has it made again.
+            Ok(None) => return Ok(()),
+            Ok(Some(s)) => s,
+            Err(e) => return Err(failure(format!("reading service {name}"), e)),
+        };
+        let want = resources::service_spec(spec);
+        let actual = next.spec.get_or_insert_with(Default::default);
+        if drift::service_covers(actual, &want) {
+            return Ok(());
+        }
+        actual.selector = want.selector;
+        actual.ports = want.ports;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        api.replace(&name, &params, &next)
+            .await
+            .map_err(|e| failure(format!("putting service {name} back"), e))?;
+        tracing::info!(revision = %spec.pod.revision, namespace = %spec.pod.namespace, "private service put back");
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! API server rewrites it). A field changed or removed by hand, a container or an env var
 //! added or taken away, does count.
 
+use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
 use serde_json::Value;
 
 /// `actual` holds every field of `want` with `want`'s value.
@@ -24,6 +25,14 @@ pub fn covers(actual: &Value, want: &Value) -> bool {
         (Value::Null, w) => empty(w),
         (a, w) => a == w,
     }
+}
+
+/// A private Service's spec still routes as Sluice made it: the same selector (a key
+/// added by hand would select no pod, one removed other pods), and its ports as made.
+/// What the API server fills in (`clusterIP`, `type`, `sessionAffinity`) does not count.
+pub fn service_covers(actual: &ServiceSpec, want: &ServiceSpec) -> bool {
+    let json = |v: &Option<Vec<ServicePort>>| serde_json::to_value(v).unwrap_or_default();
+    actual.selector == want.selector && covers(&json(&actual.ports), &json(&want.ports))
 }
 
 /// What the API server may leave out when it is given: an empty list or map, or null.
@@ -158,5 +167,31 @@ mod tests {
         ] {
             assert!(!covers(&json!(a), &json!(b)), "{a} ≠ {b}");
         }
+    }
+
+    #[test]
+    fn a_private_service_routes_as_made_until_its_selector_or_ports_change() {
+        let want: ServiceSpec = serde_json::from_value(json!({
+            "selector": {"serving.knative.dev/revision": "hello-00001"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"}]
+        }))
+        .expect("spec");
+        let stored = |selector: Value, target: i32| -> ServiceSpec {
+            serde_json::from_value(json!({
+                "selector": selector,
+                "ports": [{"name": "http", "port": 80, "targetPort": target, "protocol": "TCP"}],
+                "clusterIP": "10.96.0.12", "type": "ClusterIP", "sessionAffinity": "None"
+            }))
+            .expect("spec")
+        };
+        let made = json!({"serving.knative.dev/revision": "hello-00001"});
+        assert!(service_covers(&stored(made.clone(), 8012), &want));
+        assert!(!service_covers(&stored(made, 8080), &want), "a target port");
+        let added = json!({"serving.knative.dev/revision": "hello-00001", "x": "y"});
+        assert!(!service_covers(&stored(added, 8012), &want), "a key added");
+        assert!(
+            !service_covers(&stored(json!({}), 8012), &want),
+            "the selector gone"
+        );
     }
 }

@@ -233,13 +233,6 @@ pub fn service(spec: &RevisionSpec, owner: &Owner) -> Service {
     let pod = &spec.pod;
     let mut labels = labels(spec);
     labels.insert(SERVICE_TYPE_LABEL.to_owned(), "Private".to_owned());
-    let port = |name: &str, port: u16, target: u16| ServicePort {
-        name: Some(name.to_owned()),
-        port: i32::from(port),
-        target_port: Some(IntOrString::Int(i32::from(target))),
-        protocol: Some("TCP".to_owned()),
-        ..ServicePort::default()
-    };
     Service {
         metadata: ObjectMeta {
             name: Some(service_name(&pod.revision)),
@@ -248,20 +241,32 @@ pub fn service(spec: &RevisionSpec, owner: &Owner) -> Service {
             owner_references: Some(vec![owner.reference()]),
             ..ObjectMeta::default()
         },
-        spec: Some(K8sServiceSpec {
-            selector: Some(selector(spec)),
-            ports: Some(vec![
-                port("http", 80, QUEUE_PORT),
-                port(
-                    "http-autometric",
-                    AUTOSCALING_METRICS_PORT,
-                    AUTOSCALING_METRICS_PORT,
-                ),
-                port("http-usermetric", USER_METRICS_PORT, USER_METRICS_PORT),
-            ]),
-            ..K8sServiceSpec::default()
-        }),
+        spec: Some(service_spec(spec)),
         status: None,
+    }
+}
+
+/// The private Service's spec: its selector (the revision's pods) and ports.
+pub fn service_spec(spec: &RevisionSpec) -> K8sServiceSpec {
+    let port = |name: &str, port: u16, target: u16| ServicePort {
+        name: Some(name.to_owned()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::Int(i32::from(target))),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    };
+    K8sServiceSpec {
+        selector: Some(selector(spec)),
+        ports: Some(vec![
+            port("http", 80, QUEUE_PORT),
+            port(
+                "http-autometric",
+                AUTOSCALING_METRICS_PORT,
+                AUTOSCALING_METRICS_PORT,
+            ),
+            port("http-usermetric", USER_METRICS_PORT, USER_METRICS_PORT),
+        ]),
+        ..K8sServiceSpec::default()
     }
 }
 

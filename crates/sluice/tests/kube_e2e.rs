@@ -1974,6 +1974,38 @@ fn kube_e2e_a_deleted_deployment_comes_back_and_a_hand_edit_is_put_back() {
             (reply.status.as_u16(), reply.text()),
             (200, "Hello drift!\n".to_owned())
         );
+
+        // Its selector edited by hand (a key added: it would select no pod) and a port
+        // retargeted: both put back, what the API server filled in kept.
+        let req = http::Request::patch(path)
+            .header("content-type", "application/merge-patch+json")
+            .body(
+                serde_json::to_vec(&json!({"spec": {
+                    "selector": {"app": "hand-edited"},
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]
+                }}))
+                .expect("json"),
+            )
+            .expect("request");
+        let edited: Value = c.kube.request(req).await.expect("the hand edit");
+        assert_eq!(edited["spec"]["selector"]["app"], "hand-edited");
+        let service = c
+            .until("the private service put back", limit, async || {
+                let s = c.get(path).await.unwrap_or(Value::Null);
+                let spec = &s["spec"];
+                (spec["selector"]["serving.knative.dev/revision"] == "drift-00001"
+                    && spec["selector"].get("app").is_none()
+                    && spec["ports"][0]["targetPort"] == 8012)
+                    .then(|| s.to_string())
+            })
+            .await;
+        let service: Value = serde_json::from_str(&service).expect("json");
+        assert_eq!(service["spec"]["ports"].as_array().map(Vec::len), Some(3));
+        let reply = c.get_through_gateway("drift.default.example.com").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello drift!\n".to_owned())
+        );
         c.shutdown().await;
     });
 }
