@@ -19,5 +19,7 @@ pub use decider::{Decider, DeciderSpec, ScaleResult};
 pub use delay::MaxWindow;
 pub use pod_autoscaler::{Activity, Mode, PodAutoscaler, ScaleBounds, Step};
 pub use reason::{Reason, ReasonKind};
-pub use revision_autoscaler::{ACTIVATION_TIMEOUT, Decision, PodCounts, RevisionAutoscaler};
+pub use revision_autoscaler::{
+    ACTIVATION_TIMEOUT, Decision, PodCounts, RevisionAutoscaler, decider_spec,
+};
 pub use window::Window;

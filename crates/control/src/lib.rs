@@ -1,5 +1,8 @@
 //! Sluice's control plane: one reconciler for every topology.
 //!
+//! - [`world`]: the pure Knative planner: Services (as `sluice-serving` reads them) into
+//!   revisions and traffic, every rule of Knative's webhook checked, nothing changed
+//!   unless all pass; [`images`]: which local command runs an image.
 //! - [`gc`]: which old revisions `config-gc` collects.
 //! - [`spec`]: the desired state (services with traffic, revisions with their pods).
 //! - [`reconciler`]: the pure part: desired state + decisions + ready pods → actions.
@@ -15,10 +18,12 @@ pub mod backend;
 pub mod cold_start;
 pub mod gc;
 pub mod grpc;
+pub mod images;
 pub mod local;
 pub mod node;
 pub mod reconciler;
 pub mod spec;
+pub mod world;
 
 use std::collections::HashSet;
 use std::sync::Arc;

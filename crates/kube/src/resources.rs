@@ -154,30 +154,9 @@ pub enum ResourceError {
     NoImage,
 }
 
-/// The annotation that sets how long a revision's Deployment may take to come up
-/// (Knative's; a Go duration).
-pub const PROGRESS_DEADLINE_ANNOTATION: &str = "serving.knative.dev/progress-deadline";
-
-/// Knative's `config-deployment` `progress-deadline` default: 600 s.
-pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 600;
-
-/// The Deployment's `progressDeadlineSeconds` from
-/// [`PROGRESS_DEADLINE_ANNOTATION`], rounded up to whole seconds as Knative does; `None`
-/// when absent; `Err` for a value that is not a positive duration.
-pub fn progress_deadline(annotations: &BTreeMap<String, String>) -> Option<Result<i32, String>> {
-    let v = annotations.get(PROGRESS_DEADLINE_ANNOTATION)?;
-    let parsed =
-        sluice_core::duration::parse(v.trim()).filter(|d| !d.negative && !d.magnitude.is_zero());
-    Some(match parsed {
-        Some(d) => Ok(i32::try_from(
-            d.magnitude.as_secs() + u64::from(d.magnitude.subsec_nanos() > 0),
-        )
-        .unwrap_or(i32::MAX)),
-        None => Err(format!(
-            "{PROGRESS_DEADLINE_ANNOTATION}: {v:?} is not a positive duration (such as 600s or 10m)"
-        )),
-    })
-}
+pub use sluice_serving::progress::{
+    DEFAULT_PROGRESS_DEADLINE_SECONDS, PROGRESS_DEADLINE_ANNOTATION, progress_deadline,
+};
 
 /// The revision's Deployment at its initial scale.
 pub fn deployment(

@@ -6,13 +6,31 @@
 use std::time::Duration;
 
 use super::{
-    Activity, Collector, Decider, Mode, PodAutoscaler, Reason, Reporter, ScaleBounds, StatSample,
+    Activity, Collector, Decider, DeciderSpec, Mode, PodAutoscaler, Reason, Reporter, ScaleBounds,
+    StatSample,
 };
 use crate::config::AutoscalerConfig;
 use crate::revision::RevisionScaling;
 
 /// Knative's default progress deadline (600 s) plus the 30 s it adds for activation.
 pub const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(630);
+
+/// The decider's spec from a revision's scaling; `reachable`: the revision is routed
+/// traffic.
+pub fn decider_spec(s: &RevisionScaling, cfg: &AutoscalerConfig, reachable: bool) -> DeciderSpec {
+    DeciderSpec {
+        target_value: s.target,
+        total_value: s.total,
+        target_burst_capacity: s.target_burst_capacity,
+        panic_threshold: s.panic_threshold,
+        max_scale_up_rate: cfg.max_scale_up_rate,
+        max_scale_down_rate: cfg.max_scale_down_rate,
+        stable_window: s.stable_window,
+        scale_down_delay: s.scale_down_delay,
+        activation_scale: s.activation_scale,
+        reachable,
+    }
+}
 
 /// The pod counts a reconcile reads from the scaler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,7 +93,7 @@ impl RevisionAutoscaler {
         ready: Option<u32>,
         now: Duration,
     ) -> Self {
-        let decider = Decider::new(scaling.decider_spec(cfg, true), ready, now);
+        let decider = Decider::new(decider_spec(&scaling, cfg, true), ready, now);
         Self {
             bounds: bounds(cfg, &scaling, true),
             collector: collector(&scaling),
@@ -104,7 +122,7 @@ impl RevisionAutoscaler {
             self.collector = collector(&scaling);
         }
         let reachable = self.bounds.reachable;
-        self.decider.update(scaling.decider_spec(cfg, reachable));
+        self.decider.update(decider_spec(&scaling, cfg, reachable));
         self.bounds = bounds(cfg, &scaling, reachable);
         self.scaling = scaling;
     }
@@ -119,7 +137,7 @@ impl RevisionAutoscaler {
     pub fn set_reachable(&mut self, cfg: &AutoscalerConfig, reachable: bool) {
         self.bounds.reachable = reachable;
         self.decider
-            .update(self.scaling.decider_spec(cfg, reachable));
+            .update(decider_spec(&self.scaling, cfg, reachable));
     }
 
     /// Records a stat received at `now`. Returns true when it should be decided at once:

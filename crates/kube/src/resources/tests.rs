@@ -270,21 +270,3 @@ fn a_container_from_the_local_planner_is_accepted_as_written() {
     );
     assert_eq!(env_of(user)["A"], "1");
 }
-
-#[test]
-fn the_progress_deadline_annotation_is_a_positive_duration_rounded_up_to_seconds() {
-    let deadline = |v: &str| {
-        progress_deadline(&BTreeMap::from([(
-            PROGRESS_DEADLINE_ANNOTATION.to_owned(),
-            v.to_owned(),
-        )]))
-    };
-    assert_eq!(deadline("3s"), Some(Ok(3)));
-    assert_eq!(deadline("1.5s"), Some(Ok(2)));
-    assert_eq!(deadline("10m"), Some(Ok(600)));
-    for bad in ["0s", "-5s", "soon", ""] {
-        let e = deadline(bad).expect("present").expect_err(bad);
-        assert!(e.contains(PROGRESS_DEADLINE_ANNOTATION), "{e}");
-    }
-    assert_eq!(progress_deadline(&BTreeMap::new()), None);
-}

@@ -1,7 +1,7 @@
 //! `sluice run`: the whole platform on one machine from Knative `Service` manifests.
 //!
-//! - [`manifest`], [`images`]: what users write, and which local command runs an image.
-//! - [`world`]: the pure planner: services, revisions and traffic, every rule checked.
+//! - [`manifest`] and [`problem`] (from `sluice-serving`), [`world`] and [`images`] (from
+//!   `sluice-control`): what users write, the pure planner, which command runs an image.
 //! - [`desired`]: the applied world, the control plane over the local process backend,
 //!   and the admin port.
 //! - [`platform`]: that with the autoscaler, activator and gateway, in one process.
@@ -10,7 +10,6 @@
 //!   running by this one, which also runs the pods (the node).
 //! - [`kube`]: `sluice control --kubernetes`: Services from the API server, statuses
 //!   written back.
-//! - [`problem`]: what is wrong with users' input, and where.
 //! - [`cli`], [`display`]: `sluice run`, `sluice apply`, `sluice status`.
 
 pub mod cli;
@@ -18,11 +17,10 @@ pub mod control;
 pub mod desired;
 pub mod display;
 pub mod distributed;
-pub mod images;
 pub mod kube;
-pub mod manifest;
 pub mod platform;
-pub mod problem;
-pub mod world;
 
 pub use platform::{Options, Platform, Status};
+// The planner and Knative's API types, where they live now; kept at their old paths.
+pub use sluice_control::{images, world};
+pub use sluice_serving::{manifest, problem};

@@ -174,3 +174,32 @@ fn a_changed_annotation_applies_at_the_next_tick() {
         "target 1 × 70 %: ⌈7 / 0.7⌉, capped at 3"
     );
 }
+
+#[test]
+fn decider_spec_carries_config_only_knobs() {
+    let (cfg, s) = scaling(
+        &[
+            ("target", "10"),
+            ("scale-down-delay", "30s"),
+            ("target-burst-capacity", "-1"),
+        ],
+        0,
+    );
+    let d = decider_spec(&s, &cfg, true);
+    assert_eq!(
+        (d.target_value, d.total_value, d.target_burst_capacity),
+        (7.0, 10.0, -1.0)
+    );
+    assert_eq!(
+        (
+            d.max_scale_up_rate,
+            d.max_scale_down_rate,
+            d.panic_threshold
+        ),
+        (1000.0, 2.0, 2.0)
+    );
+    assert_eq!(
+        (d.stable_window, d.scale_down_delay, d.reachable),
+        (Duration::from_secs(60), Duration::from_secs(30), true)
+    );
+}

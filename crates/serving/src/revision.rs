@@ -9,7 +9,6 @@ use crate::config::{
     AutoscalerConfig, ConfigError, HPA_CLASS, KPA_CLASS, MAX_STABLE_WINDOW, MPA_CLASS, Values,
     stable_window_ok, whole_seconds,
 };
-use crate::kpa::DeciderSpec;
 
 pub const ANNOTATION_PREFIX: &str = "autoscaling.knative.dev/";
 /// The RPS metric's utilization: fixed in Knative, changed only by the annotation.
@@ -191,22 +190,6 @@ impl RevisionScaling {
         );
         resolve_bounds(&mut v, cfg, &mut s);
         v.finish("revision annotations").map(|()| s)
-    }
-
-    /// The decider's spec; `reachable`: the revision is routed traffic.
-    pub fn decider_spec(&self, cfg: &AutoscalerConfig, reachable: bool) -> DeciderSpec {
-        DeciderSpec {
-            target_value: self.target,
-            total_value: self.total,
-            target_burst_capacity: self.target_burst_capacity,
-            panic_threshold: self.panic_threshold,
-            max_scale_up_rate: cfg.max_scale_up_rate,
-            max_scale_down_rate: cfg.max_scale_down_rate,
-            stable_window: self.stable_window,
-            scale_down_delay: self.scale_down_delay,
-            activation_scale: self.activation_scale,
-            reachable,
-        }
     }
 }
 

@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use sluice_autoscaler::config::{AutoscalerConfig, MPA_CLASS};
-use sluice_autoscaler::revision::RevisionScaling;
+use sluice_serving::config::{AutoscalerConfig, MPA_CLASS};
+use sluice_serving::manifest::{Container, Manifests, RevisionTemplate, Service, TrafficTarget};
+use sluice_serving::problem::Problem;
+use sluice_serving::revision::RevisionScaling;
 
-use super::images::ImageMap;
-use super::manifest::{Container, Manifests, RevisionTemplate, Service};
-use super::problem::Problem;
+use crate::images::ImageMap;
 
 /// Knative's `max-revision-timeout-seconds` default.
 const MAX_TIMEOUT_SECONDS: u32 = 600;
@@ -50,7 +50,7 @@ pub struct ServiceState {
     pub revisions: Vec<Revision>,
     pub traffic: Vec<Traffic>,
     /// The traffic as written (re-resolved when `latestRevision` moves).
-    pub traffic_spec: Option<Vec<super::manifest::TrafficTarget>>,
+    pub traffic_spec: Option<Vec<TrafficTarget>>,
     pub generation: u32,
 }
 
@@ -80,7 +80,7 @@ pub struct Kept {
 }
 
 /// How to run one pod of a revision: the control plane's spec.
-pub use sluice_control::PodSpec;
+pub use crate::PodSpec;
 
 /// One checked traffic target: a revision's name, its percent and its tag. A target of
 /// the latest revision (`latest`) names the latest *created* here; the control plane
@@ -525,7 +525,7 @@ fn plan_revision(
         }
     }
     let annotations = t.metadata.annotations.clone();
-    if let Some(Err(e)) = sluice_kube::resources::progress_deadline(&annotations) {
+    if let Some(Err(e)) = sluice_serving::progress::progress_deadline(&annotations) {
         errors.push(Problem::new("spec.template.metadata.annotations", e));
     }
     let initial_scale = match RevisionScaling::resolve(config, &annotations, cc) {
@@ -566,7 +566,7 @@ fn plan_revision(
 
 fn resolve_traffic(
     s: &ServiceState,
-    spec: Option<&[super::manifest::TrafficTarget]>,
+    spec: Option<&[TrafficTarget]>,
 ) -> Result<Vec<Traffic>, Vec<Problem>> {
     let Some(latest) = s.revisions.last() else {
         return Ok(Vec::new());

@@ -16,11 +16,12 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::manifest::Manifests;
-use super::world::{Local, argv};
+use sluice_serving::manifest::Manifests;
+
+use crate::world::{Local, argv};
 
 /// The word for Sluice's built-in sample app in a mapping.
-pub use sluice_control::spec::SAMPLE_APP;
+pub use crate::spec::SAMPLE_APP;
 
 #[derive(Clone, Debug)]
 pub struct ImageMap {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::run::images::SAMPLE_APP;
+use crate::images::SAMPLE_APP;
 
 fn service(extra_template: &str, traffic: &str) -> String {
     format!(
@@ -27,7 +27,7 @@ fn apply(world: &World, yaml: &str) -> Result<(World, Changes), Vec<String>> {
     let images = ImageMap::default();
     world
         .apply(&m, &Local::resolve(&m, &images))
-        .map_err(|e| crate::run::problem::lines(&e))
+        .map_err(|e| sluice_serving::problem::lines(&e))
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn the_planner_takes_what_is_missing_from_its_input_not_from_the_machine() {
     );
     let errors = World::default()
         .apply(&m, &told(&["not-on-any-machine"]))
-        .map_err(|e| crate::run::problem::lines(&e))
+        .map_err(|e| sluice_serving::problem::lines(&e))
         .expect_err("refused");
     assert!(errors.join("\n").contains("not found"), "{errors:?}");
 }
@@ -310,7 +310,7 @@ fn on_kubernetes_a_container_runs_its_image_as_written() {
     );
     let m = Manifests::parse("test.yaml", &no_image).expect("parses");
     let errors = World::default().apply(&m, &cluster).expect_err("refused");
-    let lines = crate::run::problem::lines(&errors);
+    let lines = sluice_serving::problem::lines(&errors);
     assert!(
         lines
             .iter()

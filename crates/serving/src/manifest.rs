@@ -1,14 +1,14 @@
 //! Knative manifests as users write them: `serving.knative.dev/v1` `Service`, and the
 //! `config-autoscaler` ConfigMap. One or several YAML documents per file, or a folder of
 //! `.yaml`/`.yml` files. Parsing only: the rules that need the running platform (does
-//! this revision exist?) are in [`super::world`].
+//! this revision exist?) are in the planner (`sluice_control::world`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::problem::Problem;
+use crate::problem::Problem;
 
 pub const SERVICE_API_VERSION: &str = "serving.knative.dev/v1";
 pub const CONFIG_AUTOSCALER: &str = "config-autoscaler";
@@ -497,7 +497,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::problem::lines;
+    use crate::problem::lines;
 
     const HELLO: &str = r#"
 apiVersion: serving.knative.dev/v1
