@@ -6,10 +6,11 @@
 
 use std::net::IpAddr;
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::PostParams;
+use kube::{Api, Client};
 
 use crate::backend::FIELD_MANAGER;
 
@@ -35,8 +36,18 @@ impl LeaderEndpoint {
         format!("{}-leader", self.service)
     }
 
-    /// The EndpointSlice naming this replica as the Service's one endpoint.
-    pub fn slice(&self) -> EndpointSlice {
+    /// The EndpointSlice naming this replica as the Service's one endpoint, owned by the
+    /// Service (`service_uid`) as the EndpointSlice controller owns the slices it writes,
+    /// so that it goes when the Service does.
+    pub fn slice(&self, service_uid: Option<&str>) -> EndpointSlice {
+        let owner = service_uid.map(|uid| OwnerReference {
+            api_version: "v1".to_owned(),
+            kind: "Service".to_owned(),
+            name: self.service.clone(),
+            uid: uid.to_owned(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        });
         let labels = [
             ("kubernetes.io/service-name", self.service.as_str()),
             ("endpointslice.kubernetes.io/managed-by", FIELD_MANAGER),
@@ -50,6 +61,7 @@ impl LeaderEndpoint {
                 name: Some(self.slice_name()),
                 namespace: Some(self.namespace.clone()),
                 labels: Some(labels),
+                owner_references: owner.map(|o| vec![o]),
                 ..ObjectMeta::default()
             },
             address_type: if self.ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_owned(),
@@ -83,21 +95,30 @@ impl LeaderEndpoint {
     }
 }
 
-/// Writes the slice: replaced at the version read, or created. A write that loses a
-/// race (409) is tried once more with what is there then.
-pub async fn publish(api: &Api<EndpointSlice>, leader: &LeaderEndpoint) -> Result<(), kube::Error> {
+/// Writes the slice: replaced at the version read, or created, owned by its Service (not
+/// owned while the Service is missing). A write that loses a race (409) is tried once
+/// more with what is there then.
+pub async fn publish(client: &Client, leader: &LeaderEndpoint) -> Result<(), kube::Error> {
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
+    let services: Api<Service> = Api::namespaced(client.clone(), &leader.namespace);
+    let uid = services
+        .get_opt(&leader.service)
+        .await?
+        .and_then(|s| s.metadata.uid);
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &leader.namespace);
     let name = leader.slice_name();
     let mut tries = 0;
     loop {
         tries += 1;
-        let mut slice = leader.slice();
+        let mut slice = leader.slice(uid.as_deref());
         let written = match api.get_opt(&name).await? {
             Some(current)
-                if current.endpoints == slice.endpoints && current.ports == slice.ports =>
+                if current.endpoints == slice.endpoints
+                    && current.ports == slice.ports
+                    && current.metadata.owner_references == slice.metadata.owner_references =>
             {
                 return Ok(());
             }
@@ -138,17 +159,53 @@ mod tests {
     }
 
     const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/sluice-system/endpointslices";
+    const SERVICE: &str = "/api/v1/namespaces/sluice-system/services/control";
+
+    fn service() -> serde_json::Value {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "control", "namespace": "sluice-system", "uid": "svc-uid"},
+            "spec": {"ports": [{"name": "grpc", "port": 8090}]},
+        })
+    }
+
+    #[tokio::test]
+    async fn a_slice_written_while_its_service_is_missing_has_no_owner() {
+        let (client, mut server) = ApiServer::new();
+        let task = tokio::spawn(async move { publish(&client, &leader()).await });
+        let not_found = json!({"kind": "Status", "code": 404, "reason": "NotFound"});
+        server
+            .expect(Method::GET, SERVICE)
+            .await
+            .respond(404, &not_found);
+        server
+            .expect(Method::GET, &format!("{SLICES}/control-leader"))
+            .await
+            .respond(404, &not_found);
+        let create = server.expect(Method::POST, SLICES).await;
+        assert!(
+            create.body["metadata"].get("ownerReferences").is_none(),
+            "{}",
+            create.body
+        );
+        let created = create.body.clone();
+        create.respond(201, &created);
+        task.await.expect("publish").expect("created");
+    }
 
     #[tokio::test]
     async fn the_leader_creates_its_slice_then_replaces_another_leaders_at_its_version() {
         let (client, mut server) = ApiServer::new();
-        let api: Api<EndpointSlice> = Api::namespaced(client, "sluice-system");
         let task = tokio::spawn(async move {
-            publish(&api, &leader()).await.expect("created");
-            publish(&api, &leader()).await.expect("replaced");
-            publish(&api, &leader()).await.expect("left as it is");
+            publish(&client, &leader()).await.expect("created");
+            publish(&client, &leader()).await.expect("replaced");
+            publish(&client, &leader()).await.expect("left as it is");
         });
 
+        server
+            .expect(Method::GET, SERVICE)
+            .await
+            .respond(200, &service());
         server
             .expect(Method::GET, &format!("{SLICES}/control-leader"))
             .await
@@ -168,6 +225,10 @@ mod tests {
                         "endpointslice.kubernetes.io/managed-by": "sluice",
                         "app.kubernetes.io/part-of": "sluice",
                     },
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Service", "name": "control",
+                        "uid": "svc-uid", "controller": true, "blockOwnerDeletion": true,
+                    }],
                 },
                 "addressType": "IPv4",
                 "endpoints": [{
@@ -191,6 +252,10 @@ mod tests {
         theirs["metadata"]["resourceVersion"] = json!("7");
         theirs["endpoints"][0]["addresses"] = json!(["10.9.9.9"]);
         server
+            .expect(Method::GET, SERVICE)
+            .await
+            .respond(200, &service());
+        server
             .expect(Method::GET, &format!("{SLICES}/control-leader"))
             .await
             .respond(200, &theirs);
@@ -207,6 +272,10 @@ mod tests {
 
         // Already ours: nothing is written.
         ours["metadata"]["resourceVersion"] = json!("8");
+        server
+            .expect(Method::GET, SERVICE)
+            .await
+            .respond(200, &service());
         server
             .expect(Method::GET, &format!("{SLICES}/control-leader"))
             .await

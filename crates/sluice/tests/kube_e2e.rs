@@ -1025,6 +1025,17 @@ fn kube_e2e_a_leader_stopped_with_sigterm_hands_its_lease_to_the_standby_at_once
             c.shutdown().await;
             return;
         }
+        // The selector-less Services deploy/sluice.yaml installs: each leader's
+        // EndpointSlice is owned by its Service (leader_ports checks).
+        for service in ["control", "autoscaler"] {
+            c.create_or_replace(
+                "/api/v1/namespaces/sluice-system/services",
+                json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": service, "namespace": "sluice-system"},
+                       "spec": {"ports": [{"name": "grpc", "port": 8080}]}}),
+            )
+            .await;
+        }
         // Leases of 30 s: a standby that had to wait for one to expire would take over
         // 30 s after its holder last renewed; handed back, it takes over at its next try
         // (30 × 2/15 = 4 s apart).
@@ -1196,6 +1207,17 @@ async fn leader_ports(c: &Cluster, service: &str) -> Vec<(String, u16)> {
         slice.is_null() || slice["metadata"]["labels"]["kubernetes.io/service-name"] == service,
         "{slice}"
     );
+    let owner = c
+        .get(&format!("/api/v1/namespaces/sluice-system/services/{service}"))
+        .await;
+    if let Some(owner) = owner.filter(|_| !slice.is_null()) {
+        let by = &slice["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&by["kind"], &by["uid"]),
+            (&json!("Service"), &owner["metadata"]["uid"]),
+            "the leader's slice is owned by its Service: {slice}"
+        );
+    }
     slice["ports"]
         .as_array()
         .into_iter()

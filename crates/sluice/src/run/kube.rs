@@ -1119,9 +1119,8 @@ impl Election {
             while tokio::net::TcpStream::connect(probe).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let api = Api::namespaced(client, &leader.namespace);
             loop {
-                match sluice_kube::leader::publish(&api, &leader).await {
+                match sluice_kube::leader::publish(&client, &leader).await {
                     Ok(()) => {
                         tracing::info!(service = %leader.service, ip = %leader.ip, "leading: the service reaches this replica");
                         return;
