@@ -1208,7 +1208,9 @@ async fn leader_ports(c: &Cluster, service: &str) -> Vec<(String, u16)> {
         "{slice}"
     );
     let owner = c
-        .get(&format!("/api/v1/namespaces/sluice-system/services/{service}"))
+        .get(&format!(
+            "/api/v1/namespaces/sluice-system/services/{service}"
+        ))
         .await;
     if let Some(owner) = owner.filter(|_| !slice.is_null()) {
         let by = &slice["metadata"]["ownerReferences"][0];
@@ -2118,4 +2120,27 @@ async fn collect_garbage(c: &Cluster) {
             .then(String::new)
     })
     .await;
+
+    // v3 marked no-gc by hand on its Revision object (`kubectl annotate revision`), then
+    // v4 and v5: v4 is collected, v3 kept as v2 is.
+    let req = http::Request::patch(format!("{REVISIONS}/gc-00003"))
+        .header("content-type", "application/merge-patch+json")
+        .body(
+            serde_json::to_vec(
+                &json!({"metadata": {"annotations": {"serving.knative.dev/no-gc": "true"}}}),
+            )
+            .expect("json"),
+        )
+        .expect("request");
+    let _: Value = c.kube.request(req).await.expect("the annotation");
+    c.apply(&hello_service("gc", "v4", "", "")).await;
+    c.ready("gc", 4).await;
+    c.apply(&hello_service("gc", "v5", "", "")).await;
+    c.ready("gc", 5).await;
+    c.until("gc-00004 collected, gc-00003 kept", limit, async || {
+        let names = revision_names(c, "gc").await;
+        (names == ["gc-00002", "gc-00003", "gc-00005"]).then(String::new)
+    })
+    .await;
+    assert!(!c.deployment("gc-00003-deployment").await.is_null());
 }

@@ -53,6 +53,9 @@ struct Objects {
     revision_created: HashMap<RevisionKey, SystemTime>,
     /// When traffic last named each revision (or when this control plane first saw it).
     last_active: HashMap<RevisionKey, SystemTime>,
+    /// The revisions whose `Revision` object is annotated `serving.knative.dev/no-gc:
+    /// "true"` now (copied from the template, or added by hand with `kubectl annotate`).
+    no_gc: std::collections::HashSet<RevisionKey>,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +97,10 @@ pub async fn follow_services(
         Arc::clone(&objects),
     )));
     let _gc = AbortOnDrop(tokio::spawn(follow_gc_config(
+        client.clone(),
+        Arc::clone(&objects),
+    )));
+    let _marks = AbortOnDrop(tokio::spawn(follow_revision_marks(
         client.clone(),
         Arc::clone(&objects),
     )));
@@ -583,6 +590,52 @@ async fn follow_gc_config(client: Client, objects: Arc<Mutex<Objects>>) {
     }
 }
 
+/// Follows every `Revision` object's `serving.knative.dev/no-gc` annotation: Knative
+/// reads it from the object, so a revision a user marks by hand (`kubectl annotate
+/// revision NAME serving.knative.dev/no-gc=true`) is kept as one whose template said so.
+async fn follow_revision_marks(client: Client, objects: Arc<Mutex<Objects>>) {
+    let api: Api<DynamicObject> =
+        Api::all_with(client, &sluice_kube::resources::knative_revision());
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut listed = std::collections::HashSet::new();
+    while let Some(event) = events.next().await {
+        let key = |o: &DynamicObject| {
+            RevisionKey::new(
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name.as_deref().unwrap_or_default(),
+            )
+        };
+        let marked = |o: &DynamicObject| {
+            o.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(NO_GC_ANNOTATION))
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        };
+        match event {
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(o)) => {
+                if marked(&o) {
+                    listed.insert(key(&o));
+                }
+            }
+            Ok(watcher::Event::InitDone) => objects.lock().no_gc = std::mem::take(&mut listed),
+            Ok(watcher::Event::Apply(o)) => {
+                let mut objs = objects.lock();
+                if marked(&o) {
+                    objs.no_gc.insert(key(&o));
+                } else {
+                    objs.no_gc.remove(&key(&o));
+                }
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                objects.lock().no_gc.remove(&key(&o));
+            }
+            Err(e) => tracing::warn!(error = %e, "watching Revisions"),
+        }
+    }
+}
+
 /// Collects the revisions `config-gc` says to: per Service, those traffic does not name,
 /// that are not its latest created or latest ready one nor marked `no-gc`, whose
 /// `Revision` object's creation time is known. Each collected one gets an event on its
@@ -617,10 +670,10 @@ async fn collect_garbage(
                 let Some(created) = objs.revision_created.get(&key).copied() else {
                     continue;
                 };
-                let preserved = r
-                    .annotations
-                    .get(NO_GC_ANNOTATION)
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                let preserved = objs.no_gc.contains(&key)
+                    || r.annotations
+                        .get(NO_GC_ANNOTATION)
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
                 candidates.push(Candidate {
                     name: r.name.clone(),
                     created,
