@@ -1583,6 +1583,59 @@ fn kube_e2e_an_image_that_cannot_be_pulled_and_an_app_that_exits_say_why_on_revi
     });
 }
 
+#[test]
+fn kube_e2e_a_pod_a_quota_refuses_is_failed_create_on_revision_and_service() {
+    run(async {
+        let c = Cluster::start("quota").await;
+        if c.local.is_none() {
+            // A quota on a real cluster's namespace would hold up every other test.
+            c.shutdown().await;
+            return;
+        }
+        // Room for one pod in `default`: the first Service takes it.
+        c.create_or_replace(
+            "/api/v1/namespaces/default/resourcequotas",
+            json!({"apiVersion": "v1", "kind": "ResourceQuota",
+                   "metadata": {"name": "pods", "namespace": "default"},
+                   "spec": {"hard": {"pods": "1"}}}),
+        )
+        .await;
+        c.apply(&hello_service("first", "first", "", "")).await;
+        c.ready("first", 1).await;
+        c.apply(&hello_service("second", "second", "", "")).await;
+        let limit = c.patience(Duration::from_secs(30));
+        let refused = "pods \"second-00001-deployment-fake-00002\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=1, limited: pods=1";
+        c.until("second-00001's FailedCreate", limit, async || {
+            let r = c
+                .get(&format!("{REVISIONS}/second-00001"))
+                .await
+                .unwrap_or(Value::Null);
+            (condition_of(&r, "ResourcesAvailable")
+                == ("False".into(), "FailedCreate".into(), refused.into()))
+                .then(String::new)
+        })
+        .await;
+        c.until("second's RevisionFailed", limit, async || {
+            let s = c.ksvc("second").await;
+            (condition_of(&s, "Ready")
+                == (
+                    "False".into(),
+                    "RevisionFailed".into(),
+                    format!("Revision \"second-00001\" failed with message: {refused}."),
+                ))
+                .then(String::new)
+        })
+        .await;
+        // The first one serves on.
+        let reply = c.get_through_gateway("first.default.example.com").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "Hello first!\n".to_owned())
+        );
+        c.shutdown().await;
+    });
+}
+
 /// The `(status, reason, message)` of condition `t` of `obj`'s status.
 fn condition_of(obj: &Value, t: &str) -> (String, String, String) {
     let c = obj["status"]["conditions"]

@@ -126,6 +126,11 @@ const KINDS: &[Kind] = &[
         ..kind("", "v1", "serviceaccounts", "ServiceAccount")
     },
     Kind {
+        status: true,
+        short: &["quota"],
+        ..kind("", "v1", "resourcequotas", "ResourceQuota")
+    },
+    Kind {
         short: &["ev"],
         view_of: Some("events.k8s.io"),
         ..kind("", "v1", "events", "Event")

@@ -20,8 +20,9 @@
 //!   at once (no `deletionTimestamp` while it drains);
 //! - a Deployment's status has the Deployment controller's `Available` and `Progressing`
 //!   conditions: `ProgressDeadlineExceeded` once `progressDeadlineSeconds` pass with no
-//!   progress (a new spec, another pod ready); never `ReplicaFailure` (pods are always
-//!   made here);
+//!   progress (a new spec, another pod ready), and `ReplicaFailure` (`FailedCreate`,
+//!   with the API server's quota message) while a `ResourceQuota`'s `hard.pods` in the
+//!   namespace leaves no room for a pod it wants (the one quota enforced here);
 //! - a container that exits is started again after Kubernetes' crash back-off (10 s,
 //!   doubling to 5 minutes; `CrashLoopBackOff` meanwhile), the pod kept;
 //! - no resources, scheduling, or init containers.
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Service};
+use k8s_openapi::api::core::v1::{Container, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher};
@@ -83,6 +84,9 @@ struct State {
     progress: HashMap<(String, String), (Option<i64>, usize, tokio::time::Instant)>,
     /// Pods started in all, for tests.
     started: u64,
+    /// The Deployments a pod could not be made for, with the API server's refusal (as
+    /// the ReplicaSet controller reports it).
+    failed_create: HashMap<(String, String), String>,
 }
 
 struct Pod {
@@ -268,6 +272,18 @@ impl Kubelet {
         }));
         let (deployments, d_writer) = reflector::store::<Deployment>();
         let (services, s_writer) = reflector::store::<Service>();
+        let (quotas, q_writer) = reflector::store::<ResourceQuota>();
+        let q_stream = reflector(
+            q_writer,
+            watcher(
+                Api::<ResourceQuota>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(q_stream);
+            while s.next().await.is_some() {}
+        });
         let d_stream = reflector(
             d_writer,
             watcher(
@@ -294,10 +310,11 @@ impl Kubelet {
         let task = tokio::spawn(async move {
             let _ = deployments.wait_until_ready().await;
             let _ = services.wait_until_ready().await;
+            let _ = quotas.wait_until_ready().await;
             loop {
                 let ds: Vec<Arc<Deployment>> = deployments.state();
                 let ss: Vec<Arc<Service>> = services.state();
-                reconcile(&shared, &ds, &config).await;
+                reconcile(&shared, &ds, &quotas.state(), &config).await;
                 probe(&shared).await;
                 publish(&client, &shared, &ds, &ss).await;
                 tokio::time::sleep(config.period).await;
@@ -370,7 +387,29 @@ fn free_port() -> u16 {
 
 /// Starts and stops pods so that each Deployment has its replicas; ends the pods of
 /// Deployments that are gone, and replaces pods whose processes exited.
-async fn reconcile(state: &Mutex<State>, deployments: &[Arc<Deployment>], config: &KubeletConfig) {
+/// The first `ResourceQuota` in `namespace` whose `hard.pods` `used` pods fill: its name
+/// and limit.
+fn full_quota(
+    quotas: &[Arc<ResourceQuota>],
+    namespace: &str,
+    used: usize,
+) -> Option<(String, usize)> {
+    quotas.iter().find_map(|q| {
+        if q.namespace().as_deref() != Some(namespace) {
+            return None;
+        }
+        let hard = q.spec.as_ref()?.hard.as_ref()?.get("pods")?;
+        let limit: usize = hard.0.parse().ok()?;
+        (used >= limit).then(|| (q.name_any(), limit))
+    })
+}
+
+async fn reconcile(
+    state: &Mutex<State>,
+    deployments: &[Arc<Deployment>],
+    quotas: &[Arc<ResourceQuota>],
+    config: &KubeletConfig,
+) {
     let mut stopping = Vec::new();
     {
         let mut st = state.lock();
@@ -422,7 +461,25 @@ async fn reconcile(state: &Mutex<State>, deployments: &[Arc<Deployment>], config
                 .pods
                 .get(key)
                 .map_or(0, |p| p.iter().filter(|p| !p.terminating).count());
+            st.failed_create.remove(key);
             for _ in live..replicas {
+                let used = st
+                    .pods
+                    .iter()
+                    .filter(|((ns, _), _)| *ns == key.0)
+                    .flat_map(|(_, pods)| pods)
+                    .filter(|p| !p.terminating)
+                    .count();
+                if let Some((quota, limit)) = full_quota(quotas, &key.0, used) {
+                    // The API server's refusal, as the ReplicaSet controller reports it.
+                    let refused = format!(
+                        "pods \"{}-fake-{:05x}\" is forbidden: exceeded quota: {quota}, requested: pods=1, used: pods={used}, limited: pods={limit}",
+                        key.1,
+                        st.started + 1
+                    );
+                    st.failed_create.insert(key.clone(), refused);
+                    break;
+                }
                 let ip = free_ip(&mut st);
                 st.started += 1;
                 let name = format!(
@@ -758,7 +815,13 @@ async fn publish_pods(client: &Client, state: &Mutex<State>) {
 /// The Deployment controller's `Available` and `Progressing` conditions for a rollout
 /// with `ready` of `wanted` pods (there are no ReplicaSets here: the one it would name is
 /// `{deployment}-fake`); `stalled`: no progress within `progressDeadlineSeconds`.
-fn progress_conditions(deployment: &str, ready: usize, wanted: usize, stalled: bool) -> Value {
+fn progress_conditions(
+    deployment: &str,
+    ready: usize,
+    wanted: usize,
+    stalled: bool,
+    failed_create: Option<&str>,
+) -> Value {
     let rs = format!("{deployment}-fake");
     let available = if ready >= wanted {
         json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
@@ -777,7 +840,14 @@ fn progress_conditions(deployment: &str, ready: usize, wanted: usize, stalled: b
         json!({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
                "message": format!("ReplicaSet {rs:?} is progressing.")})
     };
-    json!([available, progressing])
+    match failed_create {
+        // The ReplicaSet's condition, which the Deployment controller copies.
+        Some(message) => json!([available, progressing, {
+            "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": message,
+        }]),
+        None => json!([available, progressing]),
+    }
 }
 
 async fn publish(
@@ -814,7 +884,8 @@ async fn publish(
                 *progress = (generation, ready, now);
             }
             let stalled = now.duration_since(progress.2) > Duration::from_secs(deadline);
-            let conditions = progress_conditions(&key.1, ready, wanted, stalled);
+            let failed = st.failed_create.get(&key).cloned();
+            let conditions = progress_conditions(&key.1, ready, wanted, stalled, failed.as_deref());
             seen.insert(key.clone());
             let status = json!({
                 "observedGeneration": generation,
