@@ -263,49 +263,39 @@ fn log_tail(path: &std::path::Path) -> String {
     tail[tail.ceil_char_boundary(tail.len().saturating_sub(2048))..].to_owned()
 }
 
+/// Every `K` in the cluster, kept by a watch of its own for as long as the runtime runs.
+fn cached<K>(client: &Client) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    );
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while s.next().await.is_some() {}
+    });
+    store
+}
+
 impl Kubelet {
-    /// Starts following Deployments and Services through `client`.
+    /// Starts following Deployments, Services and ResourceQuotas through `client`.
     pub async fn start(client: Client, config: KubeletConfig) -> Self {
         let state = Arc::new(Mutex::new(State {
             next_ip: first_ip(),
             ..State::default()
         }));
-        let (deployments, d_writer) = reflector::store::<Deployment>();
-        let (services, s_writer) = reflector::store::<Service>();
-        let (quotas, q_writer) = reflector::store::<ResourceQuota>();
-        let q_stream = reflector(
-            q_writer,
-            watcher(
-                Api::<ResourceQuota>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        );
-        tokio::spawn(async move {
-            let mut s = std::pin::pin!(q_stream);
-            while s.next().await.is_some() {}
-        });
-        let d_stream = reflector(
-            d_writer,
-            watcher(
-                Api::<Deployment>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        );
-        let s_stream = reflector(
-            s_writer,
-            watcher(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        );
-        tokio::spawn(async move {
-            let mut s = std::pin::pin!(d_stream);
-            while s.next().await.is_some() {}
-        });
-        tokio::spawn(async move {
-            let mut s = std::pin::pin!(s_stream);
-            while s.next().await.is_some() {}
-        });
+        let deployments = cached::<Deployment>(&client);
+        let services = cached::<Service>(&client);
+        let quotas = cached::<ResourceQuota>(&client);
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             let _ = deployments.wait_until_ready().await;
