@@ -459,6 +459,26 @@ impl Cluster {
         }
     }
 
+    /// The first reply through the gateway for `host` that is not its "no service for
+    /// host" 404: the host's route has arrived.
+    async fn routed(&self, host: &str) -> client::Reply {
+        let limit = self.patience(Duration::from_secs(20));
+        let deadline = Instant::now() + limit;
+        loop {
+            let reply = self.get_through_gateway(host).await;
+            let unknown = reply.status == 404 && reply.text().starts_with("no service for host");
+            if !unknown {
+                return reply;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}: not routed after {limit:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The events regarding one of Knative's objects in `default`, oldest first (what
     /// `kubectl describe` shows).
     async fn events_about(&self, kind: &str, name: &str) -> Vec<Value> {
@@ -1526,7 +1546,9 @@ async fn refused(c: &Cluster) {
     ))
     .await;
     c.apply(&third("v2")).await;
-    let reply = c.get_through_gateway("cold.default.example.com").await;
+    // Once the gateway routes its host (as after `kubectl apply` anywhere, the route
+    // takes a moment to arrive), the first request is held and answered.
+    let reply = c.routed("cold.default.example.com").await;
     assert_eq!(
         (reply.status.as_u16(), reply.text()),
         (200, "Hello cold!\n".to_owned())
