@@ -101,11 +101,13 @@ pub fn main(args: &Args) -> std::process::ExitCode {
     use sluice_core::process::Exit;
     sluice_core::telemetry::init("info");
     sluice_core::process::run("autoscaler", None, async {
+        // Listened for from here: a SIGTERM while binding is taken once it serves.
+        let stop = sluice_core::shutdown::logged_signal();
         let server = Server::bind(args, None).await.map_err(|error| {
             let code = if error.is_config() { EXIT_CONFIG } else { 1 };
             Exit::new(code, error)
         })?;
-        server.run(sluice_core::shutdown::logged_signal()).await;
+        server.run(stop).await;
         Ok(())
     })
 }

@@ -389,10 +389,13 @@ pub fn main(args: ControlArgs) -> ExitCode {
         }
     };
     sluice_core::process::run("control", None, async move {
+        // Listened for from here: a SIGTERM while starting is taken once started, and the
+        // Lease it may have taken meanwhile is handed back.
+        let stop = sluice_core::shutdown::logged_signal();
         let server = ControlServer::start(opts)
             .await
             .map_err(|e| Exit::new(1, e))?;
-        sluice_core::shutdown::logged_signal().await;
+        stop.await;
         server.shutdown().await;
         Ok(())
     })
