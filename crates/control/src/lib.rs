@@ -3,6 +3,7 @@
 //! - [`world`]: the pure Knative planner: Services (as `sluice-serving` reads them) into
 //!   revisions and traffic, every rule of Knative's webhook checked, nothing changed
 //!   unless all pass; [`images`]: which local command runs an image.
+//! - [`status`]: what `sluice status` shows, as plain data.
 //! - [`gc`]: which old revisions `config-gc` collects.
 //! - [`spec`]: the desired state (services with traffic, revisions with their pods).
 //! - [`reconciler`]: the pure part: desired state + decisions + ready pods → actions.
@@ -23,6 +24,7 @@ pub mod local;
 pub mod node;
 pub mod reconciler;
 pub mod spec;
+pub mod status;
 pub mod world;
 
 use std::collections::HashSet;

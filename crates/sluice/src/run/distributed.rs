@@ -28,7 +28,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use sluice_control::local::Supervisor;
 use sluice_core::respond;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -48,17 +47,7 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 /// How long a component may take to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
-/// One component as `sluice status --json` shows it (`components[]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ComponentStatus {
-    pub name: String,
-    /// Its process now; `None` while it is being restarted.
-    pub pid: Option<u32>,
-    /// How many times it died and was started again.
-    pub restarts: u32,
-    /// How it ended the last time it died.
-    pub last_exit: Option<String>,
-}
+pub use sluice_control::status::ComponentStatus;
 
 /// The files the components read.
 #[derive(Clone, Debug)]
