@@ -19,6 +19,14 @@ pub const CONFIG_GC: &str = "config-gc";
 /// The annotation that keeps a revision from being collected.
 pub const NO_GC_ANNOTATION: &str = "serving.knative.dev/no-gc";
 
+/// Whether `annotations` (a revision's template's, or its `Revision` object's) mark it
+/// [`NO_GC_ANNOTATION`]: `"true"`, in any case, as Knative reads it.
+pub fn marked_no_gc(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(NO_GC_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 /// `config-gc`, parsed. `None` is Knative's `disabled`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcConfig {

@@ -462,21 +462,18 @@ impl Cluster {
     /// The first reply through the gateway for `host` that is not its "no service for
     /// host" 404: the host's route has arrived.
     async fn routed(&self, host: &str) -> client::Reply {
+        let mut routed = None;
         let limit = self.patience(Duration::from_secs(20));
-        let deadline = Instant::now() + limit;
-        loop {
+        self.until(&format!("{host} routed"), limit, async || {
             let reply = self.get_through_gateway(host).await;
             let unknown = reply.status == 404 && reply.text().starts_with("no service for host");
-            if !unknown {
-                return reply;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{host}: not routed after {limit:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            (!unknown).then(|| {
+                routed = Some(reply);
+                String::new()
+            })
+        })
+        .await;
+        routed.expect("a reply once routed")
     }
 
     /// The events regarding one of Knative's objects in `default`, oldest first (what

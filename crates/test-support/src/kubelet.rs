@@ -375,8 +375,6 @@ fn free_port() -> u16 {
         .map_or(0, |a| a.port())
 }
 
-/// Starts and stops pods so that each Deployment has its replicas; ends the pods of
-/// Deployments that are gone, and replaces pods whose processes exited.
 /// The first `ResourceQuota` in `namespace` whose `hard.pods` `used` pods fill: its name
 /// and limit.
 fn full_quota(
@@ -394,6 +392,8 @@ fn full_quota(
     })
 }
 
+/// Starts and stops pods so that each Deployment has its replicas; ends the pods of
+/// Deployments that are gone, and replaces pods whose processes exited.
 async fn reconcile(
     state: &Mutex<State>,
     deployments: &[Arc<Deployment>],
@@ -442,6 +442,7 @@ async fn reconcile(
                 }
             }
         }
+        st.failed_create.retain(|k, _| wanted.contains_key(k));
         for (key, d) in &wanted {
             let Some(spec) = d.spec.as_ref() else {
                 continue;

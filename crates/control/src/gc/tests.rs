@@ -202,3 +202,16 @@ fn the_maximum_collects_the_least_recently_active_even_when_young() {
     let out = collect(&config, &revs, at(8 * H));
     assert_eq!(names(&out), ["hello-00003", "hello-00002", "hello-00001"]);
 }
+
+#[test]
+fn no_gc_is_true_in_any_case_and_nothing_else() {
+    let marked = |v: &str| {
+        marked_no_gc(&BTreeMap::from([(
+            NO_GC_ANNOTATION.to_owned(),
+            v.to_owned(),
+        )]))
+    };
+    assert!(marked("true") && marked("TRUE") && marked("True"));
+    assert!(!marked("false") && !marked("yes") && !marked(""));
+    assert!(!marked_no_gc(&BTreeMap::new()));
+}

@@ -16,7 +16,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use parking_lot::Mutex;
-use sluice_control::gc::{self, CONFIG_GC, Candidate, GcConfig, NO_GC_ANNOTATION};
+use sluice_control::gc::{self, CONFIG_GC, Candidate, GcConfig};
 use sluice_core::RevisionKey;
 use sluice_kube::backend::{FIELD_MANAGER, knative_service};
 use sluice_kube::children::{self, Parent, Tracker};
@@ -609,8 +609,7 @@ async fn follow_revision_marks(client: Client, objects: Arc<Mutex<Objects>>) {
             o.metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(NO_GC_ANNOTATION))
-                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+                .is_some_and(gc::marked_no_gc)
         };
         match event {
             Ok(watcher::Event::Init) => listed.clear(),
@@ -670,10 +669,7 @@ async fn collect_garbage(
                 let Some(created) = objs.revision_created.get(&key).copied() else {
                     continue;
                 };
-                let preserved = objs.no_gc.contains(&key)
-                    || r.annotations
-                        .get(NO_GC_ANNOTATION)
-                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                let preserved = objs.no_gc.contains(&key) || gc::marked_no_gc(&r.annotations);
                 candidates.push(Candidate {
                     name: r.name.clone(),
                     created,
