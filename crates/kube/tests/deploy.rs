@@ -488,7 +488,8 @@ fn the_configuration_and_route_crds_show_knatives_columns_and_the_control_plane_
             .collect()
     };
     for resource in ["configurations", "routes"] {
-        for verb in ["get", "create", "update"] {
+        // list and watch: the Service controller's caches of them.
+        for verb in ["get", "list", "watch", "create", "update"] {
             assert!(
                 verbs(resource).iter().any(|v| v == verb),
                 "{resource} {verb}"
