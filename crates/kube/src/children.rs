@@ -3,22 +3,22 @@
 //! `Configuration` holding its template and a `Route` holding its traffic, both of the
 //! Service's name, labelled with it and owned by it (so deleting the Service deletes them).
 //!
-//! [`configuration`] and [`route`] are pure functions of the Service; [`reconcile`] makes
-//! the cluster's copy match one: created when missing, replaced when its spec, labels or
-//! annotations differ (a hand edit is put back), left alone when equal, and never touched
-//! when another owner has it.
+//! [`configuration`] and [`route`] are pure functions of the Service; [`step`] decides,
+//! from the cluster's copy as a watch last saw it, what makes that copy match one: a
+//! create when missing, a replace when its spec, labels or annotations differ (a hand edit
+//! is put back), nothing when equal, and a refusal when another owner has it;
+//! [`reconcile`] carries it out. [`Tracker`] keeps, per Service, what its children are
+//! made from and how their last write ended.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use kube::Api;
 use kube::api::PostParams;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 
-use crate::backend::FIELD_MANAGER;
+use crate::backend::{FIELD_MANAGER, knative_service};
 use crate::resources::{Owner, SERVICE_LABEL};
 
 /// The annotation `kubectl apply` keeps its last input in: Knative does not copy it.
@@ -144,30 +144,13 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// Makes the cluster's `want.name` match `want`: created when missing; replaced (at the
-/// version read) when its spec, labels or annotations differ; its status is kept.
-pub async fn reconcile(
-    api: &Api<DynamicObject>,
-    want: &DynamicObject,
-) -> Result<Outcome, ChildError> {
-    let kind = want
-        .types
-        .as_ref()
-        .map(|t| t.kind.clone())
-        .unwrap_or_default();
-    let name = want.metadata.name.clone().unwrap_or_default();
-    let err = |source| ChildError::Api {
-        kind: kind.clone(),
-        name: name.clone(),
-        source,
-    };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    let Some(have) = api.get_opt(&name).await.map_err(err)? else {
-        api.create(&params, want).await.map_err(err)?;
-        return Ok(Outcome::Created);
+/// What to write to make the cluster's copy of a child (`have`, as last seen) match
+/// `want`: nothing when equal, a create when missing, a replace at the version seen (its
+/// status kept) when its spec, labels or annotations differ; one owned by another is
+/// refused.
+pub fn step(want: &DynamicObject, have: Option<&DynamicObject>) -> Result<Step, ChildError> {
+    let Some(have) = have else {
+        return Ok(Step::Create(want.clone()));
     };
     let owner = want
         .metadata
@@ -183,10 +166,13 @@ pub async fn reconcile(
         .flatten()
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == owner);
     if !owned {
-        return Err(ChildError::NotOwned { kind, name });
+        return Err(ChildError::NotOwned {
+            kind: kind_of(want),
+            name: want.metadata.name.clone().unwrap_or_default(),
+        });
     }
-    if as_made(&have, want) {
-        return Ok(Outcome::Unchanged);
+    if as_made(have, want) {
+        return Ok(Step::Unchanged);
     }
     let mut next = want.clone();
     next.metadata.resource_version = have.metadata.resource_version.clone();
@@ -194,8 +180,59 @@ pub async fn reconcile(
     if let Some(status) = have.data.get("status") {
         next.data["status"] = status.clone();
     }
-    api.replace(&name, &params, &next).await.map_err(err)?;
-    Ok(Outcome::Replaced)
+    Ok(Step::Replace(next))
+}
+
+/// One write [`step`] asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Create(DynamicObject),
+    Replace(DynamicObject),
+    Unchanged,
+}
+
+fn kind_of(o: &DynamicObject) -> String {
+    o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default()
+}
+
+/// Makes the cluster's `want.name` match `want`, from `have`, the copy last seen (a
+/// watch's cache): see [`step`]. When that copy turns out to be behind the API server's
+/// (a 409: one made or changed since), the step is taken again once from a fresh read.
+pub async fn reconcile(
+    api: &Api<DynamicObject>,
+    want: &DynamicObject,
+    have: Option<&DynamicObject>,
+) -> Result<Outcome, ChildError> {
+    let name = want.metadata.name.clone().unwrap_or_default();
+    let err = |source| ChildError::Api {
+        kind: kind_of(want),
+        name: name.clone(),
+        source,
+    };
+    match take(api, &name, step(want, have)?).await {
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => {
+            let fresh = api.get_opt(&name).await.map_err(err)?;
+            take(api, &name, step(want, fresh.as_ref())?)
+                .await
+                .map_err(err)
+        }
+        outcome => outcome.map_err(err),
+    }
+}
+
+async fn take(api: &Api<DynamicObject>, name: &str, step: Step) -> Result<Outcome, kube::Error> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match step {
+        Step::Unchanged => Ok(Outcome::Unchanged),
+        Step::Create(o) => api.create(&params, &o).await.map(|_| Outcome::Created),
+        Step::Replace(o) => api
+            .replace(name, &params, &o)
+            .await
+            .map(|_| Outcome::Replaced),
+    }
 }
 
 /// `have` has `want`'s spec, labels and annotations (what a child is made of).
@@ -209,25 +246,47 @@ fn as_made(have: &DynamicObject, want: &DynamicObject) -> bool {
     have.data.get("spec") == want.data.get("spec") && meta(have) == meta(want)
 }
 
-/// Writes both of the Service's children: the Configuration first, then the Route. Says
-/// what became of each (one created has no status yet).
-pub async fn write(client: &kube::Client, p: &Parent) -> Result<[Outcome; 2], ChildError> {
+/// Writes both of the Service's children, from their copies as last seen
+/// (`[configuration, route]`): the Configuration first, then the Route. Says what became
+/// of each (one created has no status yet), or `None` when one was to be made and the
+/// Service is gone (or is another of its name): its children are being deleted with it,
+/// and a copy seen as missing may be just that, so none is made again.
+pub async fn write(
+    client: &kube::Client,
+    p: &Parent,
+    have: [Option<&DynamicObject>; 2],
+) -> Result<Option<[Outcome; 2]>, ChildError> {
+    if have.iter().any(Option::is_none) {
+        let services: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &p.namespace, &knative_service());
+        let owner = services
+            .get_opt(&p.name)
+            .await
+            .map_err(|source| ChildError::Api {
+                kind: "Service".to_owned(),
+                name: p.name.clone(),
+                source,
+            })?;
+        if owner.and_then(|o| o.metadata.uid).as_deref() != Some(p.uid.as_str()) {
+            return Ok(None);
+        }
+    }
     let configurations =
         Api::namespaced_with(client.clone(), &p.namespace, &knative_configuration());
-    let c = reconcile(&configurations, &configuration(p)).await?;
+    let c = reconcile(&configurations, &configuration(p), have[0]).await?;
     let routes = Api::namespaced_with(client.clone(), &p.namespace, &knative_route());
-    let r = reconcile(&routes, &route(p)).await?;
-    Ok([c, r])
+    let r = reconcile(&routes, &route(p), have[1]).await?;
+    Ok(Some([c, r]))
 }
 
 /// The first wait after a failed write; each failure doubles it, up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Which Services' children the cluster has as they should be, per Service: a changed
-/// Service, a child deleted or edited by hand, or a failed write makes them due again; a
-/// failure backs off that Service alone (doubling from [`FIRST_BACKOFF`] to
-/// [`MAX_BACKOFF`]), and the others go on; a change to the Service is tried at once.
+/// What each Service's children are made from (its spec last accepted), whether the
+/// cluster has them as made from it, and why not after a failed write. A failure backs
+/// off that Service alone (doubling from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`]); a change
+/// to the Service starts its back-off over.
 #[derive(Debug, Default)]
 pub struct Tracker {
     entries: HashMap<(String, String), Entry>,
@@ -238,17 +297,10 @@ struct Entry {
     parent: Parent,
     /// The cluster has `parent`'s children as made now.
     written: bool,
-    /// `parent` changed since the last write failed: worth trying at once.
+    /// The last write's failure, and the wait after it.
+    failure: Option<(Problem, Duration)>,
+    /// `parent` changed since the last failure: the next one waits [`FIRST_BACKOFF`].
     changed: bool,
-    /// The last write's failure, with when to try again and how long the next wait is.
-    failure: Option<Failure>,
-}
-
-#[derive(Debug)]
-struct Failure {
-    problem: Problem,
-    retry_at: Instant,
-    wait: Duration,
 }
 
 /// Why a Service's children are not as they should be: which child, the reason for the
@@ -261,7 +313,7 @@ pub struct Problem {
 }
 
 impl Tracker {
-    /// The Service as it is now; its children are due if it changed.
+    /// The Service's spec as accepted now.
     pub fn set(&mut self, parent: Parent) {
         let key = (parent.namespace.clone(), parent.name.clone());
         match self.entries.get_mut(&key) {
@@ -277,8 +329,8 @@ impl Tracker {
                     Entry {
                         parent,
                         written: false,
-                        changed: false,
                         failure: None,
+                        changed: false,
                     },
                 );
             }
@@ -290,69 +342,40 @@ impl Tracker {
             .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
-    /// A child as the cluster has it now (from a watch): due again when it is not as it
-    /// should be. `None` for `seen` is a child deleted.
-    pub fn observed(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        kind: &str,
-        seen: Option<&DynamicObject>,
-    ) {
-        let Some(e) = self
-            .entries
-            .get_mut(&(namespace.to_owned(), name.to_owned()))
-        else {
-            return;
-        };
-        let want = match kind {
-            "Configuration" => configuration(&e.parent),
-            "Route" => route(&e.parent),
-            _ => return,
-        };
-        if !seen.is_some_and(|have| as_made(have, &want)) {
-            e.written = false;
-        }
-    }
-
-    /// The Services whose children are to be written now.
-    pub fn due(&self, now: Instant) -> Vec<Parent> {
+    /// What the Service's children are to be made from (`None`: no spec of it accepted
+    /// yet).
+    pub fn parent(&self, namespace: &str, name: &str) -> Option<Parent> {
         self.entries
-            .values()
-            .filter(|e| {
-                !e.written && (e.changed || e.failure.as_ref().is_none_or(|f| f.retry_at <= now))
-            })
+            .get(&(namespace.to_owned(), name.to_owned()))
             .map(|e| e.parent.clone())
-            .collect()
     }
 
-    /// How writing `parent`'s children ended. One for a Service since changed or gone is
-    /// not taken for the Service as it is now.
-    pub fn done(&mut self, parent: &Parent, result: Result<(), ChildError>, now: Instant) {
+    /// How writing `parent`'s children ended; after a failure, how long to wait before
+    /// the next try. An outcome for a Service since changed or gone is not taken for the
+    /// Service as it is now (and asks for no wait: the change is tried on its own).
+    pub fn done(&mut self, parent: &Parent, result: Result<(), &ChildError>) -> Option<Duration> {
         let key = (parent.namespace.clone(), parent.name.clone());
-        let Some(e) = self.entries.get_mut(&key).filter(|e| e.parent == *parent) else {
-            return;
-        };
-        e.changed = false;
+        let e = self.entries.get_mut(&key).filter(|e| e.parent == *parent)?;
+        let changed = std::mem::take(&mut e.changed);
         match result {
             Ok(()) => {
                 e.written = true;
                 e.failure = None;
+                None
             }
             Err(err) => {
-                let wait = e
-                    .failure
-                    .as_ref()
-                    .map_or(FIRST_BACKOFF, |f| (f.wait * 2).min(MAX_BACKOFF));
-                e.failure = Some(Failure {
-                    problem: Problem {
-                        kind: err.kind().to_owned(),
-                        reason: err.reason().to_owned(),
-                        message: err.to_string(),
-                    },
-                    retry_at: now + wait,
-                    wait,
-                });
+                let wait = match &e.failure {
+                    Some((_, wait)) if !changed => (*wait * 2).min(MAX_BACKOFF),
+                    _ => FIRST_BACKOFF,
+                };
+                let problem = Problem {
+                    kind: err.kind().to_owned(),
+                    reason: err.reason().to_owned(),
+                    message: err.to_string(),
+                };
+                e.written = false;
+                e.failure = Some((problem, wait));
+                Some(wait)
             }
         }
     }
@@ -368,7 +391,7 @@ impl Tracker {
     /// Why the Service's children are not as they should be, after a failed write.
     pub fn problem(&self, namespace: &str, name: &str) -> Option<Problem> {
         let e = self.entries.get(&(namespace.to_owned(), name.to_owned()))?;
-        e.failure.as_ref().map(|f| f.problem.clone())
+        e.failure.as_ref().map(|(p, _)| p.clone())
     }
 }
 

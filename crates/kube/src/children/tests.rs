@@ -85,19 +85,24 @@ async fn a_missing_child_is_created_an_equal_one_left_and_a_hand_edit_put_back()
     let (client, mut server) = ApiServer::new();
     let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &knative_configuration());
     let want = configuration(&parent());
+    let as_stored: DynamicObject = serde_json::from_value(stored(&want)).expect("object");
+    let mut edited = stored(&want);
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("app:hand-edited");
+    edited["metadata"]["labels"]["extra"] = json!("x");
+    let edited: DynamicObject = serde_json::from_value(edited).expect("object");
     let task = {
         let want = want.clone();
         tokio::spawn(async move {
-            let a = reconcile(&api, &want).await.expect("created");
-            let b = reconcile(&api, &want).await.expect("equal");
-            let c = reconcile(&api, &want).await.expect("replaced");
+            let a = reconcile(&api, &want, None).await.expect("created");
+            let b = reconcile(&api, &want, Some(&as_stored))
+                .await
+                .expect("equal");
+            let c = reconcile(&api, &want, Some(&edited))
+                .await
+                .expect("replaced");
             (a, b, c)
         })
     };
-    server
-        .expect(Method::GET, &format!("{CONFIGS}/hello"))
-        .await
-        .fail(404, "NotFound");
     let create = server.expect(Method::POST, CONFIGS).await;
     assert_eq!(
         create.body["spec"],
@@ -110,18 +115,7 @@ async fn a_missing_child_is_created_an_equal_one_left_and_a_hand_edit_put_back()
     );
     create.echo(201);
 
-    server
-        .expect(Method::GET, &format!("{CONFIGS}/hello"))
-        .await
-        .respond(200, &stored(&want));
-
-    let mut edited = stored(&want);
-    edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("app:hand-edited");
-    edited["metadata"]["labels"]["extra"] = json!("x");
-    server
-        .expect(Method::GET, &format!("{CONFIGS}/hello"))
-        .await
-        .respond(200, &edited);
+    // Equal: no request. Edited by hand: replaced.
     let put = server
         .expect(Method::PUT, &format!("{CONFIGS}/hello"))
         .await;
@@ -132,7 +126,7 @@ async fn a_missing_child_is_created_an_equal_one_left_and_a_hand_edit_put_back()
     assert_eq!(put.body["metadata"]["labels"].get("extra"), None);
     assert_eq!(
         put.body["metadata"]["resourceVersion"], "7",
-        "replaced at the version read"
+        "replaced at the version seen"
     );
     assert_eq!(
         put.body["status"]["latestReadyRevisionName"], "hello-00001",
@@ -153,21 +147,13 @@ async fn one_owned_by_another_is_left_as_it_is_and_named_in_the_error() {
     let (client, mut server) = ApiServer::new();
     let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &knative_route());
     let want = route(&parent());
-    let task = {
-        let want = want.clone();
-        tokio::spawn(async move { reconcile(&api, &want).await })
-    };
     let mut theirs = stored(&want);
     theirs["metadata"]["ownerReferences"][0]["uid"] = json!("uid-someone-else");
     theirs["spec"] = json!({"traffic": []});
-    server
-        .expect(
-            Method::GET,
-            "/apis/serving.knative.dev/v1/namespaces/default/routes/hello",
-        )
+    let theirs: DynamicObject = serde_json::from_value(theirs).expect("object");
+    let err = reconcile(&api, &want, Some(&theirs))
         .await
-        .respond(200, &theirs);
-    let err = task.await.expect("task").expect_err("not owned");
+        .expect_err("not owned");
     assert_eq!(
         err.to_string(),
         "There is an existing Route \"hello\" that we do not own."
@@ -182,12 +168,8 @@ async fn a_refused_write_says_which_object_and_why() {
     let want = configuration(&parent());
     let task = {
         let want = want.clone();
-        tokio::spawn(async move { reconcile(&api, &want).await })
+        tokio::spawn(async move { reconcile(&api, &want, None).await })
     };
-    server
-        .expect(Method::GET, &format!("{CONFIGS}/hello"))
-        .await
-        .fail(404, "NotFound");
     server
         .expect(Method::POST, CONFIGS)
         .await
@@ -209,35 +191,24 @@ fn refused() -> ChildError {
 }
 
 #[test]
-fn the_tracker_backs_off_one_service_alone_and_a_change_or_a_hand_edit_makes_it_due() {
-    let t0 = Instant::now();
-    let s = |d: u64| t0 + Duration::from_secs(d);
+fn the_tracker_backs_off_one_service_alone_and_a_change_starts_over() {
     let mut tracker = Tracker::default();
     let hello = parent();
     let mut other = parent();
     other.name = "other".to_owned();
+    assert_eq!(tracker.parent("default", "hello"), None);
     tracker.set(hello.clone());
     tracker.set(other.clone());
-    let mut due: Vec<String> = tracker.due(s(0)).into_iter().map(|p| p.name).collect();
-    due.sort();
-    assert_eq!(due, ["hello", "other"]);
+    assert_eq!(tracker.parent("default", "hello"), Some(hello.clone()));
 
-    tracker.done(&other, Ok(()), s(0));
+    assert_eq!(tracker.done(&other, Ok(())), None);
     assert!(tracker.written("default", "other"));
     // Refused: 1 s, then 2, 4, ... up to 300 s; the other stays written.
-    let mut at = 0;
     for wait in [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300] {
-        tracker.done(&hello, Err(refused()), s(at));
-        assert!(
-            tracker.due(s(at + wait - 1)).is_empty(),
-            "waits {wait} s after {at}"
-        );
         assert_eq!(
-            tracker.due(s(at + wait)).len(),
-            1,
-            "due {wait} s after {at}"
+            tracker.done(&hello, Err(&refused())),
+            Some(Duration::from_secs(wait))
         );
-        at += wait;
     }
     assert_eq!(
         tracker.problem("default", "hello"),
@@ -251,32 +222,159 @@ fn the_tracker_backs_off_one_service_alone_and_a_change_or_a_hand_edit_makes_it_
     assert!(tracker.written("default", "other"));
     assert_eq!(tracker.problem("default", "other"), None);
 
-    // A change is tried at once, backoff or not; an outcome for the Service as it was is
-    // not taken for it as it is.
-    tracker.done(&hello, Err(refused()), s(at));
-    assert!(tracker.due(s(at)).is_empty());
+    // A change starts the back-off over; an outcome for the Service as it was is not
+    // taken for it as it is.
     let mut changed = hello.clone();
     changed.labels.insert("team".to_owned(), "b".to_owned());
     tracker.set(changed.clone());
-    assert_eq!(tracker.due(s(at)).len(), 1);
-    tracker.done(&hello, Ok(()), s(at));
+    assert_eq!(tracker.done(&hello, Ok(())), None);
     assert!(!tracker.written("default", "hello"));
-    tracker.done(&changed, Ok(()), s(at));
+    assert_eq!(
+        tracker.done(&changed, Err(&refused())),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        tracker.done(&changed, Err(&refused())),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(tracker.done(&changed, Ok(())), None);
     assert!(tracker.written("default", "hello"));
     assert_eq!(tracker.problem("default", "hello"), None);
 
-    // Its own write seen on the watch changes nothing; a hand edit or a delete does.
-    tracker.observed("default", "other", "Route", Some(&route(&other)));
-    assert!(tracker.due(s(at)).iter().all(|p| p.name != "other"));
-    let mut edited = route(&other);
-    edited.data["spec"]["traffic"][0]["percent"] = json!(1);
-    tracker.observed("default", "other", "Route", Some(&edited));
-    assert_eq!(tracker.due(s(at)).len(), 1);
-    tracker.done(&other, Ok(()), s(at));
-    tracker.observed("default", "other", "Configuration", None);
-    assert_eq!(tracker.due(s(at)).len(), 1);
+    // A changed Service is not written until its children are made again.
+    let mut again = changed.clone();
+    again.spec["traffic"][0]["percent"] = json!(1);
+    tracker.set(again);
+    assert!(!tracker.written("default", "hello"));
 
     tracker.remove("default", "other");
-    assert!(tracker.due(s(at)).is_empty());
     assert!(!tracker.written("default", "other"));
+    assert_eq!(tracker.parent("default", "other"), None);
+}
+
+#[test]
+fn a_step_is_read_from_the_copy_last_seen() {
+    let want = route(&parent());
+    assert_eq!(step(&want, None).expect("step"), Step::Create(want.clone()));
+    let seen: DynamicObject = serde_json::from_value(stored(&want)).expect("object");
+    assert_eq!(step(&want, Some(&seen)).expect("step"), Step::Unchanged);
+    let mut edited = seen.clone();
+    edited.data["spec"]["traffic"][0]["percent"] = json!(1);
+    let Step::Replace(next) = step(&want, Some(&edited)).expect("step") else {
+        panic!("a hand edit is replaced");
+    };
+    assert_eq!(next.data["spec"], want.data["spec"]);
+    assert_eq!(next.metadata.resource_version.as_deref(), Some("7"));
+    assert_eq!(next.metadata.uid.as_deref(), Some("uid-config"));
+    assert_eq!(
+        next.data["status"]["latestReadyRevisionName"],
+        "hello-00001"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_seen_out_of_date_is_read_again_once() {
+    let (client, mut server) = ApiServer::new();
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &knative_route());
+    let want = route(&parent());
+    let task = {
+        let want = want.clone();
+        tokio::spawn(async move { reconcile(&api, &want, None).await })
+    };
+    // The watch had not seen it: made by someone else meanwhile, and not ours.
+    let routes = "/apis/serving.knative.dev/v1/namespaces/default/routes";
+    server
+        .expect(Method::POST, routes)
+        .await
+        .fail(409, "AlreadyExists");
+    let mut theirs = stored(&want);
+    theirs["metadata"]["ownerReferences"] = json!([]);
+    server
+        .expect(Method::GET, &format!("{routes}/hello"))
+        .await
+        .respond(200, &theirs);
+    let err = task.await.expect("task").expect_err("not owned");
+    assert!(matches!(err, ChildError::NotOwned { .. }), "{err}");
+    server.expect_none(Duration::from_millis(50)).await;
+
+    // Ours, changed since the copy seen: replaced at the version read.
+    let (client, mut server) = ApiServer::new();
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &knative_route());
+    let seen: DynamicObject = serde_json::from_value(stored(&want)).expect("object");
+    let mut edited = seen.clone();
+    edited.data["spec"]["traffic"][0]["percent"] = json!(1);
+    let task = {
+        let want = want.clone();
+        tokio::spawn(async move { reconcile(&api, &want, Some(&edited)).await })
+    };
+    server
+        .expect(Method::PUT, &format!("{routes}/hello"))
+        .await
+        .fail(409, "Conflict");
+    let mut fresh = stored(&want);
+    fresh["metadata"]["resourceVersion"] = json!("9");
+    fresh["spec"]["traffic"][0]["percent"] = json!(2);
+    server
+        .expect(Method::GET, &format!("{routes}/hello"))
+        .await
+        .respond(200, &fresh);
+    let put = server.expect(Method::PUT, &format!("{routes}/hello")).await;
+    assert_eq!(put.body["metadata"]["resourceVersion"], "9");
+    assert_eq!(
+        put.body["spec"],
+        serde_json::to_value(&want).expect("json")["spec"]
+    );
+    put.echo(200);
+    assert_eq!(
+        task.await.expect("task").expect("replaced"),
+        Outcome::Replaced
+    );
+}
+
+#[tokio::test]
+async fn no_child_is_made_again_for_a_service_gone() {
+    let (client, mut server) = ApiServer::new();
+    let p = parent();
+    let seen: DynamicObject = serde_json::from_value(stored(&configuration(&p))).expect("object");
+    let task = {
+        let p = p.clone();
+        tokio::spawn(async move { write(&client, &p, [Some(&seen), None]).await })
+    };
+    let service = "/apis/serving.knative.dev/v1/namespaces/default/services/hello";
+    // Made again under its name since: another Service, whose children are its own.
+    server.expect(Method::GET, service).await.respond(
+        200,
+        &json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": "hello", "namespace": "default", "uid": "uid-new"}
+        }),
+    );
+    assert_eq!(task.await.expect("task").expect("written"), None);
+    server.expect_none(Duration::from_millis(50)).await;
+
+    // Still there: the missing Route is made.
+    let (client, mut server) = ApiServer::new();
+    let seen: DynamicObject = serde_json::from_value(stored(&configuration(&p))).expect("object");
+    let task = {
+        let p = p.clone();
+        tokio::spawn(async move { write(&client, &p, [Some(&seen), None]).await })
+    };
+    server.expect(Method::GET, service).await.respond(
+        200,
+        &json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": "hello", "namespace": "default", "uid": "uid-svc"}
+        }),
+    );
+    server
+        .expect(
+            Method::POST,
+            "/apis/serving.knative.dev/v1/namespaces/default/routes",
+        )
+        .await
+        .echo(201);
+    assert_eq!(
+        task.await.expect("task").expect("written"),
+        Some([Outcome::Unchanged, Outcome::Created])
+    );
 }

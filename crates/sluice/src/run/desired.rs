@@ -60,6 +60,19 @@ impl Desired {
         self.apply_locked(m)
     }
 
+    /// [`Desired::apply`] unless `gone` says, once the turn is taken, that what `m` holds
+    /// has been deleted meanwhile (`None`): a deletion taken out with
+    /// [`Desired::remove_service`] before is then never planned again, and one after
+    /// waits for this turn.
+    pub async fn apply_unless(
+        &self,
+        m: &Manifests,
+        gone: impl FnOnce() -> bool,
+    ) -> Option<Result<Vec<String>, Vec<Problem>>> {
+        let _turn = self.apply_lock.lock().await;
+        (!gone()).then(|| self.apply_locked(m))
+    }
+
     /// [`Desired::apply`], with the turn already taken.
     fn apply_locked(&self, m: &Manifests) -> Result<Vec<String>, Vec<Problem>> {
         let current = self.world.lock().clone();

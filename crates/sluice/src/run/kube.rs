@@ -77,25 +77,23 @@ struct Seen {
     uid: Option<String>,
 }
 
-/// Follows every `Service` object until the task is aborted: applies each to `desired`,
-/// takes deleted ones out, and keeps their statuses written. `listed` is sent once every
-/// Service of the first list has been applied.
+mod services;
+
+/// Follows every `Service` object until the task is aborted (with kube-runtime's
+/// `Controller`, [`services`]): plans each, takes deleted ones out, keeps their
+/// `Configuration` and `Route` as they should be and their statuses written. `listed` is
+/// sent once every Service of the first list has been planned.
 pub async fn follow_services(
     client: Client,
     desired: Arc<Desired>,
     listed: tokio::sync::oneshot::Sender<()>,
 ) {
-    let mut first = Some(listed);
     let objects = Arc::new(Mutex::new(Objects::default()));
     let (pods, follow) = follow_status::<Pod>(client.clone(), |p| p.spec = None);
     let (deployments, follow_d) = follow_status::<Deployment>(client.clone(), |d| d.spec = None);
     // These end with this task, aborted or not.
     let _pods = AbortOnDrop(tokio::spawn(follow));
     let _deployments = AbortOnDrop(tokio::spawn(follow_d));
-    let _children = AbortOnDrop(tokio::spawn(follow_children(
-        client.clone(),
-        Arc::clone(&objects),
-    )));
     let _gc = AbortOnDrop(tokio::spawn(follow_gc_config(
         client.clone(),
         Arc::clone(&objects),
@@ -110,42 +108,7 @@ pub async fn follow_services(
         Arc::clone(&objects),
         (pods, deployments),
     )));
-    let api: Api<DynamicObject> = Api::all_with(client, &knative_service());
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut listed: Option<BTreeSet<(String, String)>> = None;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Apply(o)) => apply(&desired, &objects, &o).await,
-            Ok(watcher::Event::InitApply(o)) => {
-                if let Some(l) = &mut listed {
-                    l.insert(id(&o));
-                }
-                apply(&desired, &objects, &o).await;
-            }
-            Ok(watcher::Event::Delete(o)) => {
-                let (ns, name) = id(&o);
-                remove(&desired, &objects, &ns, &name).await;
-            }
-            Ok(watcher::Event::Init) => listed = Some(BTreeSet::new()),
-            Ok(watcher::Event::InitDone) => {
-                // Services deleted while the watch was down.
-                let Some(listed) = listed.take() else {
-                    continue;
-                };
-                // Those restored from their Revisions but gone too.
-                let mut known: BTreeSet<(String, String)> =
-                    objects.lock().services.keys().cloned().collect();
-                known.extend(desired.world.lock().services.keys().cloned());
-                for (ns, name) in known.into_iter().filter(|k| !listed.contains(k)) {
-                    remove(&desired, &objects, &ns, &name).await;
-                }
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(());
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "watching Services"),
-        }
-    }
+    services::run(client, desired, objects, listed).await;
 }
 
 /// The revisions' objects of kind `K` (those labelled with a revision), cached as the
@@ -315,8 +278,14 @@ fn id(o: &DynamicObject) -> (String, String) {
 }
 
 /// Plans one object as `sluice apply` would plan its manifest: the same strict fields,
-/// the same rules, the same revision names.
-async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
+/// the same rules, the same revision names; unless `deleted` says, when its turn comes,
+/// that it is gone.
+async fn apply(
+    desired: &Desired,
+    objects: &Mutex<Objects>,
+    o: &DynamicObject,
+    deleted: impl FnOnce() -> bool,
+) {
     let (ns, name) = id(o);
     let generation = o.metadata.generation.unwrap_or_default();
     let status: Option<ServiceStatus> = o
@@ -374,14 +343,19 @@ async fn apply(desired: &Desired, objects: &Mutex<Objects>, o: &DynamicObject) {
     });
     let refused = match Manifests::parse(&format!("service {ns}/{name}"), &manifest.to_string()) {
         Err(problems) => Some(lines(&problems).join("; ")),
-        Ok(m) => match desired.apply(&m).await {
-            Ok(summary) => {
+        Ok(m) => match desired.apply_unless(&m, deleted).await {
+            // Deleted meanwhile: taken out, or about to be.
+            None => {
+                objects.lock().services.remove(&(ns, name));
+                return;
+            }
+            Some(Ok(summary)) => {
                 for line in summary {
                     tracing::info!("{line}");
                 }
                 None
             }
-            Err(problems) => Some(lines(&problems).join("; ")),
+            Some(Err(problems)) => Some(lines(&problems).join("; ")),
         },
     };
     if let Some(why) = &refused {
@@ -411,74 +385,6 @@ async fn remove(desired: &Desired, objects: &Mutex<Objects>, ns: &str, name: &st
     }
 }
 
-/// Watches every Service's `Configuration` and `Route`: one deleted or edited by hand is
-/// written again at the next tick.
-async fn follow_children(client: Client, objects: Arc<Mutex<Objects>>) {
-    let watch = |resource: kube::core::ApiResource| {
-        let kind = resource.kind.clone();
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        watcher(
-            api,
-            watcher::Config::default().labels(sluice_kube::resources::SERVICE_LABEL),
-        )
-        .default_backoff()
-        .map(move |e| (kind.clone(), e))
-    };
-    let mut events = std::pin::pin!(futures_util::stream::select(
-        watch(children::knative_configuration()),
-        watch(children::knative_route()),
-    ));
-    while let Some((kind, event)) = events.next().await {
-        let (o, gone) = match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
-            Ok(watcher::Event::Delete(o)) => (o, true),
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, %kind, "watching the Services' children");
-                continue;
-            }
-        };
-        let (ns, name) = id(&o);
-        let seen = (!gone).then_some(&o);
-        objects.lock().children.observed(&ns, &name, &kind, seen);
-    }
-}
-
-/// Children written at once.
-const CHILD_WRITERS: usize = 8;
-
-/// Writes the `Configuration` and `Route` of every Service whose are due, [`CHILD_WRITERS`]
-/// at a time; one that fails backs off alone.
-async fn write_children(client: &Client, objects: &Mutex<Objects>) {
-    let due = objects.lock().children.due(tokio::time::Instant::now());
-    futures_util::stream::iter(due)
-        .for_each_concurrent(CHILD_WRITERS, |parent| async move {
-            let result = children::write(client, &parent).await;
-            let mut objs = objects.lock();
-            match &result {
-                Ok([c, r]) => {
-                    // One made again (deleted by hand) has its status written again.
-                    let key = (parent.namespace.clone(), parent.name.clone());
-                    if let Some(seen) = objs.services.get_mut(&key) {
-                        if *c == children::Outcome::Created {
-                            seen.configuration = None;
-                        }
-                        if *r == children::Outcome::Created {
-                            seen.route = None;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(service = %parent.name, namespace = %parent.namespace, "{e}");
-                }
-            }
-            let result = result.map(|_| ());
-            objs.children
-                .done(&parent, result, tokio::time::Instant::now());
-        })
-        .await;
-}
-
 /// Computes every Service's status each [`STATUS_PERIOD`] and writes those that changed.
 async fn write_statuses(
     client: Client,
@@ -499,7 +405,6 @@ async fn write_statuses(
         for (key, why) in rollout_failures(deployments.state().iter().map(AsRef::as_ref)) {
             failing.entry(key).or_insert(why);
         }
-        write_children(&client, &objects).await;
         let changed = statuses(&desired, &world, &objects.lock(), &failing);
         for ((ns, name), status) in changed {
             write_status(&client, &objects, &events, &ns, &name, status).await;
