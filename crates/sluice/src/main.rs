@@ -90,7 +90,7 @@ fn autoscaler(
 ) -> ExitCode {
     if lease.leader_elect {
         let mut bad = Vec::new();
-        let (api, config) = lease.check("sluice-autoscaler", &mut bad);
+        let (api, config) = lease.check(sluice::run::kube::AUTOSCALER_AGENT, &mut bad);
         if !bad.is_empty() {
             eprintln!("sluice autoscaler: {}", bad.join("\n"));
             return ExitCode::from(EXIT_USAGE);
@@ -104,7 +104,12 @@ fn autoscaler(
             ("grpc".to_owned(), args.listen.port(), h2c),
             ("metrics".to_owned(), args.metrics_listen.port(), None),
         ];
-        let guard = match sluice::run::kube::lead_blocking(api, config, ports) {
+        let guard = match sluice::run::kube::lead_blocking(
+            api,
+            sluice::run::kube::AUTOSCALER_AGENT,
+            config,
+            ports,
+        ) {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("sluice autoscaler: {e}");

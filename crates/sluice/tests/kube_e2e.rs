@@ -121,6 +121,44 @@ fn real_cluster() -> Option<(PathBuf, SocketAddr)> {
     Some((PathBuf::from(kubeconfig), gateway))
 }
 
+/// `deploy/sluice.yaml`'s service accounts, roles and bindings, installed in the double,
+/// which then authorizes each component's requests (known by their `User-Agent`,
+/// `sluice-control/…`) as its Deployment's service account's: a request the manifests do
+/// not allow is refused here as on a cluster.
+fn install_rbac(api: &KubeApi) {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/sluice.yaml"),
+    )
+    .expect("deploy/sluice.yaml");
+    let mut accounts = 0;
+    for doc in text.split("\n---") {
+        let o: Value = serde_norway::from_str(doc).expect("a document");
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+        let path = match o["kind"].as_str().unwrap_or_default() {
+            "ServiceAccount" => format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            kind @ ("Role" | "RoleBinding") => format!(
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{}s",
+                kind.to_lowercase()
+            ),
+            kind @ ("ClusterRole" | "ClusterRoleBinding") => format!(
+                "/apis/rbac.authorization.k8s.io/v1/{}s",
+                kind.to_lowercase()
+            ),
+            "Deployment" => {
+                let pod = &o["spec"]["template"]["spec"];
+                let component = pod["containers"][0]["args"][0].as_str().expect("args");
+                let account = pod["serviceAccountName"].as_str().expect("an account");
+                api.act_as(&format!("sluice-{component}"), ns, account);
+                accounts += 1;
+                continue;
+            }
+            _ => continue,
+        };
+        assert_eq!(api.create_object(&path, o), 201, "{path}");
+    }
+    assert!(accounts >= 2, "control and autoscaler Deployments");
+}
+
 impl Cluster {
     async fn start(test: &str) -> Self {
         match real_cluster() {
@@ -191,6 +229,7 @@ impl Cluster {
                 assert_eq!(api.apply_object(path, crd), 201);
             }
         }
+        install_rbac(&api);
         let kubeconfig = logs.join("kubeconfig.yaml");
         std::fs::write(
             &kubeconfig,

@@ -261,6 +261,9 @@ pub struct KubeApi {
     events: broadcast::Sender<Event>,
     serving: Mutex<Option<tokio::task::JoinHandle<()>>>,
     uids: Arc<AtomicU64>,
+    /// The service account each `User-Agent` (its product, before `/`) is taken for
+    /// ([`KubeApi::act_as`]).
+    accounts: Mutex<BTreeMap<String, rbac::Account>>,
 }
 
 impl std::fmt::Debug for KubeApi {
@@ -286,9 +289,76 @@ impl KubeApi {
             events,
             serving: Mutex::new(None),
             uids: Arc::new(AtomicU64::new(1)),
+            accounts: Mutex::new(BTreeMap::new()),
         });
         api.serve(listener);
         api
+    }
+
+    /// Takes requests whose `User-Agent` is `agent` (`sluice-control/0.1.0` for
+    /// `sluice-control`) for those of the service account `namespace/service_account`,
+    /// and authorizes them as the API server's RBAC does, by the `Role`s, `ClusterRole`s
+    /// and bindings stored ([`rbac`]): one refused is answered 403 `Forbidden` with the
+    /// API server's message. Requests of any other agent (the tests' own, `kubectl`'s)
+    /// are allowed, as a cluster admin's; discovery is open to all, as on a cluster.
+    pub fn act_as(&self, agent: &str, namespace: &str, service_account: &str) {
+        self.accounts.lock().insert(
+            agent.to_owned(),
+            rbac::Account {
+                namespace: namespace.to_owned(),
+                name: service_account.to_owned(),
+            },
+        );
+    }
+
+    /// Why the request is refused (the API server's message), if its agent's service
+    /// account may not make it.
+    fn forbidden(
+        &self,
+        parts: &http::request::Parts,
+        p: &Path,
+        query: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let agent = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split('/').next())?;
+        let who = self.accounts.lock().get(agent).cloned()?;
+        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let verb = match (&parts.method, &p.name) {
+            (&Method::GET, Some(_)) => "get",
+            (&Method::GET, None) if watch => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, Some(_)) => "delete",
+            (&Method::DELETE, None) => "deletecollection",
+            _ => return None,
+        };
+        let name = match verb {
+            "create" => None,
+            "list" | "watch" => query.get("fieldSelector").and_then(|f| {
+                f.split(',')
+                    .find_map(|t| t.strip_prefix("metadata.name="))
+                    .map(str::to_owned)
+            }),
+            _ => p.name.clone(),
+        };
+        let kind = &KINDS[p.view.unwrap_or(p.kind)];
+        let what = rbac::Attributes {
+            verb,
+            group: kind.group.to_owned(),
+            resource: match &p.sub {
+                Some(sub) => format!("{}/{sub}", kind.plural),
+                None => kind.plural.to_owned(),
+            },
+            namespace: p.namespace.clone(),
+            name,
+        };
+        let allowed = rbac::allows(&self.store.lock().objects, &who, &what);
+        (!allowed).then(|| what.forbidden(&who))
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -482,6 +552,9 @@ impl KubeApi {
         let Some(p) = parse_path(&path) else {
             return status(404, "NotFound", &format!("the double serves no {path}"));
         };
+        if let Some(why) = self.forbidden(&parts, &p, &query) {
+            return status(403, "Forbidden", &why);
+        }
         let accept = parts
             .headers
             .get(http::header::ACCEPT)
@@ -1307,6 +1380,7 @@ fn parse_path(path: &str) -> Option<Path> {
 
 mod discovery;
 mod present;
+mod rbac;
 mod validate;
 
 /// A kubeconfig naming the double at `url` (context `fake`, namespace `default`, no

@@ -92,7 +92,7 @@ pub struct KubeOptions {
 
 impl KubeOptions {
     async fn client(&self) -> Result<kube::Client, String> {
-        super::kube::client(self.api.as_ref()).await
+        super::kube::client(self.api.as_ref(), super::kube::CONTROL_AGENT).await
     }
 }
 
@@ -445,7 +445,7 @@ fn kube_options(a: KubeArgs, bad: &mut Vec<String>) -> Option<KubeOptions> {
         }
         return None;
     }
-    let (api, lease) = a.lease.check("sluice-control", bad);
+    let (api, lease) = a.lease.check(super::kube::CONTROL_AGENT, bad);
     Some(KubeOptions {
         api,
         inject: sluice_kube::Injection {

@@ -1157,10 +1157,19 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "sluice".to_owned())
 }
 
+/// The control plane's name on the API server: its Lease's and its requests'
+/// `User-Agent`'s.
+pub const CONTROL_AGENT: &str = "sluice-control";
+/// The autoscaler's, likewise.
+pub const AUTOSCALER_AGENT: &str = "sluice-autoscaler";
+
 /// A client of `api`, or of the kubeconfig's API server (the pod's service account on a
-/// cluster).
-pub async fn client(api: Option<&http::Uri>) -> Result<Client, String> {
-    match api {
+/// cluster), whose requests say which component sends them: `User-Agent:
+/// sluice-control/0.1.0` for `component` `sluice-control`, as client-go's components name
+/// themselves (the API server's audit log shows it; the test double knows a component's
+/// service account, and so its RBAC, by it).
+pub async fn client(api: Option<&http::Uri>, component: &str) -> Result<Client, String> {
+    let mut config = match api {
         Some(uri) => {
             let mut config = kube::Config::new(uri.clone());
             if uri.scheme_str() == Some("http") {
@@ -1169,12 +1178,17 @@ pub async fn client(api: Option<&http::Uri>) -> Result<Client, String> {
                 // image does not have.
                 config.root_cert = Some(Vec::new());
             }
-            Client::try_from(config).map_err(|e| format!("API server {uri}: {e}"))
+            config
         }
-        None => Client::try_default()
+        None => kube::Config::infer()
             .await
-            .map_err(|e| format!("no Kubernetes API server: {e}")),
-    }
+            .map_err(|e| format!("no Kubernetes API server: {e}"))?,
+    };
+    let agent = format!("{component}/{}", env!("CARGO_PKG_VERSION"));
+    let agent = http::HeaderValue::try_from(agent).map_err(|e| format!("{component}: {e}"))?;
+    config.headers.push((http::header::USER_AGENT, agent));
+    let url = config.cluster_url.clone();
+    Client::try_from(config).map_err(|e| format!("API server {url}: {e}"))
 }
 
 /// This replica's leadership, from [`lead`]: kept (renewed) until it is released or the
@@ -1284,6 +1298,7 @@ impl Drop for LeaseGuard {
 /// [`Election::publish_when_serving`]) once the first of them is served.
 pub fn lead_blocking(
     api: Option<http::Uri>,
+    component: &'static str,
     election: Election,
     ports: Vec<(String, u16, Option<String>)>,
 ) -> Result<LeaseGuard, String> {
@@ -1304,7 +1319,7 @@ pub fn lead_blocking(
                 }
             };
             rt.block_on(async move {
-                let client = match client(api.as_ref()).await {
+                let client = match client(api.as_ref(), component).await {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

@@ -567,3 +567,137 @@ async fn kubectls_table_from_a_crds_printer_columns_and_core_events_filtered_by_
         405
     );
 }
+
+/// A client whose requests say they come from `agent`.
+fn client_as(api: &KubeApi, agent: &str) -> Client {
+    let mut config = kube::Config::new(api.url().parse().expect("url"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        format!("{agent}/0.1.0").parse().expect("agent"),
+    ));
+    Client::try_from(config).expect("client")
+}
+
+#[tokio::test]
+async fn an_agents_requests_are_authorized_by_its_service_accounts_roles() {
+    let api = KubeApi::start().await;
+    let rbac = |plural: &str, ns: Option<&str>, o: Value| {
+        let path = match ns {
+            Some(ns) => format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{plural}"),
+            None => format!("/apis/rbac.authorization.k8s.io/v1/{plural}"),
+        };
+        assert_eq!(api.create_object(&path, o), 201, "{plural}");
+    };
+    let subjects = json!([{"kind": "ServiceAccount", "name": "ctl", "namespace": "system"}]);
+    rbac(
+        "clusterroles",
+        None,
+        json!({"metadata": {"name": "ctl"}, "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]},
+        ]}),
+    );
+    rbac(
+        "clusterrolebindings",
+        None,
+        json!({"metadata": {"name": "ctl"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ctl"},
+        "subjects": subjects}),
+    );
+    rbac(
+        "roles",
+        Some("system"),
+        json!({"metadata": {"name": "lease"}, "rules": [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mine"],
+             "verbs": ["get", "list", "create"]},
+        ]}),
+    );
+    rbac(
+        "rolebindings",
+        Some("system"),
+        json!({"metadata": {"name": "lease"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
+        "subjects": subjects}),
+    );
+    api.act_as("sluice-ctl", "system", "ctl");
+    let ctl = client_as(&api, "sluice-ctl");
+    let forbidden = |r: Result<_, kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.is_forbidden() => s.message,
+        other => panic!("not forbidden: {:?}", other.map(|_: ()| ())),
+    };
+
+    // The ClusterRole holds in every namespace, for its verbs only.
+    let everywhere: Api<Deployment> = Api::all(ctl.clone());
+    everywhere.list(&ListParams::default()).await.expect("list");
+    let default: Api<Deployment> = Api::namespaced(ctl.clone(), "default");
+    let said = forbidden(
+        default
+            .create(&PostParams::default(), &deployment("a", 1, json!({})))
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(
+        said,
+        "deployments.apps is forbidden: User \"system:serviceaccount:system:ctl\" cannot \
+         create resource \"deployments\" in API group \"apps\" in the namespace \"default\""
+    );
+    let said = forbidden(
+        default
+            .patch_scale("a", &PatchParams::default(), &Patch::Merge(json!({})))
+            .await
+            .map(|_| ()),
+    );
+    assert!(
+        said.starts_with("deployments.apps \"a\" is forbidden")
+            && said.contains("cannot patch resource \"deployments/scale\""),
+        "{said}"
+    );
+
+    // The Role only in its binding's namespace.
+    let lease = |ns: &str| {
+        serde_json::from_value::<Lease>(json!({"metadata": {"name": "l", "namespace": ns}}))
+            .expect("lease")
+    };
+    let leases: Api<Lease> = Api::namespaced(ctl.clone(), "system");
+    leases
+        .create(&PostParams::default(), &lease("system"))
+        .await
+        .expect("create in system");
+    let elsewhere: Api<Lease> = Api::namespaced(ctl.clone(), "default");
+    let said = forbidden(
+        elsewhere
+            .create(&PostParams::default(), &lease("default"))
+            .await
+            .map(|_| ()),
+    );
+    assert!(said.contains("in the namespace \"default\""), "{said}");
+
+    // Names: a get of that name, a list by its name only, and never a create.
+    let configs: Api<ConfigMap> = Api::namespaced(ctl.clone(), "system");
+    assert!(
+        configs.get_opt("mine").await.expect("get mine").is_none(),
+        "allowed, and not there"
+    );
+    forbidden(configs.get("theirs").await.map(|_| ()));
+    configs
+        .list(&ListParams::default().fields("metadata.name=mine"))
+        .await
+        .expect("list by name");
+    forbidden(configs.list(&ListParams::default()).await.map(|_| ()));
+    let mine: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "mine"}})).expect("configmap");
+    forbidden(
+        configs
+            .create(&PostParams::default(), &mine)
+            .await
+            .map(|_| ()),
+    );
+
+    // Another agent (the tests', kubectl's) is a cluster admin; discovery is open.
+    let admin: Api<Deployment> = Api::namespaced(client(&api).await, "default");
+    admin
+        .create(&PostParams::default(), &deployment("a", 1, json!({})))
+        .await
+        .expect("an admin creates");
+    ctl.apiserver_version().await.expect("/version");
+}
