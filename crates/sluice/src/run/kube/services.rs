@@ -121,7 +121,7 @@ pub(super) async fn run(
 }
 
 /// The children of kind `resource` (those labelled with their Service), cached as a watch
-/// sees them; the stream (which runs the watch) says which changed or went.
+/// sees them, without their status; the stream (which runs the watch) says which changed or went.
 fn cache(
     client: Client,
     resource: ApiResource,
@@ -134,7 +134,14 @@ fn cache(
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let events = watcher(api, watcher::Config::default().labels(SERVICE_LABEL))
         .default_backoff()
-        .modify(|o| o.metadata.managed_fields = None);
+        // What a child is made of is compared; its field history and status are not (a
+        // replace leaves the status as the API server has it).
+        .modify(|o| {
+            o.metadata.managed_fields = None;
+            if let Some(data) = o.data.as_object_mut() {
+                data.remove("status");
+            }
+        });
     (
         store,
         reflector::reflector(writer, events).touched_objects(),
