@@ -318,6 +318,7 @@ impl KubeApi {
         parts: &http::request::Parts,
         p: &Path,
         query: &BTreeMap<String, String>,
+        watch: bool,
     ) -> Option<String> {
         let agent = parts
             .headers
@@ -325,7 +326,6 @@ impl KubeApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|a| a.split('/').next())?;
         let who = self.accounts.lock().get(agent).cloned()?;
-        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
         let verb = match (&parts.method, &p.name) {
             (&Method::GET, Some(_)) => "get",
             (&Method::GET, None) if watch => "watch",
@@ -552,7 +552,8 @@ impl KubeApi {
         let Some(p) = parse_path(&path) else {
             return status(404, "NotFound", &format!("the double serves no {path}"));
         };
-        if let Some(why) = self.forbidden(&parts, &p, &query) {
+        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        if let Some(why) = self.forbidden(&parts, &p, &query, watch) {
             return status(403, "Forbidden", &why);
         }
         let accept = parts
@@ -587,7 +588,6 @@ impl KubeApi {
             serde_json::from_slice(&body)
                 .map_err(|e| Box::new(status(400, "BadRequest", &format!("body: {e}"))))
         };
-        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
         match (&parts.method, p.name.clone(), p.sub.as_deref()) {
             (&Method::GET, None, None) if watch => self.watch(&p, &query, reading),
             (&Method::GET, None, None) => self.list_response(&p, &reading),

@@ -239,7 +239,7 @@ async fn reconcile(
         return Ok(Action::await_change());
     };
     // Read once the caches hold a first list, so a child that exists is not made again.
-    let (_, _) = futures_util::join!(
+    let _ = futures_util::join!(
         ctx.configurations.wait_until_ready(),
         ctx.routes.wait_until_ready()
     );
