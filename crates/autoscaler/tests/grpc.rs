@@ -110,11 +110,17 @@ async fn next_decision(stream: &mut Streaming<Decision>, within: Duration) -> De
         .expect("stream open")
 }
 
-/// Sleeps until the autoscaler's clock is `ms` into a second. Registering at 0.05 s and
-/// sending bursts at 0.5 s puts each burst in one per-second bucket, away from the ticks.
+/// Sleeps until the autoscaler's clock is next `ms` into a second, never `ms` of the
+/// second it is in: a burst sent within a millisecond of the last alignment would
+/// otherwise go out at once, into the last burst's bucket. Registering at 0.05 s and
+/// sending bursts at 0.5 s puts each burst in a per-second bucket of its own, away from
+/// the ticks.
 async fn align(autoscaler: &Autoscaler, ms: u32) {
     let into = autoscaler.now().subsec_millis();
-    let wait = (1000 + ms - into) % 1000;
+    let wait = match (1000 + ms - into) % 1000 {
+        0 => 1000,
+        wait => wait,
+    };
     tokio::time::sleep(Duration::from_millis(u64::from(wait))).await;
 }
 
