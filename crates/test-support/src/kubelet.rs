@@ -38,7 +38,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::{reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -61,6 +61,8 @@ pub struct KubeletConfig {
 pub struct Kubelet {
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    /// The watches feeding its caches.
+    watching: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Kubelet {
@@ -264,7 +266,14 @@ fn log_tail(path: &std::path::Path) -> String {
 }
 
 /// Every `K` in the cluster, kept by a watch of its own for as long as the runtime runs.
-fn cached<K>(client: &Client) -> reflector::Store<K>
+/// A reflector's store, fed by a task of its own (`watching`, aborted at shutdown). Its
+/// watch backs off after an error as kube-runtime's controllers do: without it, a stream
+/// whose API server has gone answers at once, again and again, and its task never yields,
+/// which held a runtime's shutdown up for as long as it spun.
+fn cached<K>(
+    client: &Client,
+    watching: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -277,12 +286,12 @@ where
     let (store, writer) = reflector::store::<K>();
     let stream = reflector(
         writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
     );
-    tokio::spawn(async move {
+    watching.push(tokio::spawn(async move {
         let mut s = std::pin::pin!(stream);
         while s.next().await.is_some() {}
-    });
+    }));
     store
 }
 
@@ -293,9 +302,10 @@ impl Kubelet {
             next_ip: first_ip(),
             ..State::default()
         }));
-        let deployments = cached::<Deployment>(&client);
-        let services = cached::<Service>(&client);
-        let quotas = cached::<ResourceQuota>(&client);
+        let mut watching = Vec::new();
+        let deployments = cached::<Deployment>(&client, &mut watching);
+        let services = cached::<Service>(&client, &mut watching);
+        let quotas = cached::<ResourceQuota>(&client, &mut watching);
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             let _ = deployments.wait_until_ready().await;
@@ -310,7 +320,11 @@ impl Kubelet {
                 tokio::time::sleep(config.period).await;
             }
         });
-        Self { state, task }
+        Self {
+            state,
+            task,
+            watching,
+        }
     }
 
     /// Pods whose processes have not all ended yet, terminating ones included.
@@ -325,8 +339,12 @@ impl Kubelet {
 
     /// Stops following and kills every pod.
     pub async fn shutdown(self) {
-        self.task.abort();
-        let _ = self.task.await;
+        for task in self.watching.iter().chain([&self.task]) {
+            task.abort();
+        }
+        for task in self.watching.into_iter().chain([self.task]) {
+            let _ = task.await;
+        }
         let pods: Vec<Pod> = std::mem::take(&mut self.state.lock().pods)
             .into_values()
             .flatten()
