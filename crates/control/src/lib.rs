@@ -5,6 +5,9 @@
 //!   unless all pass; [`images`]: which local command runs an image.
 //! - [`status`]: what `sluice status` shows, as plain data.
 //! - [`gc`]: which old revisions `config-gc` collects.
+//! - [`desired`]: the applied world over a [`ControlPlane`]: applies (all or nothing),
+//!   restores, removals and `config-gc`'s collections take turns; status; the admin port
+//!   that `sluice apply` and `sluice status` use.
 //! - [`spec`]: the desired state (services with traffic, revisions with their pods).
 //! - [`reconciler`]: the pure part: desired state + decisions + ready pods → actions.
 //! - [`backend`]: what runs revisions; [`local`] runs them as processes on this machine,
@@ -17,6 +20,7 @@
 
 pub mod backend;
 pub mod cold_start;
+pub mod desired;
 pub mod gc;
 pub mod grpc;
 pub mod images;

@@ -1,4 +1,4 @@
-//! Addresses in flags and environment variables.
+//! Addresses: in flags and environment variables, and the URL a service is served at.
 
 /// A gRPC peer: `http://host:port`, or `host:port` (the scheme is added). `None` for
 /// anything else, which the caller reports.
@@ -23,6 +23,11 @@ pub fn grpc_flag(flag: &str, value: Option<&str>, bad: &mut Vec<String>) -> Opti
         bad.push(format!("--{flag}={value:?}: expected http://host:port"));
     }
     uri
+}
+
+/// The URL of a service under `domain`: `http://{name}.{namespace}.{domain}`.
+pub fn service_url(domain: &str, namespace: &str, name: &str) -> String {
+    format!("http://{name}.{namespace}.{domain}")
 }
 
 #[cfg(test)]

@@ -73,10 +73,7 @@ pub struct RevisionBackends {
     pub timeout_seconds: Option<u64>,
 }
 
-/// The URL of a service under `domain`: `http://{name}.{namespace}.{domain}`.
-pub fn service_url(domain: &str, namespace: &str, name: &str) -> String {
-    format!("http://{name}.{namespace}.{domain}")
-}
+pub use sluice_core::address::service_url;
 
 /// The routing table's handle: cheap to clone, every clone the same table.
 #[derive(Clone, Debug)]

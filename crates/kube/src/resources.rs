@@ -17,16 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_control::RevisionSpec;
 
-/// Knative's labels, on every object of a revision (and copied by Kubernetes onto the
-/// EndpointSlices of its Service).
-pub const SERVICE_LABEL: &str = "serving.knative.dev/service";
-pub const CONFIGURATION_LABEL: &str = "serving.knative.dev/configuration";
-pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
-/// The generation of its Configuration (its Service's template) a revision was made at:
-/// `NAME-0000N` is made at generation N.
-pub const CONFIGURATION_GENERATION_LABEL: &str = "serving.knative.dev/configurationGeneration";
-/// Knative's label of a revision's private Service (the one that selects its pods).
-pub const SERVICE_TYPE_LABEL: &str = "networking.internal.knative.dev/serviceType";
+pub use sluice_serving::labels::{
+    CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, REVISION_LABEL, SERVICE_LABEL,
+    SERVICE_TYPE_LABEL,
+};
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "sluice";
 
@@ -255,7 +249,7 @@ pub fn service_spec(spec: &RevisionSpec) -> K8sServiceSpec {
 fn user_container(spec: &RevisionSpec) -> Result<(Container, u16), ResourceError> {
     let pod = &spec.pod;
     let mut written = pod.container.clone().ok_or(ResourceError::NoContainer)?;
-    strip_nulls(&mut written);
+    sluice_serving::manifest::strip_nulls(&mut written);
     let port = written
         .get("ports")
         .and_then(|p| p.get(0))
@@ -444,18 +438,6 @@ fn value_env(name: &str, value: String) -> EnvVar {
         name: name.to_owned(),
         value: Some(value),
         ..EnvVar::default()
-    }
-}
-
-/// Drops every `null` member, recursively (a field left out, to Kubernetes).
-fn strip_nulls(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(o) => {
-            o.retain(|_, v| !v.is_null());
-            o.values_mut().for_each(strip_nulls);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
-        _ => {}
     }
 }
 

@@ -494,6 +494,18 @@ impl Service {
     }
 }
 
+/// Drops every `null` member, recursively (a field left out, to Kubernetes).
+pub fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.retain(|_, v| !v.is_null());
+            o.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,9 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::cli::PodArgs;
-use super::desired::{Desired, serve_admin};
+use super::desired::{Desired, DesiredOptions, serve_admin};
 use super::images::ImageMap;
-use super::world::World;
 
 /// `EX_USAGE`: a bad flag.
 const EXIT_CONFIG: u8 = 64;
@@ -221,17 +220,17 @@ impl ControlServer {
             }
         };
         let control = ControlPlane::new(backend);
-        let desired = Arc::new(Desired {
-            images: opts.images,
-            domain: opts.domain,
-            gateway: opts.gateway,
-            apply_lock: tokio::sync::Mutex::new(()),
-            world: parking_lot::Mutex::new(World::default()),
-            control: control.clone(),
-            autoscaler: None,
-            state: opts.state_dir,
-            cluster: kube.is_some(),
-        });
+        let desired = Arc::new(Desired::new(
+            control.clone(),
+            DesiredOptions {
+                images: opts.images,
+                domain: opts.domain,
+                gateway: opts.gateway,
+                autoscaler: None,
+                state: opts.state_dir,
+                cluster: kube.is_some(),
+            },
+        ));
         let (stop, _) = watch::channel(false);
         let stopped = || {
             let mut rx = stop.subscribe();
@@ -277,11 +276,15 @@ impl ControlServer {
             }
             let (config_listed, config_done) = tokio::sync::oneshot::channel();
             followers.push(tokio::spawn(
-                super::kube::follow_config(client.clone(), Arc::clone(&desired), config_listed)
-                    .instrument(tracing::info_span!("config")),
+                sluice_kube::controller::follow_config(
+                    client.clone(),
+                    Arc::clone(&desired),
+                    config_listed,
+                )
+                .instrument(tracing::info_span!("config")),
             ));
             let _ = config_done.await;
-            match super::kube::restore_revisions(client.clone(), &desired).await {
+            match sluice_kube::controller::restore_revisions(client.clone(), &desired).await {
                 Ok(n) => tracing::info!(revisions = n, "the cluster's Revisions planned again"),
                 Err(e) => {
                     for t in &followers {
@@ -292,8 +295,12 @@ impl ControlServer {
             }
             let (services_listed, services_done) = tokio::sync::oneshot::channel();
             followers.push(tokio::spawn(
-                super::kube::follow_services(client, Arc::clone(&desired), services_listed)
-                    .instrument(tracing::info_span!("services")),
+                sluice_kube::controller::follow_services(
+                    client,
+                    Arc::clone(&desired),
+                    services_listed,
+                )
+                .instrument(tracing::info_span!("services")),
             ));
             let _ = services_done.await;
             tracing::info!("the cluster's Services, config and EndpointSlices are listed");

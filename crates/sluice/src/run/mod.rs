@@ -2,8 +2,8 @@
 //!
 //! - [`manifest`] and [`problem`] (from `sluice-serving`), [`world`] and [`images`] (from
 //!   `sluice-control`): what users write, the pure planner, which command runs an image.
-//! - [`desired`]: the applied world, the control plane over the local process backend,
-//!   and the admin port.
+//! - [`desired`] (from `sluice-control`): the applied world over the control plane, and
+//!   the admin port.
 //! - [`platform`]: that with the autoscaler, activator and gateway, in one process.
 //! - [`control`]: that alone (`sluice control`), the others in their own processes.
 //! - [`distributed`]: `sluice run --distributed`: every part in its own process, kept
@@ -14,7 +14,6 @@
 
 pub mod cli;
 pub mod control;
-pub mod desired;
 pub mod display;
 pub mod distributed;
 pub mod kube;
@@ -22,5 +21,5 @@ pub mod platform;
 
 pub use platform::{Options, Platform, Status};
 // The planner and Knative's API types, where they live now; kept at their old paths.
-pub use sluice_control::{images, world};
+pub use sluice_control::{desired, images, world};
 pub use sluice_serving::{manifest, problem};

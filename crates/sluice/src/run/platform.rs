@@ -26,10 +26,9 @@ use sluice_gateway::{Gateway, RoutesSource};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::Instrument;
 
-use super::desired::Desired;
+use super::desired::{Desired, DesiredOptions, LiveAutoscaler};
 use super::images::ImageMap;
 use super::manifest::Manifests;
-use super::world::World;
 
 /// How to start the platform.
 #[derive(Clone, Debug)]
@@ -102,6 +101,29 @@ pub struct Addresses {
     /// The control plane's gRPC feeds (`RoutesService`, `EndpointsService`), for gateways
     /// and activators in other processes.
     pub control: SocketAddr,
+}
+
+/// The autoscaler running in this process, as the applied world uses it.
+#[derive(Debug)]
+struct InProcess(Autoscaler);
+
+impl LiveAutoscaler for InProcess {
+    fn set_config(
+        &self,
+        config: sluice_serving::config::AutoscalerConfig,
+    ) -> Result<(), Vec<(sluice_core::RevisionKey, String)>> {
+        self.0.set_config(config).map_err(|refused| {
+            refused
+                .0
+                .into_iter()
+                .map(|(rev, e)| (rev, e.to_string()))
+                .collect()
+        })
+    }
+
+    fn decisions(&self) -> Vec<sluice_proto::v1::Decision> {
+        self.0.decisions(None)
+    }
 }
 
 pub use sluice_control::status::{
@@ -191,17 +213,17 @@ impl Platform {
         };
         let (stop, _) = watch::channel(false);
         let (stop_autoscaler, _) = watch::channel(false);
-        let desired = Arc::new(Desired {
-            images: opts.images,
-            domain: gateway.routes().domain().to_owned(),
-            gateway: addrs.gateway.to_string(),
-            apply_lock: tokio::sync::Mutex::new(()),
-            world: Mutex::new(World::default()),
-            control: control.clone(),
-            autoscaler: Some(autoscaler.autoscaler().clone()),
-            state: None,
-            cluster: false,
-        });
+        let desired = Arc::new(Desired::new(
+            control.clone(),
+            DesiredOptions {
+                images: opts.images,
+                domain: gateway.routes().domain().to_owned(),
+                gateway: addrs.gateway.to_string(),
+                autoscaler: Some(Arc::new(InProcess(autoscaler.autoscaler().clone()))),
+                state: None,
+                cluster: false,
+            },
+        ));
         let platform = Self {
             inner: Arc::new(Inner {
                 desired: Arc::clone(&desired),

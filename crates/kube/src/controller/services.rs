@@ -10,6 +10,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::knative_service;
+use crate::children::{self, ChildError, FIRST_BACKOFF, Outcome};
+use crate::resources::SERVICE_LABEL;
 use futures_util::StreamExt;
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Action, Controller};
@@ -17,9 +20,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use parking_lot::Mutex;
-use sluice_kube::backend::knative_service;
-use sluice_kube::children::{self, ChildError, FIRST_BACKOFF, Outcome};
-use sluice_kube::resources::SERVICE_LABEL;
 
 use super::{Desired, Objects, apply, id, remove};
 
@@ -170,7 +170,8 @@ impl Context {
                 };
                 let mut known: BTreeSet<(String, String)> =
                     self.objects.lock().services.keys().cloned().collect();
-                known.extend(self.desired.world.lock().services.keys().cloned());
+                self.desired
+                    .read_world(|w| known.extend(w.services.keys().cloned()));
                 for (ns, name) in known.into_iter().filter(|k| !listed.contains(k)) {
                     self.gone(&ns, &name).await;
                 }

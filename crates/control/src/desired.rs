@@ -14,46 +14,97 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use sluice_autoscaler::scaler::RevisionKey;
-use sluice_autoscaler::service::Autoscaler;
-use sluice_control::{ControlPlane, RevisionSpec, ServiceSpec, TargetSpec};
-use sluice_core::respond;
+use sluice_core::{RevisionKey, respond};
 use sluice_proto::v1;
+use sluice_serving::config::AutoscalerConfig;
+use sluice_serving::manifest::Manifests;
+use sluice_serving::problem::{Problem, lines};
 
-use super::images::ImageMap;
-use super::manifest::Manifests;
-use super::platform::{DecisionReason, RevisionStatus, ServiceStatus, Status};
-use super::problem::{Problem, lines};
-use super::world::{Kept, Local, World};
+use crate::images::ImageMap;
+use crate::status::{DecisionReason, RevisionStatus, ServiceStatus, Status};
+use crate::world::{Kept, Local, Revision, ServiceState, Traffic, World};
+use crate::{ControlPlane, RevisionSpec, ServiceSpec, TargetSpec};
 
 /// Largest manifest `sluice apply` may send.
 const MAX_APPLY_BYTES: usize = 4 << 20;
 
+/// An autoscaler in the control plane's process, as the applied world uses it: it checks
+/// a `config-autoscaler` change against its revisions before the change is applied, and
+/// status reads its averages as they are now. (One in another process follows the
+/// control plane's config feed instead, and status reads the last published decision.)
+pub trait LiveAutoscaler: Send + Sync + std::fmt::Debug {
+    /// Takes `config`, or changes nothing and names each revision that cannot take it,
+    /// with why.
+    fn set_config(&self, config: AutoscalerConfig) -> Result<(), Vec<(RevisionKey, String)>>;
+    /// Every revision's decision, as it is now.
+    fn decisions(&self) -> Vec<v1::Decision>;
+}
+
+/// What a [`Desired`] is made with.
+#[derive(Debug)]
+pub struct DesiredOptions {
+    /// Which local command runs each image.
+    pub images: ImageMap,
+    /// Services' URLs are under it.
+    pub domain: String,
+    /// The gateway's address, as `sluice status` shows it.
+    pub gateway: String,
+    /// An autoscaler in this process, if there is one.
+    pub autoscaler: Option<std::sync::Arc<dyn LiveAutoscaler>>,
+    /// Where accepted applies are kept (`applied/NNNNNN.yaml`), to replay at start.
+    pub state: Option<PathBuf>,
+    /// Pods run on Kubernetes: containers run their images, and `Service` objects are
+    /// applied from the API server, not the admin port.
+    pub cluster: bool,
+}
+
 /// The applied world and what carries it out.
 #[derive(Debug)]
 pub struct Desired {
-    pub(crate) images: ImageMap,
-    /// Services' URLs are under it.
-    pub(crate) domain: String,
-    /// The gateway's address, as `sluice status` shows it.
-    pub(crate) gateway: String,
+    images: ImageMap,
+    domain: String,
+    gateway: String,
     /// Applies take turns; status reads the last applied world.
-    pub(crate) apply_lock: tokio::sync::Mutex<()>,
-    pub(crate) world: Mutex<World>,
+    apply_lock: tokio::sync::Mutex<()>,
+    world: Mutex<World>,
     /// Over whichever backend runs the pods (`sluice status` reads them there).
-    pub(crate) control: ControlPlane,
-    /// In-process: the autoscaler that checks `config-autoscaler` changes first, and whose
-    /// live averages status shows. `None` when it runs in another process (it follows the
-    /// control plane's config feed).
-    pub(crate) autoscaler: Option<Autoscaler>,
-    /// Where accepted applies are kept (`applied/NNNNNN.yaml`), to replay at start.
-    pub(crate) state: Option<PathBuf>,
-    /// Pods run on Kubernetes: containers run their images, and `Service` objects are
-    /// applied from the API server, not the admin port.
-    pub(crate) cluster: bool,
+    control: ControlPlane,
+    autoscaler: Option<std::sync::Arc<dyn LiveAutoscaler>>,
+    state: Option<PathBuf>,
+    cluster: bool,
 }
 
 impl Desired {
+    /// An empty world over `control`.
+    pub fn new(control: ControlPlane, o: DesiredOptions) -> Self {
+        Self {
+            images: o.images,
+            domain: o.domain,
+            gateway: o.gateway,
+            apply_lock: tokio::sync::Mutex::new(()),
+            world: Mutex::new(World::default()),
+            control,
+            autoscaler: o.autoscaler,
+            state: o.state,
+            cluster: o.cluster,
+        }
+    }
+
+    /// The control plane it applies through.
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
+    }
+
+    /// Services' URLs are under it.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Reads the last applied world.
+    pub fn read_world<T>(&self, read: impl FnOnce(&World) -> T) -> T {
+        read(&self.world.lock())
+    }
+
     /// Applies manifests: everything or, when any rule is broken, nothing.
     pub async fn apply(&self, m: &Manifests) -> Result<Vec<String>, Vec<Problem>> {
         let _turn = self.apply_lock.lock().await;
@@ -90,7 +141,6 @@ impl Desired {
                 && let Err(refused) = autoscaler.set_config(next.config.clone())
             {
                 return Err(refused
-                    .0
                     .iter()
                     .map(|(rev, e)| {
                         Problem::new(
@@ -216,7 +266,7 @@ impl Desired {
         let live: HashMap<RevisionKey, v1::Decision> = self
             .autoscaler
             .as_ref()
-            .map(|a| a.decisions(None))
+            .map(|a| a.decisions())
             .unwrap_or_default()
             .into_iter()
             .map(|d| (RevisionKey::new(&d.namespace, &d.revision), d))
@@ -229,7 +279,7 @@ impl Desired {
                 .map(|s| ServiceStatus {
                     name: s.name.clone(),
                     namespace: s.namespace.clone(),
-                    url: sluice_gateway::routes::service_url(&self.domain, &s.namespace, &s.name),
+                    url: sluice_core::address::service_url(&self.domain, &s.namespace, &s.name),
                     traffic: self.traffic(s),
                     revisions: s
                         .revisions
@@ -274,14 +324,14 @@ impl Desired {
 
     /// The service's traffic as served: a target of the latest revision names the latest
     /// ready one (the control plane's), the others as written.
-    pub fn traffic(&self, s: &super::world::ServiceState) -> Vec<super::world::Traffic> {
+    pub fn traffic(&self, s: &ServiceState) -> Vec<Traffic> {
         let Some(served) = self.control.traffic(&s.namespace, &s.name) else {
             return s.traffic.clone();
         };
         s.traffic
             .iter()
             .zip(served)
-            .map(|(written, served)| super::world::Traffic {
+            .map(|(written, served)| Traffic {
                 revision: served.revision,
                 ..written.clone()
             })
@@ -335,11 +385,9 @@ impl Desired {
     }
 }
 
-/// The revision as its `Revision` object keeps it: its template's labels and annotations,
-/// the generation it was made at, and its spec.
 /// What the control plane serves of a service: its revisions and its traffic as written
 /// (a target of the latest revision resolved by the control plane).
-fn service_spec(s: &super::world::ServiceState) -> ServiceSpec {
+fn service_spec(s: &ServiceState) -> ServiceSpec {
     ServiceSpec {
         namespace: s.namespace.clone(),
         name: s.name.clone(),
@@ -356,31 +404,22 @@ fn service_spec(s: &super::world::ServiceState) -> ServiceSpec {
     }
 }
 
-fn kept_template(rev: &super::world::Revision) -> serde_json::Value {
+/// The revision as its `Revision` object keeps it: its template's labels and annotations,
+/// the generation it was made at, and its spec.
+fn kept_template(rev: &Revision) -> serde_json::Value {
     let t = &rev.template;
     let mut labels = t.metadata.labels.clone();
     labels.insert(
-        sluice_kube::resources::CONFIGURATION_GENERATION_LABEL.to_owned(),
+        sluice_serving::labels::CONFIGURATION_GENERATION_LABEL.to_owned(),
         rev.generation.to_string(),
     );
     let mut kept = serde_json::json!({
         "metadata": {"labels": labels, "annotations": t.metadata.annotations},
         "spec": t.spec,
     });
-    drop_nulls(&mut kept);
+    // Fields left unset are left out, not written `null` (which a CRD's schema refuses).
+    sluice_serving::manifest::strip_nulls(&mut kept);
     kept
-}
-
-/// Fields left unset are left out, not written `null` (which a CRD's schema refuses).
-fn drop_nulls(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            m.retain(|_, v| !v.is_null());
-            m.values_mut().for_each(drop_nulls);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
-        _ => {}
-    }
 }
 
 /// Writes one accepted apply as the next `applied/NNNNNN.yaml` (via a temporary file, so a
@@ -443,9 +482,7 @@ async fn admin_page(
 }
 
 /// The manifests a `POST /apply` carries (at most 4 MiB), or the answer that refuses them.
-pub(crate) async fn manifests_body(
-    req: Request<Incoming>,
-) -> Result<String, Response<Full<Bytes>>> {
+pub async fn manifests_body(req: Request<Incoming>) -> Result<String, Response<Full<Bytes>>> {
     match Limited::new(req.into_body(), MAX_APPLY_BYTES)
         .collect()
         .await
