@@ -1,8 +1,9 @@
-//! The desired side of the local platform: the applied world (services, revisions,
-//! traffic, `config-autoscaler`), the control plane over the local process backend, and
-//! the admin port that `sluice apply` and `sluice status` use. `sluice run` runs it beside
-//! the autoscaler, activator and gateway; `sluice control` runs it alone, with the
-//! autoscaler in another process.
+//! The desired side of the platform: the applied world (services, revisions, traffic,
+//! `config-autoscaler`) over a [`ControlPlane`] and whichever backend runs its pods (local
+//! processes, or Kubernetes, where `sluice_kube::controller` applies the API server's
+//! Services to it), and the admin port that `sluice apply` and `sluice status` use.
+//! `sluice run` runs it beside the autoscaler, activator and gateway; `sluice control`
+//! runs it alone, with the autoscaler in another process.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
