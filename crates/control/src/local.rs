@@ -6,7 +6,7 @@
 //!
 //! Each revision has a manager task that moves its pods toward the replicas the control
 //! plane sets (the autoscaler's decisions); what to start and stop, and when to try again
-//! after a failure, is decided by a plain struct ([`pods`]). Scale-down takes a pod out of rotation first,
+//! after a failure, is decided by a plain struct (`local::pods`). Scale-down takes a pod out of rotation first,
 //! then SIGTERMs the queue-proxy (which drains) and the app once the queue-proxy has
 //! exited. A pod whose app or queue-proxy exits on its own is replaced, with a growing
 //! back-off if it keeps failing.

@@ -16,6 +16,7 @@ use http::HeaderValue;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_core::RequestStats;
+use sluice_core::address::service_url;
 use sluice_core::upstream::Upstream;
 use tokio::time::Instant;
 
@@ -72,8 +73,6 @@ pub struct RevisionBackends {
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
 }
-
-pub use sluice_core::address::service_url;
 
 /// The routing table's handle: cheap to clone, every clone the same table.
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@
 //! --kubernetes`): the desired state comes from the API server's `serving.knative.dev/v1`
 //! `Service` objects, planned by the same rules as `sluice run` into the applied world
 //! ([`Desired`]); each Service's `Configuration` and `Route` are reconciled on
-//! kube-runtime's `Controller` ([`services`]); each Service's, Configuration's, Route's
+//! kube-runtime's `Controller` (`services`); each Service's, Configuration's, Route's
 //! and Revision's status is written back as Knative writes it, with events; and
 //! `config-autoscaler` and `config-gc` are read from `knative-serving`, as Knative reads
 //! them.
@@ -84,7 +84,7 @@ struct Seen {
 mod services;
 
 /// Follows every `Service` object until the task is aborted (with kube-runtime's
-/// `Controller`, [`services`]): plans each, takes deleted ones out, keeps their
+/// `Controller`, `services`): plans each, takes deleted ones out, keeps their
 /// `Configuration` and `Route` as they should be and their statuses written. `listed` is
 /// sent once every Service of the first list has been planned.
 pub async fn follow_services(

@@ -265,9 +265,8 @@ fn log_tail(path: &std::path::Path) -> String {
     tail[tail.ceil_char_boundary(tail.len().saturating_sub(2048))..].to_owned()
 }
 
-/// Every `K` in the cluster, kept by a watch of its own for as long as the runtime runs.
-/// A reflector's store, fed by a task of its own (`watching`, aborted at shutdown). Its
-/// watch backs off after an error as kube-runtime's controllers do: without it, a stream
+/// Every `K` in the cluster, kept by a watch on a task of its own (pushed to `watching`,
+/// aborted at shutdown). The watch backs off after an error as kube-runtime's controllers do: without it, a stream
 /// whose API server has gone answers at once, again and again, and its task never yields,
 /// which held a runtime's shutdown up for as long as it spun.
 fn cached<K>(

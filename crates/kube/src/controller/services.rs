@@ -10,9 +10,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::knative_service;
-use crate::children::{self, ChildError, FIRST_BACKOFF, Outcome};
-use crate::resources::SERVICE_LABEL;
 use futures_util::StreamExt;
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Action, Controller};
@@ -22,6 +19,9 @@ use kube::{Api, Client};
 use parking_lot::Mutex;
 
 use super::{Desired, Objects, apply, id, remove};
+use crate::backend::knative_service;
+use crate::children::{self, ChildError, FIRST_BACKOFF, Outcome};
+use crate::resources::SERVICE_LABEL;
 
 /// Reconciles running at once (their planning takes turns; their child writes do not).
 const CONCURRENCY: u16 = 8;
